@@ -1,0 +1,30 @@
+//! flowstate: shared state primitives (sessions; later cache and rate limits) over gRPC,
+//! backed by Redis in production and by an embedded in-memory store for development.
+//!
+//! # Layout
+//! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
+//! - [`config`]: the one configuration scheme (defaults < file < `FLOWSTATE_…` env), validated at start-up.
+//! - [`error`]: the service error type and its single mapping to `tonic::Status`.
+//! - [`api`]: one file per gRPC service: validate, convert proto → domain, call, map errors.
+//! - [`session`]: session domain: ids, handles, limits, expiry math (pure functions of `now`).
+//! - [`store`]: the store contract and its Redis and in-memory implementations; key formats.
+//! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
+//! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
+//! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
+//! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
+//! - [`tenant`]: the tenant every request is scoped to.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod proto;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+pub mod tenant;
+pub mod time;

@@ -1,0 +1,147 @@
+//! Tower layers every request passes through (assembled, with a comment per layer, in
+//! [`crate::server`]).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, Request, Response};
+use tonic::{Status, body::Body};
+use tower::{BoxError, Layer, Service};
+use tracing::Instrument;
+
+/// Gives every call a deadline: the client's `grpc-timeout`, capped by `server.request_timeout`
+/// (which is also the deadline of calls that send none). A call that runs out is answered with
+/// DEADLINE_EXCEEDED; tonic's own `Server::timeout` would answer CANCELLED and a bare tower
+/// `TimeoutLayer` would reset the stream. Each call also runs inside a `grpc` tracing span.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    max: Duration,
+}
+
+impl DeadlineLayer {
+    /// Deadlines capped at `max`.
+    pub fn new(max: Duration) -> Self {
+        Self { max }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    max: Duration,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for Deadline<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let timeout = grpc_timeout(req.headers()).map_or(self.max, |t| t.min(self.max));
+        let span = tracing::debug_span!("grpc", method = req.uri().path());
+        let call = self.inner.call(req);
+        Box::pin(
+            async move {
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => {
+                        tracing::debug!(?timeout, "deadline exceeded");
+                        Ok(Status::deadline_exceeded(format!(
+                            "deadline of {} ms exceeded",
+                            timeout.as_millis()
+                        ))
+                        .into_http())
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Parses a `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`); `None` if absent or malformed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Turns errors raised by layers (not by handlers, which answer with a `Status` themselves)
+/// into gRPC answers: load shedding becomes RESOURCE_EXHAUSTED, anything else INTERNAL.
+pub fn layer_error_to_status(
+    result: Result<Response<Body>, BoxError>,
+) -> Result<Response<Body>, BoxError> {
+    Ok(match result {
+        Ok(response) => response,
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
+            Status::resource_exhausted("server is at its concurrency limit; retry with backoff")
+                .into_http()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "request failed in a server layer");
+            Status::internal("internal error").into_http()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().expect("header value"));
+        h
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(&headers("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(&headers("99999999n")), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(grpc_timeout(&headers("5")), None);
+        assert_eq!(grpc_timeout(&headers("5x")), None);
+        assert_eq!(grpc_timeout(&headers("123456789S")), None, "more than 8 digits");
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}

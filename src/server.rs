@@ -1,0 +1,149 @@
+//! Wires config, store, health, reflection and the gRPC services into one server.
+//!
+//! [`run`] takes the listener and the shutdown signal as arguments so tests can bind
+//! `127.0.0.1:0` and stop the server when they like; `main` passes a real socket and SIGTERM/SIGINT.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::{
+    api::session::SessionApi,
+    config::Config,
+    health::{self, Health},
+    middleware::{DeadlineLayer, layer_error_to_status},
+    proto::{self, v1::session_service_server::SessionServiceServer},
+    session::Sessions,
+    store::{MemoryStore, RedisStore, Store},
+    tenant::Tenant,
+};
+
+/// Builds the store the configuration asks for and says loudly which one it is.
+pub fn build_store(config: &Config) -> anyhow::Result<Store> {
+    match &config.redis.url {
+        Some(_) => {
+            let store = RedisStore::new(&config.redis).context("setting up the Redis store")?;
+            tracing::info!(
+                store = "redis",
+                url = store.display_url(),
+                pool_size = config.redis.pool_size,
+                "store: Redis"
+            );
+            Ok(Store::Redis(store))
+        }
+        None => {
+            tracing::warn!(
+                store = "memory",
+                "store: embedded in-memory store. State is process-local and lost on restart; \
+                 set redis.url (FLOWSTATE_REDIS__URL) to use Redis"
+            );
+            Ok(Store::Memory(MemoryStore::new(
+                &config.redis.key_prefix,
+                config.memory.sweep_interval,
+            )))
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` completes, then drains: health turns NOT_SERVING,
+/// no new connections are accepted, and in-flight calls get `server.shutdown_grace` to finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = build_store(&config)?;
+    let tenant = Tenant::new(&config.server.tenant).context("server.tenant")?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
+    let (stop_health, health_stop) = watch::channel(false);
+    let health_task = tokio::spawn(health::watch_store(
+        store.clone(),
+        health.clone(),
+        config.redis.health_interval,
+        health_stop,
+    ));
+
+    // Both reflection versions: grpcurl 1.8 speaks only v1alpha, newer tools prefer v1. The
+    // health descriptors are registered too, or grpcurl cannot describe grpc.health.v1.Health.
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    let sessions = Sessions::new(store.clone(), config.session.clone());
+    let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant))
+        .max_decoding_message_size(config.server.max_message_bytes);
+
+    // The one tower stack, outermost first.
+    let stack = ServiceBuilder::new()
+        // Errors raised by the layers below become proper gRPC statuses (RESOURCE_EXHAUSTED for
+        // shed load) instead of reset streams.
+        .map_result(layer_error_to_status)
+        // Refuse at once when the limit below is reached: a queue would only turn overload
+        // into timeouts for everyone.
+        .load_shed()
+        // One limit across all connections (tonic's own limit is per HTTP/2 connection).
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+            Semaphore::new(config.server.max_concurrent_requests),
+        )))
+        // Every call gets a deadline (grpc-timeout capped by request_timeout) and a span.
+        .layer(DeadlineLayer::new(config.server.request_timeout))
+        .into_inner();
+
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let local = listener.local_addr().ok();
+    let serve = tonic::transport::Server::builder()
+        .layer(stack)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(session_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = accepting_stopped.await;
+        });
+    tracing::info!(listen = ?local, store = store.kind().as_str(), "flowstate serving gRPC");
+
+    tokio::pin!(serve);
+    let outcome = tokio::select! {
+        result = &mut serve => Some(result.context("gRPC server failed")),
+        () = shutdown => None,
+    };
+    let result = match outcome {
+        Some(result) => result,
+        None => {
+            tracing::info!(
+                grace = ?config.server.shutdown_grace,
+                "shutdown requested: health NOT_SERVING, draining in-flight calls"
+            );
+            health.begin_shutdown().await;
+            let _ = stop_accepting.send(());
+            match tokio::time::timeout(config.server.shutdown_grace, &mut serve).await {
+                Ok(result) => result.context("gRPC server failed while draining"),
+                Err(_) => {
+                    tracing::warn!("shutdown grace period over; abandoning unfinished calls");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_health.send(true);
+    if let Err(e) = health_task.await {
+        tracing::error!(error = %e, "health task ended abnormally");
+    }
+    tracing::info!("flowstate stopped");
+    result
+}

@@ -1,0 +1,44 @@
+//! The tenant a request acts for. Every store key embeds it, so tenants never collide.
+//! Until authentication lands every request runs as [`Tenant::default_tenant`].
+
+use std::sync::Arc;
+
+/// A validated tenant name: 1–64 characters of `[A-Za-z0-9_.-]`, so it can sit inside a Redis key
+/// without escaping and can never contain a key separator or a hash-tag brace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tenant(Arc<str>);
+
+impl Tenant {
+    /// Parses a tenant name, returning `None` when it is empty, too long or has other characters.
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        ok.then(|| Self(Arc::from(name)))
+    }
+
+    /// The single tenant used while authentication is off.
+    pub fn default_tenant() -> Self {
+        Self(Arc::from("default"))
+    }
+
+    /// The tenant name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tenant;
+
+    #[test]
+    fn tenant_names_are_restricted_to_key_safe_characters() {
+        assert!(Tenant::new("acme-corp_1.eu").is_some());
+        for bad in ["", "a:b", "a{b}", "a b", &"x".repeat(65)] {
+            assert!(Tenant::new(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+}
