@@ -8,13 +8,7 @@
 //! the key and where it came from (the file or the environment variable), because a typo that is
 //! silently ignored is how the platform this service replaces ran on mocks for months.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::SocketAddr,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -243,8 +237,8 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(TEST_ENV_PREFIX))
             .collect();
-        let mut builder = config::Config::builder()
-            .add_source(config::Config::try_from(&Config::default())?);
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
         if let Some(path) = file {
             builder = builder.add_source(
                 config::File::from(path)
@@ -280,14 +274,35 @@ impl Config {
                 bad.push(format!("`{key}` must be greater than zero"));
             }
         };
-        positive("server.request_timeout", !self.server.request_timeout.is_zero());
-        positive("server.max_concurrent_requests", self.server.max_concurrent_requests > 0);
-        positive("server.max_message_bytes", self.server.max_message_bytes > 0);
+        positive(
+            "server.request_timeout",
+            !self.server.request_timeout.is_zero(),
+        );
+        positive(
+            "server.max_concurrent_requests",
+            self.server.max_concurrent_requests > 0,
+        );
+        positive(
+            "server.max_message_bytes",
+            self.server.max_message_bytes > 0,
+        );
         positive("redis.pool_size", self.redis.pool_size > 0);
-        positive("redis.connect_timeout", !self.redis.connect_timeout.is_zero());
-        positive("redis.command_timeout", !self.redis.command_timeout.is_zero());
-        positive("redis.health_interval", !self.redis.health_interval.is_zero());
-        positive("memory.sweep_interval", !self.memory.sweep_interval.is_zero());
+        positive(
+            "redis.connect_timeout",
+            !self.redis.connect_timeout.is_zero(),
+        );
+        positive(
+            "redis.command_timeout",
+            !self.redis.command_timeout.is_zero(),
+        );
+        positive(
+            "redis.health_interval",
+            !self.redis.health_interval.is_zero(),
+        );
+        positive(
+            "memory.sweep_interval",
+            !self.memory.sweep_interval.is_zero(),
+        );
         let s = &self.session;
         positive("session.idle_timeout", !s.idle_timeout.is_zero());
         positive("session.absolute_timeout", !s.absolute_timeout.is_zero());
@@ -321,7 +336,10 @@ impl Config {
         if let Some(url) = &self.redis.url
             && let Err(e) = redis::Client::open(url.as_str())
         {
-            bad.push(format!("`redis.url` ({}) is not a Redis URL: {e}", redact_url(url)));
+            bad.push(format!(
+                "`redis.url` ({}) is not a Redis URL: {e}",
+                redact_url(url)
+            ));
         }
         if bad.is_empty() {
             Ok(())
@@ -471,7 +489,10 @@ mod tests {
         )
         .expect("loads");
         let shown = c.to_redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
         assert!(shown.contains("***"), "{shown}");
         assert!(!format!("{c:?}").contains("hunter"));
     }

@@ -102,14 +102,18 @@ mod tests {
     fn invalid_argument_carries_field_violations() {
         let status: Status = Error::invalid("user_id", "must not be empty").into();
         assert_eq!(status.code(), Code::InvalidArgument);
-        let details = status.get_details_bad_request().expect("bad request details");
+        let details = status
+            .get_details_bad_request()
+            .expect("bad request details");
         assert_eq!(details.field_violations[0].field, "user_id");
     }
 
     #[test]
     fn store_failures_are_unavailable_without_internal_detail() {
-        let status: Status =
-            Error::Store(StoreError::Unavailable("connection refused to 10.0.0.1".into())).into();
+        let status: Status = Error::Store(StoreError::Unavailable(
+            "connection refused to 10.0.0.1".into(),
+        ))
+        .into();
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.0.0.1"));
         let status: Status = Error::VersionConflict {

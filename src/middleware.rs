@@ -136,12 +136,25 @@ mod tests {
     #[test]
     fn parses_grpc_timeout_units() {
         assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(grpc_timeout(&headers("250m")), Some(Duration::from_millis(250)));
-        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
-        assert_eq!(grpc_timeout(&headers("99999999n")), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            grpc_timeout(&headers("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("2H")),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("99999999n")),
+            Some(Duration::from_nanos(99_999_999))
+        );
         assert_eq!(grpc_timeout(&headers("5")), None);
         assert_eq!(grpc_timeout(&headers("5x")), None);
-        assert_eq!(grpc_timeout(&headers("123456789S")), None, "more than 8 digits");
+        assert_eq!(
+            grpc_timeout(&headers("123456789S")),
+            None,
+            "more than 8 digits"
+        );
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 }

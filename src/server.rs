@@ -51,6 +51,15 @@ pub fn build_store(config: &Config) -> anyhow::Result<Store> {
     }
 }
 
+/// Reflection over every descriptor a caller may meet: flowstate's own, grpc.health.v1 (or
+/// grpcurl cannot describe Health) and google.rpc (so error details such as BadRequest decode).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Serves gRPC on `listener` until `shutdown` completes, then drains: health turns NOT_SERVING,
 /// no new connections are accepted, and in-flight calls get `server.shutdown_grace` to finish.
 pub async fn run(
@@ -71,16 +80,9 @@ pub async fn run(
         health_stop,
     ));
 
-    // Both reflection versions: grpcurl 1.8 speaks only v1alpha, newer tools prefer v1. The
-    // health descriptors are registered too, or grpcurl cannot describe grpc.health.v1.Health.
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl 1.8 speaks only v1alpha, newer tools prefer v1.
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 

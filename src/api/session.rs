@@ -75,7 +75,10 @@ impl SessionService for SessionApi {
         request: Request<pb::TouchSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let r = request.into_inner();
-        let session = self.sessions.get(&self.tenant, &r.id, true, now_ms()).await?;
+        let session = self
+            .sessions
+            .get(&self.tenant, &r.id, true, now_ms())
+            .await?;
         Ok(Response::new(session.into()))
     }
 
@@ -107,7 +110,10 @@ impl SessionService for SessionApi {
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
         let r = request.into_inner();
-        let sessions = self.sessions.list(&self.tenant, &r.user_id, now_ms()).await?;
+        let sessions = self
+            .sessions
+            .list(&self.tenant, &r.user_id, now_ms())
+            .await?;
         Ok(Response::new(pb::ListUserSessionsResponse {
             sessions: sessions.into_iter().map(Into::into).collect(),
         }))

@@ -172,7 +172,10 @@ mod tests {
         let id = SessionId::generate(tag);
         let s = id.encode();
         assert_eq!(s.len(), ID_CHARS);
-        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         let parsed = SessionId::parse(&s).expect("parses");
         assert_eq!(parsed, id);
         assert_eq!(parsed.tag(), tag);
@@ -204,7 +207,13 @@ mod tests {
     #[test]
     fn malformed_ids_and_handles_are_rejected() {
         let id = SessionId::generate(UserTag::for_user(&Tenant::default_tenant(), "x")).encode();
-        for bad in ["", "abc", &id[1..], &format!("{id}A"), &id.replace(&id[..1], "!")] {
+        for bad in [
+            "",
+            "abc",
+            &id[1..],
+            &format!("{id}A"),
+            &id.replace(&id[..1], "!"),
+        ] {
             assert!(SessionId::parse(bad).is_none(), "{bad:?}");
         }
         assert!(SessionKey::parse_handle("not-a-handle").is_none());

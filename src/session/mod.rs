@@ -74,12 +74,19 @@ pub enum UpdateOutcome {
     Updated(SessionRecord),
     /// No live session.
     NotFound,
-    /// `expected_version` did not match; nothing changed.
+    /// Refused; nothing changed.
+    Refused(UpdateRefused),
+}
+
+/// Why an update was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateRefused {
+    /// `expected_version` did not match.
     Conflict {
         /// The session's version.
         current: u64,
     },
-    /// The data would exceed a limit; nothing changed.
+    /// The data would exceed a limit.
     TooLarge(LimitExceeded),
 }
 
@@ -117,9 +124,9 @@ impl SessionRecord {
         update: &SessionUpdate,
         limits: DataLimits,
         now: Millis,
-    ) -> Result<(), UpdateOutcome> {
+    ) -> Result<(), UpdateRefused> {
         if update.expected_version != 0 && update.expected_version != self.version {
-            return Err(UpdateOutcome::Conflict {
+            return Err(UpdateRefused::Conflict {
                 current: self.version,
             });
         }
@@ -131,10 +138,10 @@ impl SessionRecord {
             data.insert(name.clone(), value.clone());
         }
         if data.len() > limits.max_fields {
-            return Err(UpdateOutcome::TooLarge(LimitExceeded::Fields));
+            return Err(UpdateRefused::TooLarge(LimitExceeded::Fields));
         }
         if data_size(&data) > limits.max_bytes {
-            return Err(UpdateOutcome::TooLarge(LimitExceeded::Bytes));
+            return Err(UpdateRefused::TooLarge(LimitExceeded::Bytes));
         }
         self.data = data;
         self.version += 1;
@@ -219,7 +226,13 @@ impl Sessions {
             &mut bad,
         );
         let max = duration_ms(p.max_timeout);
-        let idle = check_timeout("idle_timeout", req.idle_timeout, p.idle_timeout, max, &mut bad);
+        let idle = check_timeout(
+            "idle_timeout",
+            req.idle_timeout,
+            p.idle_timeout,
+            max,
+            &mut bad,
+        );
         let absolute = check_timeout(
             "absolute_timeout",
             req.absolute_timeout,
@@ -289,9 +302,15 @@ impl Sessions {
     ) -> Result<Session, Error> {
         let p = &self.policy;
         let mut bad = Vec::new();
-        let key = parse_id(id).map_err(|e| bad.push(e)).ok().map(|id| id.key());
+        let key = parse_id(id)
+            .map_err(|e| bad.push(e))
+            .ok()
+            .map(|id| id.key());
         if update.set.is_empty() && update.remove.is_empty() {
-            bad.push(Violation::new("set", "set or remove must name at least one field"));
+            bad.push(Violation::new(
+                "set",
+                "set or remove must name at least one field",
+            ));
         }
         check_fields(
             "set",
@@ -333,21 +352,27 @@ impl Sessions {
                 record,
             }),
             UpdateOutcome::NotFound => Err(Error::NotFound("session")),
-            UpdateOutcome::Conflict { current } => Err(Error::VersionConflict {
-                expected: update.expected_version,
-                current,
-            }),
-            UpdateOutcome::TooLarge(LimitExceeded::Fields) => Err(Error::invalid(
-                "set",
-                format!("the session would have more than {} data fields", p.max_fields),
-            )),
-            UpdateOutcome::TooLarge(LimitExceeded::Bytes) => Err(Error::invalid(
-                "set",
-                format!(
-                    "the session's data would exceed {} bytes",
-                    p.max_data_bytes
-                ),
-            )),
+            UpdateOutcome::Refused(UpdateRefused::Conflict { current }) => {
+                Err(Error::VersionConflict {
+                    expected: update.expected_version,
+                    current,
+                })
+            }
+            UpdateOutcome::Refused(UpdateRefused::TooLarge(LimitExceeded::Fields)) => {
+                Err(Error::invalid(
+                    "set",
+                    format!(
+                        "the session would have more than {} data fields",
+                        p.max_fields
+                    ),
+                ))
+            }
+            UpdateOutcome::Refused(UpdateRefused::TooLarge(LimitExceeded::Bytes)) => {
+                Err(Error::invalid(
+                    "set",
+                    format!("the session's data would exceed {} bytes", p.max_data_bytes),
+                ))
+            }
         }
     }
 
@@ -452,7 +477,10 @@ fn parse_id(id: &str) -> Result<SessionId, Violation> {
             if id.is_empty() {
                 "must not be empty".to_owned()
             } else {
-                format!("not a session id (expected {} URL-safe base64 characters)", id::ID_CHARS)
+                format!(
+                    "not a session id (expected {} URL-safe base64 characters)",
+                    id::ID_CHARS
+                )
             },
         )
     })
@@ -499,7 +527,10 @@ fn check_fields<'a>(
     if entries.len() > max_fields {
         bad.push(Violation::new(
             field,
-            format!("{} fields, more than the limit of {max_fields}", entries.len()),
+            format!(
+                "{} fields, more than the limit of {max_fields}",
+                entries.len()
+            ),
         ));
         return;
     }
@@ -592,20 +623,21 @@ mod tests {
             remove: vec![],
             expected_version: v,
         };
-        r.apply(&set(&[("a", "1")], 1), limits, 10).expect("applies");
+        r.apply(&set(&[("a", "1")], 1), limits, 10)
+            .expect("applies");
         assert_eq!((r.version, r.last_seen_at), (2, 10));
         let before = r.clone();
         assert_eq!(
             r.apply(&set(&[("b", "2")], 1), limits, 20),
-            Err(UpdateOutcome::Conflict { current: 2 })
+            Err(UpdateRefused::Conflict { current: 2 })
         );
         assert_eq!(
             r.apply(&set(&[("b", "2"), ("c", "3")], 0), limits, 20),
-            Err(UpdateOutcome::TooLarge(LimitExceeded::Fields))
+            Err(UpdateRefused::TooLarge(LimitExceeded::Fields))
         );
         assert_eq!(
             r.apply(&set(&[("b", "123456789")], 0), limits, 20),
-            Err(UpdateOutcome::TooLarge(LimitExceeded::Bytes))
+            Err(UpdateRefused::TooLarge(LimitExceeded::Bytes))
         );
         assert_eq!(r, before);
         let remove = SessionUpdate {
@@ -621,7 +653,14 @@ mod tests {
     fn field_checks_name_the_field() {
         let mut bad = Vec::new();
         let big = "x".repeat(11);
-        check_fields("data", [("", 1), (big.as_str(), 1)].into_iter(), 5, 10, 100, &mut bad);
+        check_fields(
+            "data",
+            [("", 1), (big.as_str(), 1)].into_iter(),
+            5,
+            10,
+            100,
+            &mut bad,
+        );
         assert_eq!(bad.len(), 2);
         assert_eq!(bad[0].field, "data");
         assert!(bad[1].field.starts_with("data["));

@@ -34,7 +34,12 @@ impl Keys {
     /// Everything of a session key before its member; scripts append members to it to reach
     /// the sessions listed in a user index (same hash tag, so the same slot).
     pub fn session_base(&self, tenant: &Tenant, tag: UserTag) -> String {
-        format!("{}:{}:s:{{{}}}:", self.prefix, tenant.as_str(), tag.encode())
+        format!(
+            "{}:{}:s:{{{}}}:",
+            self.prefix,
+            tenant.as_str(),
+            tag.encode()
+        )
     }
 
     /// The key of a user's session index.
@@ -59,6 +64,9 @@ mod tests {
         assert!(s.starts_with("fs:default:s:{") && u.starts_with("fs:default:u:{"));
         let hash_tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_owned();
         assert_eq!(hash_tag(&s), hash_tag(&u));
-        assert!(!s.contains(&id.encode()[12..]), "no part of the secret in the key");
+        assert!(
+            !s.contains(&id.encode()[12..]),
+            "no part of the secret in the key"
+        );
     }
 }

@@ -52,7 +52,8 @@ impl State {
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
-        self.expiry.remove(&(entry.record.expires_at, key.to_owned()));
+        self.expiry
+            .remove(&(entry.record.expires_at, key.to_owned()));
         if let Some(index) = self.indexes.get_mut(&entry.index) {
             index.remove(&(entry.record.created_at, entry.member.clone()));
             if index.is_empty() {
@@ -72,7 +73,12 @@ impl State {
     }
 
     /// Runs `f` on a live session and keeps the expiry queue in step with any change it makes.
-    fn modify<T>(&mut self, key: &str, now: Millis, f: impl FnOnce(&mut SessionRecord) -> T) -> Option<T> {
+    fn modify<T>(
+        &mut self,
+        key: &str,
+        now: Millis,
+        f: impl FnOnce(&mut SessionRecord) -> T,
+    ) -> Option<T> {
         let entry = self.live(key, now)?;
         let before = entry.record.expires_at;
         let out = f(&mut entry.record);
@@ -114,7 +120,9 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way later calls
         // cannot cope with (every operation re-checks liveness), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number of stored sessions, live or not yet swept (for tests and metrics).
@@ -162,7 +170,9 @@ impl MemoryStore {
         let mut evicted = 0;
         loop {
             let oldest = match state.indexes.get(&index) {
-                Some(set) if set.len() > max_per_user as usize => set.first().map(|(_, m)| m.clone()),
+                Some(set) if set.len() > max_per_user as usize => {
+                    set.first().map(|(_, m)| m.clone())
+                }
                 _ => None,
             };
             let Some(member) = oldest else { break };
@@ -197,10 +207,12 @@ impl MemoryStore {
         limits: DataLimits,
     ) -> Result<UpdateOutcome, StoreError> {
         let k = self.keys.session(tenant, key);
-        let outcome = self.lock().modify(&k, now, |r| match r.apply(update, limits, now) {
-            Ok(()) => UpdateOutcome::Updated(r.clone()),
-            Err(outcome) => outcome,
-        });
+        let outcome = self
+            .lock()
+            .modify(&k, now, |r| match r.apply(update, limits, now) {
+                Ok(()) => UpdateOutcome::Updated(r.clone()),
+                Err(refused) => UpdateOutcome::Refused(refused),
+            });
         Ok(outcome.unwrap_or(UpdateOutcome::NotFound))
     }
 

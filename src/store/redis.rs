@@ -40,7 +40,7 @@ use crate::{
     config::{RedisConfig, redact_url},
     session::{
         DataLimits, LimitExceeded, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome,
-        UserTag, data_size,
+        UpdateRefused, UserTag, data_size,
     },
     tenant::Tenant,
     time::Millis,
@@ -333,16 +333,16 @@ impl RedisStore {
         match (status, reply.next()) {
             (Some(1), Some(hash)) => decode_record(hash).map(UpdateOutcome::Updated),
             (Some(0), None) => Ok(UpdateOutcome::NotFound),
-            (Some(-1), Some(v)) => Ok(UpdateOutcome::Conflict {
+            (Some(-1), Some(v)) => Ok(UpdateOutcome::Refused(UpdateRefused::Conflict {
                 current: u64::try_from(int(&v)?).unwrap_or(0),
-            }),
-            (Some(-2), Some(Value::BulkString(which))) => {
-                Ok(UpdateOutcome::TooLarge(if which == b"fields" {
+            })),
+            (Some(-2), Some(Value::BulkString(which))) => Ok(UpdateOutcome::Refused(
+                UpdateRefused::TooLarge(if which == b"fields" {
                     LimitExceeded::Fields
                 } else {
                     LimitExceeded::Bytes
-                }))
-            }
+                }),
+            )),
             other => Err(StoreError::Protocol(format!(
                 "session_update returned {other:?}"
             ))),
@@ -484,7 +484,9 @@ fn encode_record(call: &mut ScriptInvocation<'_>, r: &SessionRecord) {
 /// Rebuilds a record from an HGETALL reply.
 fn decode_record(hash: Value) -> Result<SessionRecord, StoreError> {
     let Value::Array(items) = hash else {
-        return Err(StoreError::Protocol(format!("expected a hash, got {hash:?}")));
+        return Err(StoreError::Protocol(format!(
+            "expected a hash, got {hash:?}"
+        )));
     };
     let mut r = SessionRecord {
         user_id: String::new(),
@@ -498,7 +500,8 @@ fn decode_record(hash: Value) -> Result<SessionRecord, StoreError> {
         version: 0,
     };
     let mut it = items.into_iter();
-    while let (Some(Value::BulkString(field)), Some(Value::BulkString(value))) = (it.next(), it.next())
+    while let (Some(Value::BulkString(field)), Some(Value::BulkString(value))) =
+        (it.next(), it.next())
     {
         let num = || -> Result<i64, StoreError> {
             std::str::from_utf8(&value)
@@ -536,13 +539,17 @@ fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
 fn string(v: Value) -> Result<String, StoreError> {
     match v {
         Value::BulkString(b) => utf8(b),
-        other => Err(StoreError::Protocol(format!("expected a string, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
 fn int(v: &Value) -> Result<i64, StoreError> {
     match v {
         Value::Int(i) => Ok(*i),
-        other => Err(StoreError::Protocol(format!("expected an integer, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
     }
 }

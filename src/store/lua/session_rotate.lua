@@ -8,6 +8,9 @@ if not live(KEYS[1], now) then
   return false
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
+local meta = redis.call('HMGET', KEYS[2], '_c', '_e')
+redis.call('ZADD', KEYS[3], meta[1], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[2], '_c'), ARGV[3])
+-- The index may have been created anew (ZREM of its only member deletes it): give it its TTL.
+extend_index(KEYS[3], tonumber(meta[2]), now)
 return redis.call('HGETALL', KEYS[2])

@@ -1,0 +1,340 @@
+//! Test harness: a private `redis-server` per test on an ephemeral port, and flowstate itself on
+//! `127.0.0.1:0`, reached through real tonic clients. No fixed ports, no shared Redis state, no
+//! sleeps to wait for readiness: everything polls with a bound.
+//!
+//! `FLOWSTATE_TEST_REDIS_URL` points the contract suite at an external Redis instead (each test
+//! then uses its own key prefix); fault tests always spawn their own server, since they kill it.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener as StdListener},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use flowstate::{config::Config, proto::v1::session_service_client::SessionServiceClient};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` owned by one test, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` from PATH on a free port, retrying if another process takes it first.
+    pub async fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+        };
+        for _ in 0..20 {
+            server.port = free_port();
+            if server.launch().await {
+                return server;
+            }
+            server.kill();
+        }
+        panic!("could not start redis-server on a free port (is redis-server on PATH?)");
+    }
+
+    /// Spawns the process on `self.port` and waits until it answers PING.
+    async fn launch(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server: is it installed (apt-get install redis-server)?");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(10), || async move { ping(port).await }).await;
+        let alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        up && alive
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.launch().await,
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// SIGSTOP / SIGCONT: a Redis that accepts nothing and answers nothing (a hung server).
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(if paused { "-STOP" } else { "-CONT" })
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// A plain client for inspecting what the store holds.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server would ignore SIGKILL until continued on some systems; resume first.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("ephemeral port")
+}
+
+async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && &buf == b"+PONG\r\n"
+}
+
+static PREFIX_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A key prefix unique to this test process and call, so tests sharing an external Redis never
+/// see each other's keys.
+pub fn unique_prefix() -> String {
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        PREFIX_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Test defaults: short health interval so state changes show quickly.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.redis.key_prefix = unique_prefix();
+    c.redis.health_interval = Duration::from_millis(100);
+    c.redis.command_timeout = Duration::from_millis(500);
+    c.memory.sweep_interval = Duration::from_millis(100);
+    c
+}
+
+/// flowstate running in this process on an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts flowstate with `config` (its `server.listen` is ignored: it binds 127.0.0.1:0).
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(flowstate::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Self {
+            addr,
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// The status health reports for `service` (NOT_SERVING on any error).
+    pub async fn health_status(&self, service: &str) -> ServingStatus {
+        match self
+            .health()
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().status(),
+            Err(_) => ServingStatus::NotServing,
+        }
+    }
+
+    /// Polls until `service` reports `want` (at most 10 s); returns whether it did.
+    pub async fn wait_health(&self, service: &str, want: ServingStatus) -> bool {
+        eventually(Duration::from_secs(10), || async move {
+            self.health_status(service).await == want
+        })
+        .await
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Which store a contract test runs against, with what it needs kept alive.
+pub struct Backend {
+    pub server: TestServer,
+    pub redis: Option<RedisServer>,
+    pub redis_url: Option<String>,
+    pub prefix: String,
+}
+
+impl Backend {
+    pub async fn memory(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        tweak(&mut config);
+        let prefix = config.redis.key_prefix.clone();
+        let server = TestServer::start(config).await;
+        assert!(
+            server
+                .wait_health("readiness", ServingStatus::Serving)
+                .await
+        );
+        Self {
+            server,
+            redis: None,
+            redis_url: None,
+            prefix,
+        }
+    }
+
+    pub async fn redis(tweak: impl FnOnce(&mut Config)) -> Self {
+        let (redis, url) = match std::env::var("FLOWSTATE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let r = RedisServer::start().await;
+                let url = r.url();
+                (Some(r), url)
+            }
+        };
+        let mut config = test_config();
+        config.redis.url = Some(url.clone());
+        tweak(&mut config);
+        let prefix = config.redis.key_prefix.clone();
+        let server = TestServer::start(config).await;
+        assert!(
+            server
+                .wait_health("readiness", ServingStatus::Serving)
+                .await
+        );
+        Self {
+            server,
+            redis,
+            redis_url: Some(url),
+            prefix,
+        }
+    }
+
+    /// Every key this test's server wrote to Redis (empty for the memory store).
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let Some(url) = &self.redis_url else {
+            return Vec::new();
+        };
+        let mut conn = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS")
+    }
+}
