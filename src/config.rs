@@ -198,7 +198,7 @@ impl Default for SessionConfig {
         Self {
             idle_timeout: Duration::from_secs(24 * 3600),
             absolute_timeout: Duration::from_secs(30 * 24 * 3600),
-            max_timeout: Duration::from_secs(365 * 24 * 3600),
+            max_timeout: Duration::from_secs(30 * 24 * 3600),
             max_per_user: 64,
             max_user_id_bytes: 256,
             max_fields: 128,
@@ -250,11 +250,15 @@ impl Config {
             .prefix_separator("_")
             .separator(ENV_SEPARATOR)
             .source(Some(env.clone().into_iter().collect()));
-        let merged = builder.add_source(env_source).build()?;
+        let merged = builder
+            .add_source(env_source)
+            .build()
+            .map_err(|e| with_source(e, file, &env))?;
 
         let mut unknown = Vec::new();
         let config: Config =
-            serde_ignored::deserialize(merged, |path| unknown.push(path.to_string()))?;
+            serde_ignored::deserialize(merged, |path| unknown.push(path.to_string()))
+                .map_err(|e| with_source(e, file, &env))?;
         if !unknown.is_empty() {
             let named = unknown
                 .into_iter()
@@ -350,11 +354,38 @@ impl Config {
 
     /// The effective configuration as TOML with secrets replaced by `***` (the `config` command).
     pub fn to_redacted_toml(&self) -> String {
+        let store = match &self.redis.url {
+            Some(_) => "# store: redis\n",
+            None => "# store: memory (redis.url is not set)\n",
+        };
         let mut shown = self.clone();
         shown.redis.url = shown.redis.url.as_deref().map(redact_url);
         shown.redis.password = shown.redis.password.map(|_| REDACTED.to_owned());
-        // Serializing plain structs, strings and numbers to TOML cannot fail.
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        match toml::to_string_pretty(&shown) {
+            Ok(text) => format!("{store}{text}"),
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        }
+    }
+}
+
+/// Adds the source to a load error that names a key but not where its value came from
+/// (the `config` crate knows it for type errors, not for values a deserializer refused).
+fn with_source(
+    e: config::ConfigError,
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> ConfigError {
+    let message = e.to_string();
+    let key = message
+        .split_once("for key `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned());
+    match key {
+        Some(key) if !message.contains(" in ") => ConfigError::Invalid(vec![format!(
+            "{message} (from {})",
+            key_source(&key, file, env)
+        )]),
+        _ => ConfigError::Load(e),
     }
 }
 
@@ -470,6 +501,16 @@ mod tests {
             .expect_err("bad scheme")
             .to_string();
         assert!(err.contains("redis.url"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/flowstate.toml"
+        ));
+        let c = Config::load(Some(path), env(&[])).expect("examples/flowstate.toml loads");
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6379"));
     }
 
     #[test]

@@ -107,7 +107,9 @@ pub async fn run(
         .into_inner();
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
     let serve = tonic::transport::Server::builder()
         .layer(stack)
         .add_service(health_service)
@@ -117,7 +119,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = accepting_stopped.await;
         });
-    tracing::info!(listen = ?local, store = store.kind().as_str(), "flowstate serving gRPC");
+    tracing::info!(listen = %local, store = store.kind().as_str(), "flowstate serving gRPC");
 
     tokio::pin!(serve);
     let outcome = tokio::select! {

@@ -65,6 +65,20 @@ impl RedisServer {
         panic!("could not start redis-server on a free port (is redis-server on PATH?)");
     }
 
+    /// Starts `redis-server` on a given port (for "Redis comes up after flowstate" tests).
+    pub async fn start_on(port: u16) -> Self {
+        let mut server = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+        };
+        assert!(
+            server.launch().await,
+            "redis-server did not start on port {port}"
+        );
+        server
+    }
+
     /// Spawns the process on `self.port` and waits until it answers PING.
     async fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")

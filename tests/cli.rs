@@ -1,0 +1,105 @@
+//! The `flowstate` binary: configuration errors, the `config` command, signals.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+fn flowstate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowstate"));
+    // Start from a clean slate: the developer's own FLOWSTATE_* variables must not leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOWSTATE_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn config_command_prints_the_effective_config_with_secrets_redacted() {
+    let out = flowstate()
+        .arg("config")
+        .env(
+            "FLOWSTATE_REDIS__URL",
+            "redis://app:s3cret@redis.internal:6379/0",
+        )
+        .env("FLOWSTATE_SESSION__IDLE_TIMEOUT", "2h")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("redis://app:***@redis.internal:6379/0"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("idle_timeout = \"2h\""), "{text}");
+    assert!(text.contains("listen = \"127.0.0.1:50051\""), "{text}");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_stop_start_up_naming_key_and_source() {
+    let out = flowstate()
+        .arg("config")
+        .env("FLOWSTATE_REDIS__URI", "redis://localhost")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis.uri") && err.contains("FLOWSTATE_REDIS__URI"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("flowstate.toml");
+    std::fs::write(&file, "[server]\nrequest_timeout = \"soon\"\n").expect("write");
+    let out = flowstate()
+        .args(["--config", file.to_str().expect("utf-8 path"), "config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.request_timeout"), "{err}");
+    assert!(err.contains("flowstate.toml"), "names the file: {err}");
+}
+
+#[test]
+fn sigterm_shuts_the_server_down_cleanly() {
+    let mut child = flowstate()
+        .env("FLOWSTATE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("FLOWSTATE_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut saw_memory_warning = false;
+    for line in lines.by_ref() {
+        let line = line.expect("log line");
+        saw_memory_warning |= line.contains("WARN") && line.contains("in-memory store");
+        if line.contains("flowstate serving gRPC") {
+            break;
+        }
+    }
+    assert!(
+        saw_memory_warning,
+        "the memory store must be announced with a WARN"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "exit status {exit:?}; logs: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("flowstate stopped")),
+        "{rest:?}"
+    );
+}
