@@ -145,6 +145,8 @@ impl RedisStore {
         let mut info = url
             .into_connection_info()
             .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?;
+        // Nagle's algorithm against Redis's delayed ACKs adds ~40 ms to pipelined replies.
+        info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         if let Some(password) = &config.password {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
