@@ -5,7 +5,10 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let protos = ["proto/flowstate/v1/session.proto"];
+    let protos = [
+        "proto/flowstate/v1/session.proto",
+        "proto/flowstate/v1/ratelimit.proto",
+    ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(

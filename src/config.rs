@@ -12,6 +12,11 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duratio
 
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    ratelimit::{Algorithm, FailureMode, Policy},
+    time::duration_ms,
+};
+
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "FLOWSTATE_";
 /// Environment variables with this prefix are read by the test suite, never as configuration.
@@ -33,6 +38,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Session policy and input limits.
     pub session: SessionConfig,
+    /// Named rate limits and input limits.
+    pub ratelimit: RateLimitConfig,
 }
 
 /// gRPC server settings.
@@ -209,6 +216,59 @@ impl Default for SessionConfig {
     }
 }
 
+/// Rate limiting: the named limits and the bounds on Check requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    /// Most checks in one Check request.
+    pub max_checks: usize,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// The named limits requests refer to by name.
+    pub limits: BTreeMap<String, LimitConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            max_checks: 8,
+            max_key_bytes: 256,
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+/// One named limit (`[ratelimit.limits.<name>]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitConfig {
+    /// `fixed_window`, `sliding_window`, `token_bucket` or `gcra`.
+    pub algorithm: Algorithm,
+    /// Requests (or cost units) per period.
+    pub limit: u64,
+    /// The period, e.g. `1m`.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Bucket size for `token_bucket` and `gcra` (0: `limit`).
+    #[serde(default)]
+    pub burst: u64,
+    /// `open` (allow, marked not enforced) or `closed` (UNAVAILABLE) when the store fails.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+impl LimitConfig {
+    /// The limit as the domain uses it.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            algorithm: self.algorithm,
+            limit: self.limit,
+            period_ms: duration_ms(self.period),
+            burst: self.burst,
+            failure_mode: self.failure_mode,
+        }
+    }
+}
+
 /// A configuration problem, naming the key and the source it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -316,6 +376,8 @@ impl Config {
         positive("session.max_field_name_bytes", s.max_field_name_bytes > 0);
         positive("session.max_data_bytes", s.max_data_bytes > 0);
         positive("session.max_metadata_bytes", s.max_metadata_bytes > 0);
+        positive("ratelimit.max_checks", self.ratelimit.max_checks > 0);
+        positive("ratelimit.max_key_bytes", self.ratelimit.max_key_bytes > 0);
         for (key, value) in [
             ("session.idle_timeout", s.idle_timeout),
             ("session.absolute_timeout", s.absolute_timeout),
@@ -326,6 +388,16 @@ impl Config {
                     humantime::format_duration(value),
                     humantime::format_duration(s.max_timeout)
                 ));
+            }
+        }
+        for (name, limit) in &self.ratelimit.limits {
+            if crate::tenant::Tenant::new(name).is_none() {
+                bad.push(format!(
+                    "`ratelimit.limits.{name}`: names are 1-64 characters of A-Z a-z 0-9 _ . -"
+                ));
+            }
+            if let Err((field, why)) = limit.policy().validate() {
+                bad.push(format!("`ratelimit.limits.{name}.{field}` {why}"));
             }
         }
         if crate::tenant::Tenant::new(&self.server.tenant).is_none() {
@@ -511,6 +583,45 @@ mod tests {
         ));
         let c = Config::load(Some(path), env(&[])).expect("examples/flowstate.toml loads");
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn named_limits_load_from_file_and_env_and_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.api]\nalgorithm = \"gcra\"\nlimit = 100\nperiod = \"1m\"\nburst = 20\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            env(&[("FLOWSTATE_RATELIMIT__LIMITS__API__FAILURE_MODE", "open")]),
+        )
+        .expect("loads");
+        let api = c.ratelimit.limits["api"].policy();
+        assert_eq!((api.limit, api.period_ms, api.burst), (100, 60_000, 20));
+        assert_eq!(api.failure_mode, FailureMode::Open);
+
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.w]\nalgorithm = \"fixed_window\"\nlimit = 0\nperiod = \"1s\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("zero limit")
+            .to_string();
+        assert!(err.contains("ratelimit.limits.w.limit"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.w]\nalgorithm = \"leaky\"\nlimit = 1\nperiod = \"1s\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("bad algorithm")
+            .to_string();
+        assert!(err.contains("leaky"), "{err}");
     }
 
     #[test]

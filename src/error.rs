@@ -34,9 +34,9 @@ pub enum Error {
     /// The request is malformed or over a limit; nothing was changed.
     #[error("invalid argument: {}", describe(.0))]
     InvalidArgument(Vec<Violation>),
-    /// The thing named does not exist (or has expired).
+    /// The thing named does not exist (or has expired); the text says what, e.g. `session`.
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(String),
     /// A compare-and-set lost: the entity is at another version.
     #[error("version conflict: expected {expected}, current {current}")]
     VersionConflict {

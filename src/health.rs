@@ -16,7 +16,10 @@ use crate::store::Store;
 pub const READINESS: &str = "readiness";
 
 /// Every gRPC service whose health follows the store's.
-pub const STORE_BACKED_SERVICES: &[&str] = &["flowstate.v1.SessionService"];
+pub const STORE_BACKED_SERVICES: &[&str] = &[
+    "flowstate.v1.SessionService",
+    "flowstate.v1.RateLimitService",
+];
 
 /// Longest pause between store checks while the store is down (the backoff cap). Small enough
 /// that readiness returns within about a second of Redis coming back.

@@ -7,12 +7,14 @@
 //! - [`error`]: the service error type and its single mapping to `tonic::Status`.
 //! - [`api`]: one file per gRPC service: validate, convert proto → domain, call, map errors.
 //! - [`session`]: session domain: ids, handles, limits, expiry math (pure functions of `now`).
+//! - [`ratelimit`]: rate-limit domain: the four algorithms as pure functions, all-or-nothing checks.
 //! - [`store`]: the store contract and its Redis and in-memory implementations; key formats.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
 //! - [`tenant`]: the tenant every request is scoped to.
+//! - [`time`]: Unix-millisecond clock helpers.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod middleware;
 pub mod proto;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod store;

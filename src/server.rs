@@ -14,11 +14,18 @@ use tonic::transport::server::TcpIncoming;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    api::session::SessionApi,
+    api::{ratelimit::RateLimitApi, session::SessionApi},
     config::Config,
     health::{self, Health},
     middleware::{DeadlineLayer, layer_error_to_status},
-    proto::{self, v1::session_service_server::SessionServiceServer},
+    proto::{
+        self,
+        v1::{
+            rate_limit_service_server::RateLimitServiceServer,
+            session_service_server::SessionServiceServer,
+        },
+    },
+    ratelimit::RateLimits,
     session::Sessions,
     store::{MemoryStore, RedisStore, Store},
     tenant::Tenant,
@@ -87,7 +94,10 @@ pub async fn run(
         .context("building reflection v1alpha")?;
 
     let sessions = Sessions::new(store.clone(), config.session.clone());
-    let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant))
+    let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant.clone()))
+        .max_decoding_message_size(config.server.max_message_bytes);
+    let limits = RateLimits::new(store.clone(), &config.ratelimit);
+    let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits, tenant))
         .max_decoding_message_size(config.server.max_message_bytes);
 
     // The one tower stack, outermost first.
@@ -116,6 +126,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(session_service)
+        .add_service(ratelimit_service)
         // TCP_NODELAY: small gRPC replies must not wait for the peer's delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -357,3 +357,91 @@ async fn sessions_survive_a_flowstate_restart() {
         .into_inner();
     assert_eq!(got.data["k"].as_ref(), b"v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_failure_modes_when_redis_is_down() {
+    use flowstate::{
+        config::LimitConfig,
+        ratelimit::{Algorithm, FailureMode},
+    };
+    use pb::{limit_check::Limit, rate_limit_service_client::RateLimitServiceClient};
+
+    let mut redis = RedisServer::start().await;
+    let mut cfg = config(&redis.url());
+    for (name, failure_mode) in [("open", FailureMode::Open), ("closed", FailureMode::Closed)] {
+        cfg.ratelimit.limits.insert(
+            name.into(),
+            LimitConfig {
+                algorithm: Algorithm::SlidingWindow,
+                limit: 1,
+                period: Duration::from_secs(3600),
+                burst: 0,
+                failure_mode,
+            },
+        );
+    }
+    let server = TestServer::start(cfg).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = RateLimitServiceClient::new(server.channel.clone());
+    let check = |names: &[&str]| {
+        let mut r = Request::new(pb::CheckRequest {
+            checks: names
+                .iter()
+                .map(|n| pb::LimitCheck {
+                    limit: Some(Limit::Name((*n).into())),
+                    key: "k".into(),
+                })
+                .collect(),
+            cost: None,
+            dry_run: false,
+        });
+        r.set_timeout(Duration::from_secs(3));
+        r
+    };
+    // Use up both limits while Redis is there: enforced denials.
+    assert!(
+        c.check(check(&["open", "closed"]))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    let denied = c.check(check(&["open"])).await.expect("check").into_inner();
+    assert!(!denied.allowed && denied.results[0].enforced);
+
+    redis.kill();
+    let open = c
+        .check(check(&["open"]))
+        .await
+        .expect("fails open")
+        .into_inner();
+    assert!(open.allowed, "OPEN allows when the store is down");
+    assert!(
+        !open.results[0].enforced,
+        "and says the result was not enforced"
+    );
+    for names in [&["closed"][..], &["open", "closed"][..]] {
+        let err = c.check(check(names)).await.expect_err("fails closed");
+        assert_eq!(err.code(), Code::Unavailable, "{names:?}: {err:?}");
+    }
+
+    redis.restart().await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let back = c
+        .check(check(&["closed"]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(
+        back.allowed && back.results[0].enforced,
+        "enforced again (fresh Redis)"
+    );
+}

@@ -2,6 +2,7 @@
 //! Every test here runs twice: `memory_store::<name>` and `redis_store::<name>` (a private
 //! redis-server per test).
 
+#[macro_use]
 mod common;
 
 use std::{collections::HashMap, time::Duration};
@@ -14,40 +15,6 @@ use tonic::{Code, Request, transport::Channel};
 use tonic_types::StatusExt;
 
 type Client = SessionServiceClient<Channel>;
-
-macro_rules! tweak {
-    () => {
-        |_: &mut flowstate::config::Config| {}
-    };
-    ($f:expr) => {
-        $f
-    };
-}
-
-/// Generates `memory_store::$name` and `redis_store::$name` for each contract test `$name(Backend)`,
-/// optionally with a config tweak applied to both.
-macro_rules! contract_tests {
-    ($($name:ident $(with $tweak:expr)?),* $(,)?) => {
-        mod memory_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::Backend::memory(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
-        }
-        mod redis_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::Backend::redis(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
-        }
-    };
-}
 
 contract_tests! {
     create_and_get_round_trip,

@@ -284,7 +284,7 @@ impl Sessions {
             .store
             .session_get(tenant, &key, now, touch)
             .await?
-            .ok_or(Error::NotFound("session"))?;
+            .ok_or_else(|| Error::NotFound("session".into()))?;
         Ok(Session {
             id: None,
             key,
@@ -351,7 +351,7 @@ impl Sessions {
                 key,
                 record,
             }),
-            UpdateOutcome::NotFound => Err(Error::NotFound("session")),
+            UpdateOutcome::NotFound => Err(Error::NotFound("session".into())),
             UpdateOutcome::Refused(UpdateRefused::Conflict { current }) => {
                 Err(Error::VersionConflict {
                     expected: update.expected_version,
@@ -385,7 +385,7 @@ impl Sessions {
             .store
             .session_rotate(tenant, &old.key(), &key, now)
             .await?
-            .ok_or(Error::NotFound("session"))?;
+            .ok_or_else(|| Error::NotFound("session".into()))?;
         Ok(Session {
             id: Some(new),
             key,

@@ -4,8 +4,10 @@
 //! user's session index (a sorted set of members scored by creation time). `TAG` is the user tag
 //! (see [`crate::session::id`]) wrapped in braces: the Redis Cluster hash tag, so a user's
 //! sessions and index share a slot and one Lua script can change them together.
+//! `{prefix}:{tenant}:rl:{limit}:{algorithm}:{KEY}` is a rate-limit counter (a small hash).
 
 use crate::{
+    ratelimit::CounterId,
     session::{SessionKey, UserTag},
     tenant::Tenant,
 };
@@ -39,6 +41,19 @@ impl Keys {
             self.prefix,
             tenant.as_str(),
             tag.encode()
+        )
+    }
+
+    /// The key of a rate-limit counter. Its hash tag is the caller's key alone, never anything
+    /// that depends on the other checks of a request, so a counter always lives in one slot.
+    pub fn counter(&self, tenant: &Tenant, id: &CounterId) -> String {
+        format!(
+            "{}:{}:rl:{}:{}:{{{}}}",
+            self.prefix,
+            tenant.as_str(),
+            id.limit,
+            id.algorithm,
+            id.key
         )
     }
 

@@ -13,6 +13,7 @@ use std::{
 
 use super::{StoreError, keys::Keys};
 use crate::{
+    ratelimit::{Counter, CounterId, Decision, State as RateState, decide},
     session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
     tenant::Tenant,
     time::{Millis, now_ms},
@@ -32,6 +33,10 @@ struct State {
     indexes: HashMap<String, BTreeSet<(Millis, String)>>,
     /// (expires_at, session key) for every session, so the sweeper pops only what is due.
     expiry: BTreeSet<(Millis, String)>,
+    /// Rate-limit counters: key → (state, expires_at).
+    counters: HashMap<String, (RateState, Millis)>,
+    /// (expires_at, counter key), for the sweeper.
+    counter_expiry: BTreeSet<(Millis, String)>,
 }
 
 struct Entry {
@@ -90,7 +95,37 @@ impl State {
         Some(out)
     }
 
+    fn counter(&mut self, key: &str, now: Millis) -> Option<RateState> {
+        match self.counters.get(key) {
+            Some((state, expires)) if *expires > now => Some(*state),
+            Some((_, expires)) => {
+                let expires = *expires;
+                self.counters.remove(key);
+                self.counter_expiry.remove(&(expires, key.to_owned()));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
+        if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
+            self.counter_expiry.remove(&(old, key.clone()));
+        }
+        self.counter_expiry.insert((expires, key));
+    }
+
     fn sweep(&mut self, now: Millis) -> usize {
+        let due_counters: Vec<(Millis, String)> = self
+            .counter_expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
+        for entry in &due_counters {
+            self.counter_expiry.remove(entry);
+            self.counters.remove(&entry.1);
+        }
         let due: Vec<String> = self
             .expiry
             .iter()
@@ -100,7 +135,7 @@ impl State {
         for key in &due {
             self.remove(key);
         }
-        due.len()
+        due.len() + due_counters.len()
     }
 }
 
@@ -320,6 +355,49 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    pub(crate) async fn ratelimit_check(
+        &self,
+        tenant: &Tenant,
+        counters: &[Counter],
+        now: Millis,
+        cost: u64,
+        commit: bool,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let keys: Vec<String> = counters
+            .iter()
+            .map(|c| self.keys.counter(tenant, &c.id))
+            .collect();
+        let mut state = self.lock();
+        let mut decisions = Vec::with_capacity(counters.len());
+        let mut updates = Vec::with_capacity(counters.len());
+        for (counter, key) in counters.iter().zip(&keys) {
+            let (decision, update) = decide(&counter.policy, state.counter(key, now), now, cost);
+            decisions.push(decision);
+            updates.push(update);
+        }
+        if commit && decisions.iter().all(|d| d.allowed) {
+            for (key, update) in keys.into_iter().zip(updates) {
+                state.set_counter(key, update.state, now.saturating_add(update.ttl_ms));
+            }
+        }
+        Ok(decisions)
+    }
+
+    pub(crate) async fn ratelimit_reset(
+        &self,
+        tenant: &Tenant,
+        id: &CounterId,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.counter(tenant, id);
+        let mut state = self.lock();
+        if let Some((_, expires)) = state.counters.remove(&key) {
+            state.counter_expiry.remove(&(expires, key));
+        }
+        Ok(())
+    }
+}
+
 async fn sweeper(state: Weak<Mutex<State>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,7 +410,7 @@ async fn sweeper(state: Weak<Mutex<State>>, every: Duration) {
             .unwrap_or_else(|p| p.into_inner())
             .sweep(now_ms());
         if swept > 0 {
-            tracing::debug!(swept, "reclaimed expired sessions");
+            tracing::debug!(swept, "reclaimed expired sessions and counters");
         }
     }
 }

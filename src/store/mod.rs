@@ -14,6 +14,7 @@ pub mod redis;
 use std::time::Duration;
 
 use crate::{
+    ratelimit::{Counter, CounterId, Decision},
     session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
     tenant::Tenant,
     time::Millis,
@@ -174,5 +175,23 @@ impl Store {
         now: Millis,
     ) -> Result<u64, StoreError> {
         dispatch!(self.session_delete_user(tenant, tag, user_id, keep, now))
+    }
+
+    /// Decides every counter at `now` for `cost`; when all allow and `commit`, consumes from all
+    /// in the same atomic step. Denied requests consume nothing.
+    pub async fn ratelimit_check(
+        &self,
+        tenant: &Tenant,
+        counters: &[Counter],
+        now: Millis,
+        cost: u64,
+        commit: bool,
+    ) -> Result<Vec<Decision>, StoreError> {
+        dispatch!(self.ratelimit_check(tenant, counters, now, cost, commit))
+    }
+
+    /// Deletes a counter.
+    pub async fn ratelimit_reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
+        dispatch!(self.ratelimit_reset(tenant, id))
     }
 }

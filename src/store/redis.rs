@@ -38,6 +38,7 @@ use redis::{
 use super::{StoreError, keys::Keys};
 use crate::{
     config::{RedisConfig, redact_url},
+    ratelimit::{Counter, CounterId, Decision},
     session::{
         DataLimits, LimitExceeded, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome,
         UpdateRefused, UserTag, data_size,
@@ -64,6 +65,7 @@ struct Scripts {
     delete: Script,
     list: Script,
     delete_user: Script,
+    ratelimit: Script,
 }
 
 impl Scripts {
@@ -76,6 +78,7 @@ impl Scripts {
             delete: session_script!("session_delete.lua"),
             list: session_script!("session_list.lua"),
             delete_user: session_script!("session_delete_user.lua"),
+            ratelimit: Script::new(include_str!("lua/ratelimit_check.lua")),
         }
     }
 }
@@ -206,14 +209,16 @@ impl RedisStore {
         Ok((pooled.conn.clone(), pooled.broken.clone()))
     }
 
-    /// Runs one script invocation: one round trip, bounded by the command timeout.
-    async fn invoke<T: redis::FromRedisValue>(
-        &self,
-        call: &ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
+    /// Runs `f` on a pooled connection within the command timeout, marking the connection
+    /// broken when the error says it cannot be reused.
+    async fn with_connection<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let attempt = async {
-            let (mut conn, broken) = self.connection().await?;
-            call.invoke_async(&mut conn).await.map_err(|e| {
+            let (conn, broken) = self.connection().await?;
+            f(conn).await.map_err(|e| {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() {
                     broken.store(true, Ordering::Release);
                 }
@@ -223,6 +228,15 @@ impl RedisStore {
         tokio::time::timeout(self.command_timeout, attempt)
             .await
             .map_err(|_| StoreError::Timeout(self.command_timeout))?
+    }
+
+    /// Runs one script invocation: one round trip (EVALSHA; EVAL once after a NOSCRIPT).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.with_connection(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await
     }
 
     /// [`invoke`](Self::invoke) for idempotent calls: one retry after a dropped connection.
@@ -241,20 +255,11 @@ impl RedisStore {
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        let attempt = async {
-            let (mut conn, broken) = self.connection().await?;
-            redis::cmd("PING")
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| {
-                    broken.store(true, Ordering::Release);
-                    classify(&e)
-                })
-        };
-        let result = tokio::time::timeout(self.command_timeout, attempt)
-            .await
-            .map_err(|_| StoreError::Timeout(self.command_timeout))
-            .and_then(|r| r);
+        let result = self
+            .with_connection(|mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await;
         if result.is_err() {
             self.invalidate_connections();
         }
@@ -428,6 +433,75 @@ impl RedisStore {
             .arg(user_id)
             .arg(keep.map(SessionKey::member).unwrap_or_default());
         self.invoke_idempotent(&call).await
+    }
+}
+
+impl RedisStore {
+    /// One script for every counter of the request: all-or-nothing on standalone Redis. On Redis
+    /// Cluster the counters' different hash tags would need reserve-then-commit per slot instead.
+    pub(crate) async fn ratelimit_check(
+        &self,
+        tenant: &Tenant,
+        counters: &[Counter],
+        now: Millis,
+        cost: u64,
+        commit: bool,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let mut call = self.scripts.ratelimit.prepare_invoke();
+        call.arg(now).arg(cost).arg(if commit { "1" } else { "0" });
+        for c in counters {
+            call.key(self.keys.counter(tenant, &c.id))
+                .arg(c.policy.algorithm.code())
+                .arg(c.policy.limit)
+                .arg(c.policy.period_ms)
+                .arg(c.policy.capacity());
+        }
+        // A consuming check is never retried: the first attempt may have counted.
+        let reply: Vec<i64> = if commit {
+            self.invoke(&call).await?
+        } else {
+            self.invoke_idempotent(&call).await?
+        };
+        if reply.len() != counters.len() * 4 {
+            return Err(StoreError::Protocol(format!(
+                "ratelimit_check returned {} values for {} counters",
+                reply.len(),
+                counters.len()
+            )));
+        }
+        Ok(reply
+            .chunks_exact(4)
+            .map(|r| Decision {
+                allowed: r[0] == 1,
+                remaining: u64::try_from(r[1]).unwrap_or(0),
+                reset_after_ms: r[2],
+                retry_after_ms: r[3],
+            })
+            .collect())
+    }
+
+    pub(crate) async fn ratelimit_reset(
+        &self,
+        tenant: &Tenant,
+        id: &CounterId,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.counter(tenant, id);
+        // Deleting twice ends in the same state: safe to retry.
+        let del = || {
+            self.with_connection(|mut conn| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("DEL")
+                        .arg(key)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            })
+        };
+        match del().await {
+            Err(StoreError::Unavailable(_)) => del().await,
+            other => other,
+        }
     }
 }
 

@@ -15,6 +15,43 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The config tweak of a contract test (none: leave the config as it is).
+#[allow(unused_macros)]
+macro_rules! tweak {
+    () => {
+        |_: &mut flowstate::config::Config| {}
+    };
+    ($f:expr) => {
+        $f
+    };
+}
+
+/// Generates `memory_store::$name` and `redis_store::$name` for each contract test `$name(Backend)`,
+/// optionally with a config tweak applied to both.
+#[allow(unused_macros)]
+macro_rules! contract_tests {
+    ($($name:ident $(with $tweak:expr)?),* $(,)?) => {
+        mod memory_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::memory(tweak!($($tweak)?)).await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::redis(tweak!($($tweak)?)).await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
+    };
+}
+
 use flowstate::{config::Config, proto::v1::session_service_client::SessionServiceClient};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};

@@ -1,0 +1,129 @@
+//! `flowstate.v1.RateLimitService`.
+
+use tonic::{Request, Response, Status};
+
+use super::duration_ms;
+use crate::{
+    error::Error,
+    proto::v1::{self as pb, rate_limit_service_server::RateLimitService},
+    ratelimit::{Algorithm, CheckInput, FailureMode, LimitRef, Policy, RateLimits},
+    tenant::Tenant,
+    time::now_ms,
+};
+
+/// The RateLimitService handlers.
+pub struct RateLimitApi {
+    limits: RateLimits,
+    tenant: Tenant,
+}
+
+impl RateLimitApi {
+    /// Handlers over `limits`, acting for `tenant`.
+    pub fn new(limits: RateLimits, tenant: Tenant) -> Self {
+        Self { limits, tenant }
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitApi {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let r = request.into_inner();
+        let checks = r
+            .checks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(CheckInput {
+                    limit: limit_ref(c.limit, &format!("checks[{i}].policy"))?,
+                    key: c.key,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let outcome = self
+            .limits
+            .check(
+                &self.tenant,
+                checks,
+                r.cost.unwrap_or(1),
+                r.dry_run,
+                now_ms(),
+            )
+            .await?;
+        Ok(Response::new(pb::CheckResponse {
+            allowed: outcome.allowed,
+            results: outcome
+                .results
+                .into_iter()
+                .map(|c| pb::CheckResult {
+                    allowed: c.decision.allowed,
+                    limit: c.limit,
+                    remaining: c.decision.remaining,
+                    reset_after: Some(millis(c.decision.reset_after_ms)),
+                    retry_after: Some(millis(c.decision.retry_after_ms)),
+                    enforced: c.enforced,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn reset(
+        &self,
+        request: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit_ref(r.limit.map(check_limit), "policy")?;
+        self.limits.reset(&self.tenant, limit, &r.key).await?;
+        Ok(Response::new(pb::ResetResponse {}))
+    }
+}
+
+fn check_limit(l: pb::reset_request::Limit) -> pb::limit_check::Limit {
+    match l {
+        pb::reset_request::Limit::Name(n) => pb::limit_check::Limit::Name(n),
+        pb::reset_request::Limit::Policy(p) => pb::limit_check::Limit::Policy(p),
+    }
+}
+
+/// Converts the proto's limit choice; an absent choice is an empty name (rejected downstream).
+fn limit_ref(limit: Option<pb::limit_check::Limit>, field: &str) -> Result<LimitRef, Error> {
+    Ok(match limit {
+        None => LimitRef::Named(String::new()),
+        Some(pb::limit_check::Limit::Name(name)) => LimitRef::Named(name),
+        Some(pb::limit_check::Limit::Policy(p)) => {
+            let algorithm = match p.algorithm() {
+                pb::Algorithm::FixedWindow => Algorithm::FixedWindow,
+                pb::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
+                pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
+                pb::Algorithm::Gcra => Algorithm::Gcra,
+                pb::Algorithm::Unspecified => {
+                    return Err(Error::invalid(
+                        format!("{field}.algorithm"),
+                        "choose fixed_window, sliding_window, token_bucket or gcra",
+                    ));
+                }
+            };
+            let failure_mode = match p.failure_mode() {
+                pb::FailureMode::Open => FailureMode::Open,
+                pb::FailureMode::Closed | pb::FailureMode::Unspecified => FailureMode::Closed,
+            };
+            LimitRef::Inline(Policy {
+                algorithm,
+                limit: p.limit,
+                period_ms: p.period.as_ref().map_or(0, duration_ms),
+                burst: p.burst,
+                failure_mode,
+            })
+        }
+    })
+}
+
+fn millis(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        // In 0..1_000_000_000 by construction.
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
