@@ -126,7 +126,7 @@ impl Policy {
             .ok()
             .and_then(|c| c.checked_mul(self.period_ms))
             .and_then(|s| s.checked_mul(2));
-        if !scaled.is_some_and(|s| s < MAX_SCALED) {
+        if scaled.is_none_or(|s| s >= MAX_SCALED) {
             return Err((
                 "limit",
                 "limit (or burst) × period in ms must stay below 2^51".into(),
