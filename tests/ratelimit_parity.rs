@@ -68,7 +68,7 @@ async fn redis_and_memory_decide_identically() {
             };
             now += gap;
             let cost = ((seed >> 33) % (policy.capacity().min(3) + 1)).min(policy.capacity());
-            let commit = (seed >> 40) % 5 != 0;
+            let commit = !(seed >> 40).is_multiple_of(5);
             let a = redis
                 .ratelimit_check(&tenant, &counters, now, cost, commit)
                 .await
