@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let protos = [
         "proto/flowstate/v1/session.proto",
+        "proto/flowstate/v1/cache.proto",
         "proto/flowstate/v1/ratelimit.proto",
     ];
     let fds = protox::compile(protos, ["proto"])?;

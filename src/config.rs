@@ -38,6 +38,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Session policy and input limits.
     pub session: SessionConfig,
+    /// Cache namespaces, leases and input limits.
+    pub cache: CacheConfig,
     /// Named rate limits and input limits.
     pub ratelimit: RateLimitConfig,
 }
@@ -216,6 +218,75 @@ impl Default for SessionConfig {
     }
 }
 
+/// The cache: namespace policies, leases, limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Whether namespaces missing from `cache.namespaces` may be used (with `default_policy`).
+    pub allow_unknown_namespaces: bool,
+    /// Policy of namespaces not listed in `namespaces`.
+    pub default_policy: NamespacePolicy,
+    /// Policies by namespace name.
+    pub namespaces: BTreeMap<String, NamespacePolicy>,
+    /// Largest TTL a Set may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long a lease lets its holder recompute before others may take over.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Most keys in GetMany, SetMany and Delete.
+    pub max_batch: usize,
+    /// Most tags on one entry, and in one InvalidateTags.
+    pub max_tags: usize,
+    /// Longest tag, in bytes.
+    pub max_tag_bytes: usize,
+    /// Memory store only: the cache's size budget in bytes (least recently used entries go).
+    pub memory_max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            allow_unknown_namespaces: true,
+            default_policy: NamespacePolicy::default(),
+            namespaces: BTreeMap::new(),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            lease_ttl: Duration::from_secs(5),
+            max_key_bytes: 512,
+            max_batch: 100,
+            max_tags: 16,
+            max_tag_bytes: 128,
+            memory_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One namespace's policy (`[cache.namespaces.<name>]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NamespacePolicy {
+    /// TTL of a Set that names none.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long past its TTL a value is still served, marked stale, while one caller refreshes.
+    #[serde(with = "humantime_serde")]
+    pub stale: Duration,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for NamespacePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            stale: Duration::ZERO,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
 /// Rate limiting: the named limits and the bounds on Check requests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -387,6 +458,44 @@ impl Config {
                     "`{key}` ({}) exceeds `session.max_timeout` ({})",
                     humantime::format_duration(value),
                     humantime::format_duration(s.max_timeout)
+                ));
+            }
+        }
+        let cache = &self.cache;
+        for (key, ok) in [
+            ("cache.max_ttl", !cache.max_ttl.is_zero()),
+            ("cache.lease_ttl", !cache.lease_ttl.is_zero()),
+            ("cache.max_key_bytes", cache.max_key_bytes > 0),
+            ("cache.max_batch", cache.max_batch > 0),
+            ("cache.max_tags", cache.max_tags > 0),
+            ("cache.max_tag_bytes", cache.max_tag_bytes > 0),
+            ("cache.memory_max_bytes", cache.memory_max_bytes > 0),
+        ] {
+            if !ok {
+                bad.push(format!("`{key}` must be greater than zero"));
+            }
+        }
+        let policies = std::iter::once(("cache.default_policy".to_owned(), &cache.default_policy))
+            .chain(
+                cache
+                    .namespaces
+                    .iter()
+                    .map(|(n, p)| (format!("cache.namespaces.{n}"), p)),
+            );
+        for (key, policy) in policies {
+            if policy.ttl.is_zero() || policy.ttl > cache.max_ttl {
+                bad.push(format!(
+                    "`{key}.ttl` must be between 1 ms and `cache.max_ttl`"
+                ));
+            }
+            if policy.max_value_bytes == 0 {
+                bad.push(format!("`{key}.max_value_bytes` must be greater than zero"));
+            }
+        }
+        for name in cache.namespaces.keys() {
+            if crate::tenant::Tenant::new(name).is_none() {
+                bad.push(format!(
+                    "`cache.namespaces.{name}`: names are 1-64 characters of A-Z a-z 0-9 _ . -"
                 ));
             }
         }

@@ -18,6 +18,7 @@ pub const READINESS: &str = "readiness";
 /// Every gRPC service whose health follows the store's.
 pub const STORE_BACKED_SERVICES: &[&str] = &[
     "flowstate.v1.SessionService",
+    "flowstate.v1.CacheService",
     "flowstate.v1.RateLimitService",
 ];
 

@@ -7,6 +7,7 @@
 //! - [`error`]: the service error type and its single mapping to `tonic::Status`.
 //! - [`api`]: one file per gRPC service: validate, convert proto → domain, call, map errors.
 //! - [`session`]: session domain: ids, handles, limits, expiry math (pure functions of `now`).
+//! - [`cache`]: cache domain: namespace policies, leases, hit/miss counts.
 //! - [`ratelimit`]: rate-limit domain: the four algorithms as pure functions, all-or-nothing checks.
 //! - [`store`]: the store contract and its Redis and in-memory implementations; key formats.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;

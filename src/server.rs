@@ -14,13 +14,15 @@ use tonic::transport::server::TcpIncoming;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    api::{ratelimit::RateLimitApi, session::SessionApi},
+    api::{cache::CacheApi, ratelimit::RateLimitApi, session::SessionApi},
+    cache::Caches,
     config::Config,
     health::{self, Health},
     middleware::{DeadlineLayer, layer_error_to_status},
     proto::{
         self,
         v1::{
+            cache_service_server::CacheServiceServer,
             rate_limit_service_server::RateLimitServiceServer,
             session_service_server::SessionServiceServer,
         },
@@ -53,6 +55,7 @@ pub fn build_store(config: &Config) -> anyhow::Result<Store> {
             Ok(Store::Memory(MemoryStore::new(
                 &config.redis.key_prefix,
                 config.memory.sweep_interval,
+                config.cache.memory_max_bytes,
             )))
         }
     }
@@ -96,6 +99,9 @@ pub async fn run(
     let sessions = Sessions::new(store.clone(), config.session.clone());
     let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let caches = Caches::new(store.clone(), config.cache.clone());
+    let cache_service = CacheServiceServer::new(CacheApi::new(caches, tenant.clone()))
+        .max_decoding_message_size(config.server.max_message_bytes);
     let limits = RateLimits::new(store.clone(), &config.ratelimit);
     let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits, tenant))
         .max_decoding_message_size(config.server.max_message_bytes);
@@ -126,6 +132,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(session_service)
+        .add_service(cache_service)
         .add_service(ratelimit_service)
         // TCP_NODELAY: small gRPC replies must not wait for the peer's delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(

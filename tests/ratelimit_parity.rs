@@ -23,7 +23,7 @@ async fn redis_and_memory_decide_identically() {
         ..RedisConfig::default()
     };
     let redis = Store::Redis(RedisStore::new(&config).expect("redis store"));
-    let memory = Store::Memory(MemoryStore::new("parity", Duration::from_secs(60)));
+    let memory = Store::Memory(MemoryStore::new("parity", Duration::from_secs(60), 1 << 20));
     let tenant = Tenant::default_tenant();
 
     let policies = [

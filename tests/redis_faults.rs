@@ -445,3 +445,81 @@ async fn rate_limit_failure_modes_when_redis_is_down() {
         "enforced again (fresh Redis)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_calls_fail_fast_when_redis_is_down() {
+    use pb::cache_service_client::CacheServiceClient;
+    let mut redis = RedisServer::start().await;
+    let server = TestServer::start(config(&redis.url())).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = CacheServiceClient::new(server.channel.clone());
+    let get = || {
+        let mut r = Request::new(pb::CacheGetRequest {
+            namespace: "ns".into(),
+            key: "k".into(),
+            lease: true,
+        });
+        r.set_timeout(Duration::from_secs(3));
+        r
+    };
+    assert!(!c.get(get()).await.expect("get").into_inner().found);
+    redis.kill();
+    let err = c.get(get()).await.expect_err("Redis is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    redis.restart().await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    assert!(
+        !c.get(get())
+            .await
+            .expect("works again")
+            .into_inner()
+            .lease_token
+            .is_empty(),
+        "a fresh Redis grants the lease again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_invalidation_reaches_every_replica() {
+    use pb::cache_service_client::CacheServiceClient;
+    let redis = RedisServer::start().await;
+    let cfg = config(&redis.url());
+    let a = TestServer::start(cfg.clone()).await;
+    let b = TestServer::start(cfg).await;
+    let mut ca = CacheServiceClient::new(a.channel.clone());
+    let mut cb = CacheServiceClient::new(b.channel.clone());
+    let set = pb::CacheSetRequest {
+        namespace: "ns".into(),
+        key: "k".into(),
+        value: bytes::Bytes::from_static(b"v"),
+        ..Default::default()
+    };
+    let get = pb::CacheGetRequest {
+        namespace: "ns".into(),
+        key: "k".into(),
+        lease: false,
+    };
+    ca.set(set.clone()).await.expect("set via a");
+    assert!(ca.get(get.clone()).await.expect("get").into_inner().found);
+    assert!(
+        cb.get(get.clone()).await.expect("get").into_inner().found,
+        "replicas share Redis"
+    );
+    // Replica b invalidates; replica a, which last saw the old generation, must not serve it.
+    cb.invalidate_namespace(pb::CacheInvalidateNamespaceRequest {
+        namespace: "ns".into(),
+    })
+    .await
+    .expect("invalidate via b");
+    assert!(!ca.get(get.clone()).await.expect("get").into_inner().found);
+    ca.set(set).await.expect("set via a, new generation");
+    assert!(cb.get(get).await.expect("get").into_inner().found);
+}

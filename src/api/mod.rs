@@ -1,6 +1,7 @@
 //! gRPC services: one file per service. A handler validates and converts the request, calls the
 //! domain, and converts the answer; errors map to `Status` through `From<Error>`.
 
+pub mod cache;
 pub mod ratelimit;
 pub mod session;
 

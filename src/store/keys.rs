@@ -5,6 +5,8 @@
 //! (see [`crate::session::id`]) wrapped in braces: the Redis Cluster hash tag, so a user's
 //! sessions and index share a slot and one Lua script can change them together.
 //! `{prefix}:{tenant}:rl:{limit}:{algorithm}:{KEY}` is a rate-limit counter (a small hash).
+//! `{prefix}:{tenant}:c:{namespace}:{generation}:{KEY}` is a cache entry, `…:ct:{namespace}:{TAG}`
+//! a tag index and `…:cg:{NAMESPACE}` a namespace's generation.
 
 use crate::{
     ratelimit::CounterId,
@@ -54,6 +56,35 @@ impl Keys {
             id.limit,
             id.algorithm,
             id.key
+        )
+    }
+
+    /// A cache namespace's generation counter (InvalidateNamespace increments it).
+    pub fn cache_generation(&self, tenant: &Tenant, namespace: &str) -> String {
+        format!("{}:{}:cg:{{{namespace}}}", self.prefix, tenant.as_str())
+    }
+
+    /// A cache entry (a hash) in a namespace generation; hash-tagged by its own key.
+    pub fn cache_entry(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        generation: u64,
+        key: &str,
+    ) -> String {
+        format!(
+            "{}:{}:c:{namespace}:{generation}:{{{key}}}",
+            self.prefix,
+            tenant.as_str()
+        )
+    }
+
+    /// A cache tag's index: a sorted set of entry keys scored by when each stops being servable.
+    pub fn cache_tag(&self, tenant: &Tenant, namespace: &str, tag: &str) -> String {
+        format!(
+            "{}:{}:ct:{namespace}:{{{tag}}}",
+            self.prefix,
+            tenant.as_str()
         )
     }
 

@@ -11,8 +11,9 @@ use std::{
     time::Duration,
 };
 
-use super::{StoreError, keys::Keys};
+use super::{StoreError, keys::Keys, memory_cache::MemoryCache};
 use crate::{
+    cache::{Lookup, Write},
     ratelimit::{Counter, CounterId, Decision, State as RateState, decide},
     session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
     tenant::Tenant,
@@ -23,6 +24,7 @@ use crate::{
 #[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
+    cache: Arc<MemoryCache>,
     keys: Keys,
 }
 
@@ -142,14 +144,20 @@ impl State {
 impl MemoryStore {
     /// A new, empty store whose sweeper runs every `sweep_interval` until the store is dropped.
     /// Must be called inside a Tokio runtime.
-    pub fn new(key_prefix: &str, sweep_interval: Duration) -> Self {
+    pub fn new(key_prefix: &str, sweep_interval: Duration, cache_max_bytes: u64) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let weak = Arc::downgrade(&state);
         tokio::spawn(sweeper(weak, sweep_interval));
         Self {
             state,
+            cache: Arc::new(MemoryCache::new(cache_max_bytes)),
             keys: Keys::new(key_prefix),
         }
+    }
+
+    /// Cache entries evicted for space, by namespace.
+    pub fn cache_evictions(&self) -> Vec<(String, u64)> {
+        self.cache.evictions()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -398,6 +406,105 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn cache_key(&self, tenant: &Tenant, namespace: &str, key: &str) -> String {
+        let generation = self
+            .cache
+            .generation(&self.keys.cache_generation(tenant, namespace));
+        self.keys.cache_entry(tenant, namespace, generation, key)
+    }
+
+    pub(crate) async fn cache_get(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        now: Millis,
+        lease: Option<(&str, Millis)>,
+    ) -> Result<Lookup, StoreError> {
+        Ok(self
+            .cache
+            .get(&self.cache_key(tenant, namespace, key), now, lease))
+    }
+
+    pub(crate) async fn cache_get_many(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
+        Ok(keys
+            .iter()
+            .map(|k| {
+                self.cache
+                    .get(&self.cache_key(tenant, namespace, k), now, None)
+            })
+            .collect())
+    }
+
+    pub(crate) async fn cache_set(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        Ok(writes
+            .iter()
+            .map(|w| {
+                let tags = w
+                    .tags
+                    .iter()
+                    .map(|t| self.keys.cache_tag(tenant, namespace, t))
+                    .collect();
+                let key = self.cache_key(tenant, namespace, &w.key);
+                self.cache.set(&key, namespace, w, tags, now)
+            })
+            .collect())
+    }
+
+    pub(crate) async fn cache_delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        Ok(keys
+            .iter()
+            .filter(|k| {
+                self.cache
+                    .remove(&self.cache_key(tenant, namespace, k), now)
+            })
+            .count() as u64)
+    }
+
+    pub(crate) async fn cache_invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, StoreError> {
+        let tag_keys: Vec<String> = tags
+            .iter()
+            .map(|t| self.keys.cache_tag(tenant, namespace, t))
+            .collect();
+        Ok(self.cache.invalidate_tags(&tag_keys, now_ms()))
+    }
+
+    pub(crate) async fn cache_invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        _keep_ms: Millis,
+    ) -> Result<(), StoreError> {
+        self.cache
+            .invalidate_namespace(&self.keys.cache_generation(tenant, namespace));
+        Ok(())
+    }
+}
+
 async fn sweeper(state: Weak<Mutex<State>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -436,7 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweeper_reclaims_expired_sessions() {
-        let store = MemoryStore::new("t", Duration::from_millis(10));
+        let store = MemoryStore::new("t", Duration::from_millis(10), 1 << 20);
         let tenant = Tenant::default_tenant();
         let now = now_ms();
         for i in 0..50 {

@@ -9,11 +9,13 @@
 
 pub mod keys;
 pub mod memory;
+mod memory_cache;
 pub mod redis;
 
 use std::time::Duration;
 
 use crate::{
+    cache::{Lookup, Write},
     ratelimit::{Counter, CounterId, Decision},
     session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
     tenant::Tenant,
@@ -193,5 +195,69 @@ impl Store {
     /// Deletes a counter.
     pub async fn ratelimit_reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
         dispatch!(self.ratelimit_reset(tenant, id))
+    }
+
+    /// Looks a cache key up; `lease` = (token to grant, lease TTL ms) when the caller wants one.
+    pub async fn cache_get(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        now: Millis,
+        lease: Option<(&str, Millis)>,
+    ) -> Result<Lookup, StoreError> {
+        dispatch!(self.cache_get(tenant, namespace, key, now, lease))
+    }
+
+    /// Looks several cache keys up, in order.
+    pub async fn cache_get_many(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
+        dispatch!(self.cache_get_many(tenant, namespace, keys, now))
+    }
+
+    /// Writes cache entries (each atomically, with its condition and lease check).
+    pub async fn cache_set(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self.cache_set(tenant, namespace, writes, now))
+    }
+
+    /// Deletes cache keys and their leases; how many held a value.
+    pub async fn cache_delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.cache_delete(tenant, namespace, keys))
+    }
+
+    /// Deletes every cache key carrying any of the tags; how many held a value.
+    pub async fn cache_invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.cache_invalidate_tags(tenant, namespace, tags))
+    }
+
+    /// Starts a new generation of the namespace; `keep_ms` bounds how long the counter lives.
+    pub async fn cache_invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keep_ms: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.cache_invalidate_namespace(tenant, namespace, keep_ms))
     }
 }

@@ -22,7 +22,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -34,6 +34,8 @@ use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value,
     aio::MultiplexedConnection,
 };
+
+mod cache;
 
 use super::{StoreError, keys::Keys};
 use crate::{
@@ -47,12 +49,13 @@ use crate::{
     time::Millis,
 };
 
-macro_rules! session_script {
+/// A session script: the shared prelude followed by the script's own file.
+macro_rules! session_lua {
     ($file:literal) => {
-        Script::new(concat!(
-            include_str!("lua/session_prelude.lua"),
-            include_str!(concat!("lua/", $file))
-        ))
+        concat!(
+            include_str!("../lua/session_prelude.lua"),
+            include_str!(concat!("../lua/", $file))
+        )
     };
 }
 
@@ -66,20 +69,64 @@ struct Scripts {
     list: Script,
     delete_user: Script,
     ratelimit: Script,
+    cache_get: Script,
+    cache_set: Script,
+    cache_tag: Script,
+    /// Every script's source, for SCRIPT LOAD.
+    sources: [&'static str; 11],
 }
 
 impl Scripts {
     fn load() -> Self {
+        let sources = [
+            session_lua!("session_create.lua"),
+            session_lua!("session_get.lua"),
+            session_lua!("session_update.lua"),
+            session_lua!("session_rotate.lua"),
+            session_lua!("session_delete.lua"),
+            session_lua!("session_list.lua"),
+            session_lua!("session_delete_user.lua"),
+            include_str!("../lua/ratelimit_check.lua"),
+            include_str!("../lua/cache_get.lua"),
+            include_str!("../lua/cache_set.lua"),
+            include_str!("../lua/cache_tag.lua"),
+        ];
+        let [
+            create,
+            get,
+            update,
+            rotate,
+            delete,
+            list,
+            delete_user,
+            ratelimit,
+            cache_get,
+            cache_set,
+            cache_tag,
+        ] = sources.map(Script::new);
         Self {
-            create: session_script!("session_create.lua"),
-            get: session_script!("session_get.lua"),
-            update: session_script!("session_update.lua"),
-            rotate: session_script!("session_rotate.lua"),
-            delete: session_script!("session_delete.lua"),
-            list: session_script!("session_list.lua"),
-            delete_user: session_script!("session_delete_user.lua"),
-            ratelimit: Script::new(include_str!("lua/ratelimit_check.lua")),
+            create,
+            get,
+            update,
+            rotate,
+            delete,
+            list,
+            delete_user,
+            ratelimit,
+            cache_get,
+            cache_set,
+            cache_tag,
+            sources,
         }
+    }
+
+    /// Loads every script (one pipelined round trip), so EVALSHA finds them on this server.
+    async fn load_all(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for source in self.sources {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+        }
+        pipe.query_async::<()>(conn).await
     }
 }
 
@@ -94,6 +141,7 @@ pub struct PooledConnection {
 pub struct Manager {
     inner: deadpool_redis::Manager,
     generation: Arc<AtomicU64>,
+    scripts: Arc<Scripts>,
 }
 
 impl managed::Manager for Manager {
@@ -102,7 +150,10 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<PooledConnection, RedisError> {
         let generation = self.generation.load(Ordering::Acquire);
-        let conn = managed::Manager::create(&self.inner).await?;
+        let mut conn = managed::Manager::create(&self.inner).await?;
+        // Scripts are loaded with every new connection (a new connection often means a
+        // restarted Redis), so pipelined EVALSHA rarely meets NOSCRIPT.
+        self.scripts.load_all(&mut conn).await?;
         Ok(PooledConnection {
             conn,
             generation,
@@ -130,6 +181,8 @@ pub struct RedisStore {
     keys: Keys,
     scripts: Arc<Scripts>,
     generation: Arc<AtomicU64>,
+    /// Cache namespace generations last seen (see `cache.rs`).
+    generations: Arc<RwLock<HashMap<String, u64>>>,
     command_timeout: Duration,
     /// The URL with its password hidden, for log lines.
     display_url: Arc<str>,
@@ -160,9 +213,11 @@ impl RedisStore {
         let inner = deadpool_redis::Manager::new_with_config(info, connection_config)
             .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?;
         let generation = Arc::new(AtomicU64::new(0));
+        let scripts = Arc::new(Scripts::load());
         let manager = Manager {
             inner,
             generation: generation.clone(),
+            scripts: scripts.clone(),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -175,8 +230,9 @@ impl RedisStore {
         Ok(Self {
             pool,
             keys: Keys::new(&config.key_prefix),
-            scripts: Arc::new(Scripts::load()),
+            scripts,
             generation,
+            generations: Arc::new(RwLock::new(HashMap::new())),
             command_timeout: config.command_timeout,
             display_url: redact_url(url).into(),
         })

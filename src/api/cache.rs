@@ -1,0 +1,180 @@
+//! `flowstate.v1.CacheService`.
+
+use tonic::{Request, Response, Status};
+
+use super::duration_ms;
+use crate::{
+    cache::{Caches, Condition, Freshness, Lease, Lookup, SetInput},
+    proto::v1::{self as pb, cache_service_server::CacheService},
+    tenant::Tenant,
+    time::{Millis, now_ms},
+};
+
+/// The CacheService handlers.
+pub struct CacheApi {
+    caches: Caches,
+    tenant: Tenant,
+}
+
+impl CacheApi {
+    /// Handlers over `caches`, acting for `tenant`.
+    pub fn new(caches: Caches, tenant: Tenant) -> Self {
+        Self { caches, tenant }
+    }
+}
+
+fn condition(c: pb::SetCondition) -> Condition {
+    match c {
+        pb::SetCondition::Always => Condition::Always,
+        pb::SetCondition::IfAbsent => Condition::IfAbsent,
+        pb::SetCondition::IfPresent => Condition::IfPresent,
+    }
+}
+
+/// Time left in the fresh period, as a protobuf Duration (zero unless fresh).
+fn ttl_remaining(lookup: &Lookup, now: Millis) -> Option<prost_types::Duration> {
+    let ms = match lookup.freshness {
+        Freshness::Fresh => (lookup.fresh_until - now).max(0),
+        Freshness::Stale | Freshness::Miss => 0,
+    };
+    Some(prost_types::Duration {
+        seconds: ms / 1000,
+        // ms ≥ 0, so the remainder is in 0..1000 and the product fits an i32.
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    async fn get(
+        &self,
+        request: Request<pb::CacheGetRequest>,
+    ) -> Result<Response<pb::CacheGetResponse>, Status> {
+        let r = request.into_inner();
+        let now = now_ms();
+        let lookup = self
+            .caches
+            .get(&self.tenant, &r.namespace, &r.key, r.lease, now)
+            .await?;
+        let ttl_remaining = ttl_remaining(&lookup, now);
+        Ok(Response::new(pb::CacheGetResponse {
+            found: lookup.freshness != Freshness::Miss,
+            stale: lookup.freshness == Freshness::Stale,
+            ttl_remaining,
+            lease_wait: lookup.lease == Lease::Wait,
+            lease_token: match lookup.lease {
+                Lease::Granted(token) => token,
+                Lease::None | Lease::Wait => String::new(),
+            },
+            value: lookup.value,
+        }))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<pb::CacheGetManyRequest>,
+    ) -> Result<Response<pb::CacheGetManyResponse>, Status> {
+        let r = request.into_inner();
+        let now = now_ms();
+        let lookups = self
+            .caches
+            .get_many(&self.tenant, &r.namespace, &r.keys, now)
+            .await?;
+        let entries = r
+            .keys
+            .into_iter()
+            .zip(lookups)
+            .map(|(key, lookup)| pb::CacheEntry {
+                key,
+                found: lookup.freshness != Freshness::Miss,
+                stale: lookup.freshness == Freshness::Stale,
+                ttl_remaining: ttl_remaining(&lookup, now),
+                value: lookup.value,
+            })
+            .collect();
+        Ok(Response::new(pb::CacheGetManyResponse { entries }))
+    }
+
+    async fn set(
+        &self,
+        request: Request<pb::CacheSetRequest>,
+    ) -> Result<Response<pb::CacheSetResponse>, Status> {
+        let r = request.into_inner();
+        let input = SetInput {
+            condition: condition(r.condition()),
+            key: r.key,
+            value: r.value,
+            ttl_ms: r.ttl.as_ref().map(duration_ms),
+            tags: r.tags,
+            lease_token: Some(r.lease_token),
+        };
+        let stored = self
+            .caches
+            .set(&self.tenant, &r.namespace, vec![input], now_ms(), false)
+            .await?;
+        Ok(Response::new(pb::CacheSetResponse {
+            stored: stored.first().copied().unwrap_or(false),
+        }))
+    }
+
+    async fn set_many(
+        &self,
+        request: Request<pb::CacheSetManyRequest>,
+    ) -> Result<Response<pb::CacheSetManyResponse>, Status> {
+        let r = request.into_inner();
+        let inputs = r
+            .entries
+            .into_iter()
+            .map(|e| SetInput {
+                condition: condition(e.condition()),
+                key: e.key,
+                value: e.value,
+                ttl_ms: e.ttl.as_ref().map(duration_ms),
+                tags: e.tags,
+                lease_token: None,
+            })
+            .collect();
+        let stored = self
+            .caches
+            .set(&self.tenant, &r.namespace, inputs, now_ms(), true)
+            .await?;
+        Ok(Response::new(pb::CacheSetManyResponse { stored }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::CacheDeleteRequest>,
+    ) -> Result<Response<pb::CacheDeleteResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self
+            .caches
+            .delete(&self.tenant, &r.namespace, &r.keys)
+            .await?;
+        Ok(Response::new(pb::CacheDeleteResponse { deleted }))
+    }
+
+    async fn invalidate_tags(
+        &self,
+        request: Request<pb::CacheInvalidateTagsRequest>,
+    ) -> Result<Response<pb::CacheInvalidateTagsResponse>, Status> {
+        let r = request.into_inner();
+        let invalidated = self
+            .caches
+            .invalidate_tags(&self.tenant, &r.namespace, &r.tags)
+            .await?;
+        Ok(Response::new(pb::CacheInvalidateTagsResponse {
+            invalidated,
+        }))
+    }
+
+    async fn invalidate_namespace(
+        &self,
+        request: Request<pb::CacheInvalidateNamespaceRequest>,
+    ) -> Result<Response<pb::CacheInvalidateNamespaceResponse>, Status> {
+        let r = request.into_inner();
+        self.caches
+            .invalidate_namespace(&self.tenant, &r.namespace)
+            .await?;
+        Ok(Response::new(pb::CacheInvalidateNamespaceResponse {}))
+    }
+}

@@ -1,0 +1,345 @@
+//! The Redis store's cache operations.
+//!
+//! # One round trip, Cluster-ready
+//! An entry's key embeds its namespace's generation (`InvalidateNamespace` increments it, so old
+//! entries are never seen again and simply expire). Reading the generation and then the entry
+//! would be two round trips, and one script touching both would span two Cluster slots. So each
+//! call pipelines `GET generation` with the operation on the generation this process last saw;
+//! when Redis answers with another generation (after an invalidation) the operation is sent once
+//! more on the new one. Work sent to a stale generation is harmless: it lands on keys nobody
+//! reads, which expire.
+//!
+//! # Tags
+//! A Set pipelines, after the entry's script, one small script per tag that lists the entry key
+//! in the tag's index (a sorted set pruned of dead members, same slot). Entry first, then index:
+//! an InvalidateTags running in between leaves the entry listed, so a later one still finds it.
+//! A write refused by its condition still lists the key under its tags; the worst that does is
+//! an extra invalidation of that key, a miss, never a stale read.
+
+use bytes::Bytes;
+use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
+
+use super::{RedisStore, StoreError, int};
+use crate::{
+    cache::{Freshness, Lease, Lookup, Write},
+    tenant::Tenant,
+    time::{Millis, now_ms},
+};
+
+/// Generations remembered per process before the memo is cleared (bounds unknown namespaces).
+const MAX_REMEMBERED_GENERATIONS: usize = 10_000;
+
+impl RedisStore {
+    fn known_generation(&self, key: &str) -> u64 {
+        self.generations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn remember_generation(&self, key: &str, generation: u64) {
+        let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REMEMBERED_GENERATIONS {
+            map.clear();
+        }
+        map.insert(key.to_owned(), generation);
+    }
+
+    /// Sends a pipeline in one round trip; reloads the scripts and resends once on NOSCRIPT
+    /// (a Redis restarted or flushed under a live connection).
+    async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let scripts = self.scripts.clone();
+        self.with_connection(|mut conn| async move {
+            match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    scripts.load_all(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Runs `build`'s commands against the namespace's current generation (see the module docs);
+    /// returns their replies.
+    async fn in_generation(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        build: impl Fn(u64, &mut Pipeline),
+    ) -> Result<Vec<Value>, StoreError> {
+        let generation_key = self.keys.cache_generation(tenant, namespace);
+        let mut generation = self.known_generation(&generation_key);
+        for _ in 0..3 {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&generation_key);
+            build(generation, &mut pipe);
+            let mut replies = self.pipeline(&pipe).await?;
+            if replies.is_empty() {
+                return Err(StoreError::Protocol("empty pipeline reply".into()));
+            }
+            let current =
+                match replies.remove(0) {
+                    Value::Nil => 0,
+                    Value::BulkString(b) => std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| StoreError::Protocol("non-numeric generation".into()))?,
+                    other => return Err(StoreError::Protocol(format!("generation: {other:?}"))),
+                };
+            if current == generation {
+                return Ok(replies);
+            }
+            self.remember_generation(&generation_key, current);
+            generation = current;
+        }
+        Err(StoreError::Unavailable(
+            "namespace generation changed during three attempts".into(),
+        ))
+    }
+
+    pub(crate) async fn cache_get(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        now: Millis,
+        lease: Option<(&str, Millis)>,
+    ) -> Result<Lookup, StoreError> {
+        let (token, lease_ttl) = lease.unwrap_or(("", 0));
+        let script = self.scripts.cache_get.get_hash();
+        let replies = self
+            .in_generation(tenant, namespace, |generation, pipe| {
+                pipe.cmd("EVALSHA")
+                    .arg(script)
+                    .arg(1)
+                    .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                    .arg(now)
+                    .arg(token)
+                    .arg(lease_ttl);
+            })
+            .await?;
+        let Some(Value::Array(reply)) = replies.into_iter().next() else {
+            return Err(StoreError::Protocol("cache_get: no reply".into()));
+        };
+        let [state, value, fresh_until, lease_state] = <[Value; 4]>::try_from(reply)
+            .map_err(|r| StoreError::Protocol(format!("cache_get returned {r:?}")))?;
+        let freshness = match int(&state)? {
+            1 => Freshness::Fresh,
+            2 => Freshness::Stale,
+            _ => Freshness::Miss,
+        };
+        Ok(Lookup {
+            freshness,
+            value: match value {
+                Value::BulkString(b) => Bytes::from(b),
+                _ => Bytes::new(),
+            },
+            fresh_until: int(&fresh_until)?,
+            lease: match int(&lease_state)? {
+                1 => Lease::Granted(token.to_owned()),
+                2 => Lease::Wait,
+                _ => Lease::None,
+            },
+        })
+    }
+
+    pub(crate) async fn cache_get_many(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
+        let replies = self
+            .in_generation(tenant, namespace, |generation, pipe| {
+                for key in keys {
+                    pipe.cmd("HMGET")
+                        .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                        .arg("v")
+                        .arg("e")
+                        .arg("s");
+                }
+            })
+            .await?;
+        replies
+            .into_iter()
+            .map(|r| lookup_from_hash(r, now))
+            .collect()
+    }
+
+    pub(crate) async fn cache_set(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        let set = self.scripts.cache_set.get_hash();
+        let tag = self.scripts.cache_tag.get_hash();
+        let replies = self
+            .in_generation(tenant, namespace, |generation, pipe| {
+                for w in writes {
+                    let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
+                    pipe.cmd("EVALSHA")
+                        .arg(set)
+                        .arg(1)
+                        .arg(&entry)
+                        .arg(now)
+                        .arg(w.value.as_ref())
+                        .arg(w.fresh_until)
+                        .arg(w.stale_until)
+                        .arg(w.condition.code())
+                        .arg(w.lease_token.as_deref().unwrap_or(""));
+                    for t in &w.tags {
+                        pipe.cmd("EVALSHA")
+                            .arg(tag)
+                            .arg(1)
+                            .arg(self.keys.cache_tag(tenant, namespace, t))
+                            .arg(now)
+                            .arg(&entry)
+                            .arg(w.stale_until)
+                            .ignore();
+                    }
+                }
+            })
+            .await?;
+        if replies.len() != writes.len() {
+            return Err(StoreError::Protocol(format!(
+                "cache_set: {} replies for {} writes",
+                replies.len(),
+                writes.len()
+            )));
+        }
+        replies.iter().map(|r| Ok(int(r)? == 1)).collect()
+    }
+
+    pub(crate) async fn cache_delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        let replies = self
+            .in_generation(tenant, namespace, |generation, pipe| {
+                for key in keys {
+                    pipe.cmd("DEL")
+                        .arg(self.keys.cache_entry(tenant, namespace, generation, key));
+                }
+            })
+            .await?;
+        count_ones(&replies)
+    }
+
+    pub(crate) async fn cache_invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let tag_keys: Vec<String> = tags
+            .iter()
+            .map(|t| self.keys.cache_tag(tenant, namespace, t))
+            .collect();
+        // Round trip 1: the live members of every tag index.
+        let mut pipe = redis::pipe();
+        for key in &tag_keys {
+            pipe.cmd("ZRANGEBYSCORE").arg(key).arg(now).arg("+inf");
+        }
+        let mut members: Vec<Vec<u8>> = Vec::new();
+        for reply in self.pipeline(&pipe).await? {
+            if let Value::Array(items) = reply {
+                members.extend(items.into_iter().filter_map(|v| match v {
+                    Value::BulkString(b) => Some(b),
+                    _ => None,
+                }));
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        // Round trip 2: delete the entries (one DEL each: they live in different slots), then
+        // the indexes.
+        let mut pipe = redis::pipe();
+        for m in &members {
+            pipe.cmd("DEL").arg(m.as_slice());
+        }
+        for key in &tag_keys {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        let replies = self.pipeline(&pipe).await?;
+        count_ones(&replies)
+    }
+
+    pub(crate) async fn cache_invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keep_ms: Millis,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.cache_generation(tenant, namespace);
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(keep_ms)
+            .ignore();
+        let replies = self.pipeline(&pipe).await?;
+        let generation = replies
+            .first()
+            .map(int)
+            .transpose()?
+            .and_then(|g| u64::try_from(g).ok())
+            .ok_or_else(|| StoreError::Protocol("INCR returned nothing".into()))?;
+        self.remember_generation(&key, generation);
+        Ok(())
+    }
+}
+
+fn count_ones(replies: &[Value]) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for r in replies {
+        if int(r)? > 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A GetMany answer from `HMGET v e s`.
+fn lookup_from_hash(reply: Value, now: Millis) -> Result<Lookup, StoreError> {
+    let Value::Array(fields) = reply else {
+        return Err(StoreError::Protocol(format!("HMGET returned {reply:?}")));
+    };
+    let mut it = fields.into_iter();
+    let (Some(v), Some(e), Some(s)) = (it.next(), it.next(), it.next()) else {
+        return Err(StoreError::Protocol("HMGET: three fields expected".into()));
+    };
+    let num = |v: &Value| -> Option<Millis> {
+        match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    };
+    let (Value::BulkString(value), Some(fresh_until), Some(stale_until)) = (v, num(&e), num(&s))
+    else {
+        return Ok(Lookup::miss());
+    };
+    let freshness = if now < fresh_until {
+        Freshness::Fresh
+    } else if now < stale_until {
+        Freshness::Stale
+    } else {
+        return Ok(Lookup::miss());
+    };
+    Ok(Lookup {
+        freshness,
+        value: Bytes::from(value),
+        fresh_until,
+        lease: Lease::None,
+    })
+}
