@@ -15,7 +15,11 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use flowstate::proto::v1::{self as pb, session_service_client::SessionServiceClient};
+use flowstate::proto::v1::{
+    self as pb, cache_service_client::CacheServiceClient,
+    rate_limit_service_client::RateLimitServiceClient,
+    session_service_client::SessionServiceClient,
+};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
@@ -32,7 +36,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "session-get,session-create"
+        default_value = "session-get,session-create,cache-get,cache-set,ratelimit-check,ratelimit-check2"
     )]
     scenarios: Vec<Scenario>,
     /// Concurrent callers.
@@ -58,6 +62,14 @@ enum Scenario {
     SessionGet,
     /// CreateSession with a small payload.
     SessionCreate,
+    /// Cache Get of a present key (a hit).
+    CacheGet,
+    /// Cache Set of a 100-byte value.
+    CacheSet,
+    /// RateLimit Check of one inline GCRA limit.
+    RatelimitCheck,
+    /// RateLimit Check of two limits (per user and per tenant), all or nothing.
+    RatelimitCheck2,
 }
 
 impl Scenario {
@@ -65,6 +77,10 @@ impl Scenario {
         match self {
             Scenario::SessionGet => "session-get",
             Scenario::SessionCreate => "session-create",
+            Scenario::CacheGet => "cache-get",
+            Scenario::CacheSet => "cache-set",
+            Scenario::RatelimitCheck => "ratelimit-check",
+            Scenario::RatelimitCheck2 => "ratelimit-check2",
         }
     }
 }
@@ -75,7 +91,41 @@ struct Fixture {
     session_id: String,
 }
 
+/// A limit no benchmark reaches (10^8 per hour), so every check does the full work of an
+/// admission.
+fn bench_limit(key: String) -> pb::LimitCheck {
+    pb::LimitCheck {
+        limit: Some(pb::limit_check::Limit::Policy(pb::LimitPolicy {
+            algorithm: pb::Algorithm::Gcra as i32,
+            limit: 100_000_000,
+            period: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            burst: 0,
+            failure_mode: pb::FailureMode::Closed as i32,
+        })),
+        key,
+    }
+}
+
+const CACHE_NAMESPACE: &str = "bench";
+const VALUE: &[u8; 100] = &[b'x'; 100];
+
 async fn prepare(channel: &Channel) -> anyhow::Result<Fixture> {
+    CacheServiceClient::new(channel.clone())
+        .set(pb::CacheSetRequest {
+            namespace: CACHE_NAMESPACE.into(),
+            key: "hot".into(),
+            value: bytes::Bytes::from_static(VALUE),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("setting the fixture cache key")?;
     let session = SessionServiceClient::new(channel.clone())
         .create_session(pb::CreateSessionRequest {
             user_id: "bench-user".into(),
@@ -108,6 +158,42 @@ async fn call(scenario: Scenario, channel: &Channel, fixture: &Fixture, n: u64) 
             })
             .await
             .is_ok(),
+        Scenario::CacheGet => CacheServiceClient::new(channel.clone())
+            .get(pb::CacheGetRequest {
+                namespace: CACHE_NAMESPACE.into(),
+                key: "hot".into(),
+                lease: false,
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().found),
+        Scenario::CacheSet => CacheServiceClient::new(channel.clone())
+            .set(pb::CacheSetRequest {
+                namespace: CACHE_NAMESPACE.into(),
+                key: format!("k{}", n % 1000),
+                value: bytes::Bytes::from_static(VALUE),
+                ..Default::default()
+            })
+            .await
+            .is_ok(),
+        Scenario::RatelimitCheck => RateLimitServiceClient::new(channel.clone())
+            .check(pb::CheckRequest {
+                checks: vec![bench_limit(format!("user-{}", n % 1000))],
+                cost: None,
+                dry_run: false,
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().allowed),
+        Scenario::RatelimitCheck2 => RateLimitServiceClient::new(channel.clone())
+            .check(pb::CheckRequest {
+                checks: vec![
+                    bench_limit(format!("user-{}", n % 1000)),
+                    bench_limit("tenant".into()),
+                ],
+                cost: None,
+                dry_run: false,
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().allowed),
     }
 }
 
