@@ -32,6 +32,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log format and filter.
     pub log: LogConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
     /// Redis store; used when `redis.url` is set.
     pub redis: RedisConfig,
     /// Embedded in-memory store; used when `redis.url` is not set.
@@ -92,6 +94,25 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             level: "info".to_owned(),
+        }
+    }
+}
+
+/// The Prometheus endpoint (an admin HTTP listener, apart from gRPC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address of the metrics listener (containers: `0.0.0.0:9464`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }

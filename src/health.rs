@@ -101,7 +101,9 @@ pub async fn watch_store(
             _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match store.ping().await {
+        let result = store.ping().await;
+        metrics::gauge!("flowstate_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
+        match result {
             Ok(()) => {
                 if health.set_store_ok(true).await {
                     tracing::info!(store = store.kind().as_str(), "store is answering: SERVING");

@@ -11,6 +11,7 @@
 //! - [`ratelimit`]: rate-limit domain: the four algorithms as pure functions, all-or-nothing checks.
 //! - [`store`]: the store contract and its Redis and in-memory implementations; key formats.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
+//! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod middleware;
+pub mod observe;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;

@@ -54,6 +54,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if config.metrics.enabled {
+            let store = if config.redis.url.is_some() { "redis" } else { "memory" };
+            flowstate::observe::install(config.metrics.listen, store)?;
+            tracing::info!(listen = %config.metrics.listen, "metrics on /metrics");
+        }
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding server.listen {}: {e}", config.server.listen))?;

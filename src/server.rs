@@ -3,7 +3,7 @@
 //! [`run`] takes the listener and the shutdown signal as arguments so tests can bind
 //! `127.0.0.1:0` and stop the server when they like; `main` passes a real socket and SIGTERM/SIGINT.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     health::{self, Health},
     middleware::{DeadlineLayer, layer_error_to_status},
+    observe::{self, RpcMetricsLayer},
     proto::{
         self,
         v1::{
@@ -100,6 +101,12 @@ pub async fn run(
     let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
     let caches = Caches::new(store.clone(), config.cache.clone());
+    let collector = tokio::spawn(observe::collect(
+        caches.stats(),
+        store.clone(),
+        Duration::from_secs(1),
+        stop_health.subscribe(),
+    ));
     let cache_service = CacheServiceServer::new(CacheApi::new(caches, tenant.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
     let limits = RateLimits::new(store.clone(), &config.ratelimit);
@@ -108,6 +115,9 @@ pub async fn run(
 
     // The one tower stack, outermost first.
     let stack = ServiceBuilder::new()
+        // Count and time every call by service, method and final status code, including the
+        // ones the layers below answer themselves (shed load, deadlines).
+        .layer(RpcMetricsLayer)
         // Errors raised by the layers below become proper gRPC statuses (RESOURCE_EXHAUSTED for
         // shed load) instead of reset streams.
         .map_result(layer_error_to_status)
@@ -167,8 +177,10 @@ pub async fn run(
         }
     };
     let _ = stop_health.send(true);
-    if let Err(e) = health_task.await {
-        tracing::error!(error = %e, "health task ended abnormally");
+    for (name, task) in [("health", health_task), ("metrics collector", collector)] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, task = name, "background task ended abnormally");
+        }
     }
     tracing::info!("flowstate stopped");
     result

@@ -41,6 +41,43 @@ pub struct Counter {
     pub policy: Policy,
 }
 
+/// Decision counts of one limit (labelled by limit name, or `inline`), registered once so the
+/// hot path only increments.
+#[derive(Clone)]
+struct DecisionMetrics {
+    allowed: metrics::Counter,
+    denied: metrics::Counter,
+    not_enforced: metrics::Counter,
+}
+
+impl DecisionMetrics {
+    fn new(limit: &str) -> Self {
+        let counter = |decision: &'static str| {
+            metrics::counter!(
+                "flowstate_ratelimit_decisions_total",
+                "limit" => limit.to_owned(),
+                "decision" => decision
+            )
+        };
+        Self {
+            allowed: counter("allowed"),
+            denied: counter("denied"),
+            not_enforced: counter("not_enforced"),
+        }
+    }
+
+    fn record(&self, result: &CheckResult) {
+        let counter = if !result.enforced {
+            &self.not_enforced
+        } else if result.decision.allowed {
+            &self.allowed
+        } else {
+            &self.denied
+        };
+        counter.increment(1);
+    }
+}
+
 /// The parts a counter's store key is built from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CounterId {
@@ -77,7 +114,8 @@ pub struct CheckOutcome {
 #[derive(Clone)]
 pub struct RateLimits {
     store: Store,
-    named: Arc<HashMap<String, Policy>>,
+    named: Arc<HashMap<String, (Policy, DecisionMetrics)>>,
+    inline_metrics: DecisionMetrics,
     max_checks: usize,
     max_key_bytes: usize,
 }
@@ -91,9 +129,10 @@ impl RateLimits {
                 config
                     .limits
                     .iter()
-                    .map(|(name, l)| (name.clone(), l.policy()))
+                    .map(|(name, l)| (name.clone(), (l.policy(), DecisionMetrics::new(name))))
                     .collect(),
             ),
+            inline_metrics: DecisionMetrics::new("inline"),
             max_checks: config.max_checks,
             max_key_bytes: config.max_key_bytes,
         }
@@ -103,7 +142,7 @@ impl RateLimits {
     fn resolve(&self, field: &str, limit: &LimitRef, key: &str) -> Result<Counter, Error> {
         let (limit_id, policy) = match limit {
             LimitRef::Named(name) => match self.named.get(name) {
-                Some(policy) => (format!("n.{name}"), *policy),
+                Some((policy, _)) => (format!("n.{name}"), *policy),
                 None if name.is_empty() => {
                     return Err(Error::invalid(
                         format!("{field}name"),
@@ -177,16 +216,38 @@ impl RateLimits {
             counters.push(counter);
         }
         let commit = !dry_run && cost > 0;
+        let outcome = self.decide(tenant, &counters, now, cost, commit).await?;
+        if !dry_run {
+            for (check, result) in checks.iter().zip(&outcome.results) {
+                let metrics = match &check.limit {
+                    LimitRef::Named(name) => self.named.get(name).map(|(_, m)| m),
+                    LimitRef::Inline(_) => None,
+                };
+                metrics.unwrap_or(&self.inline_metrics).record(result);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Asks the store, applying the failure modes when it cannot answer.
+    async fn decide(
+        &self,
+        tenant: &Tenant,
+        counters: &[Counter],
+        now: Millis,
+        cost: u64,
+        commit: bool,
+    ) -> Result<CheckOutcome, Error> {
         match self
             .store
-            .ratelimit_check(tenant, &counters, now, cost, commit)
+            .ratelimit_check(tenant, counters, now, cost, commit)
             .await
         {
             Ok(decisions) => {
                 let allowed = decisions.iter().all(|d| d.allowed);
                 let results = decisions
                     .into_iter()
-                    .zip(&counters)
+                    .zip(counters)
                     .map(|(decision, c)| CheckResult {
                         decision,
                         limit: c.policy.limit,

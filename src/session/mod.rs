@@ -176,11 +176,33 @@ pub struct CreateSession {
     pub absolute_timeout: Option<Millis>,
 }
 
+/// Session event counters, registered once.
+#[derive(Clone)]
+struct SessionMetrics {
+    created: metrics::Counter,
+    rotated: metrics::Counter,
+    deleted: metrics::Counter,
+    missed: metrics::Counter,
+}
+
+impl SessionMetrics {
+    fn new() -> Self {
+        let counter = |event: &'static str| metrics::counter!("flowstate_sessions_total", "event" => event);
+        Self {
+            created: counter("created"),
+            rotated: counter("rotated"),
+            deleted: counter("deleted"),
+            missed: counter("missed"),
+        }
+    }
+}
+
 /// Session operations for a tenant: policy and validation in front of the store.
 #[derive(Clone)]
 pub struct Sessions {
     store: Store,
     policy: Arc<SessionConfig>,
+    metrics: SessionMetrics,
 }
 
 impl Sessions {
@@ -189,6 +211,7 @@ impl Sessions {
         Self {
             store,
             policy: Arc::new(policy),
+            metrics: SessionMetrics::new(),
         }
     }
 
@@ -261,7 +284,9 @@ impl Sessions {
             .store
             .session_create(tenant, &key, &record, p.max_per_user)
             .await?;
+        self.metrics.created.increment(1);
         if evicted > 0 {
+            self.metrics.deleted.increment(u64::from(evicted));
             tracing::debug!(evicted, "evicted oldest sessions over max_per_user");
         }
         Ok(Session {
@@ -284,7 +309,7 @@ impl Sessions {
             .store
             .session_get(tenant, &key, now, touch)
             .await?
-            .ok_or_else(|| Error::NotFound("session".into()))?;
+            .ok_or_else(|| self.missed())?;
         Ok(Session {
             id: None,
             key,
@@ -351,7 +376,7 @@ impl Sessions {
                 key,
                 record,
             }),
-            UpdateOutcome::NotFound => Err(Error::NotFound("session".into())),
+            UpdateOutcome::NotFound => Err(self.missed()),
             UpdateOutcome::Refused(UpdateRefused::Conflict { current }) => {
                 Err(Error::VersionConflict {
                     expected: update.expected_version,
@@ -385,7 +410,8 @@ impl Sessions {
             .store
             .session_rotate(tenant, &old.key(), &key, now)
             .await?
-            .ok_or_else(|| Error::NotFound("session".into()))?;
+            .ok_or_else(|| self.missed())?;
+        self.metrics.rotated.increment(1);
         Ok(Session {
             id: Some(new),
             key,
@@ -404,7 +430,11 @@ impl Sessions {
             DeleteTarget::Id(id) => parse_id(id)?.key(),
             DeleteTarget::Handle(h) => parse_handle("handle", h)?,
         };
-        Ok(self.store.session_delete(tenant, &key, now).await?)
+        let deleted = self.store.session_delete(tenant, &key, now).await?;
+        if deleted {
+            self.metrics.deleted.increment(1);
+        }
+        Ok(deleted)
     }
 
     /// The user's live sessions, oldest first.
@@ -444,10 +474,18 @@ impl Sessions {
             .map(|h| parse_handle("keep_handle", h))
             .transpose()?;
         let tag = UserTag::for_user(tenant, user_id);
-        Ok(self
+        let deleted = self
             .store
             .session_delete_user(tenant, tag, user_id, keep.as_ref(), now)
-            .await?)
+            .await?;
+        self.metrics.deleted.increment(deleted);
+        Ok(deleted)
+    }
+
+    /// NOT_FOUND for a session that is absent or expired, counted.
+    fn missed(&self) -> Error {
+        self.metrics.missed.increment(1);
+        Error::NotFound("session".into())
     }
 
     fn check_user_id_only(&self, user_id: &str) -> Result<(), Error> {

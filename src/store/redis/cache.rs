@@ -49,9 +49,9 @@ impl RedisStore {
 
     /// Sends a pipeline in one round trip; reloads the scripts and resends once on NOSCRIPT
     /// (a Redis restarted or flushed under a live connection).
-    async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+    async fn pipeline(&self, op: &'static str, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
         let scripts = self.scripts.clone();
-        self.with_connection(|mut conn| async move {
+        self.with_connection(op, |mut conn| async move {
             match pipe.query_async::<Vec<Value>>(&mut conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     scripts.load_all(&mut conn).await?;
@@ -67,6 +67,7 @@ impl RedisStore {
     /// returns their replies.
     async fn in_generation(
         &self,
+        op: &'static str,
         tenant: &Tenant,
         namespace: &str,
         build: impl Fn(u64, &mut Pipeline),
@@ -77,7 +78,7 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(&generation_key);
             build(generation, &mut pipe);
-            let mut replies = self.pipeline(&pipe).await?;
+            let mut replies = self.pipeline(op, &pipe).await?;
             if replies.is_empty() {
                 return Err(StoreError::Protocol("empty pipeline reply".into()));
             }
@@ -112,7 +113,7 @@ impl RedisStore {
         let (token, lease_ttl) = lease.unwrap_or(("", 0));
         let script = self.scripts.cache_get.get_hash();
         let replies = self
-            .in_generation(tenant, namespace, |generation, pipe| {
+            .in_generation("cache_get", tenant, namespace, |generation, pipe| {
                 pipe.cmd("EVALSHA")
                     .arg(script)
                     .arg(1)
@@ -155,7 +156,7 @@ impl RedisStore {
         now: Millis,
     ) -> Result<Vec<Lookup>, StoreError> {
         let replies = self
-            .in_generation(tenant, namespace, |generation, pipe| {
+            .in_generation("cache_get_many", tenant, namespace, |generation, pipe| {
                 for key in keys {
                     pipe.cmd("HMGET")
                         .arg(self.keys.cache_entry(tenant, namespace, generation, key))
@@ -181,7 +182,7 @@ impl RedisStore {
         let set = self.scripts.cache_set.get_hash();
         let tag = self.scripts.cache_tag.get_hash();
         let replies = self
-            .in_generation(tenant, namespace, |generation, pipe| {
+            .in_generation("cache_set", tenant, namespace, |generation, pipe| {
                 for w in writes {
                     let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
                     pipe.cmd("EVALSHA")
@@ -224,7 +225,7 @@ impl RedisStore {
         keys: &[String],
     ) -> Result<u64, StoreError> {
         let replies = self
-            .in_generation(tenant, namespace, |generation, pipe| {
+            .in_generation("cache_delete", tenant, namespace, |generation, pipe| {
                 for key in keys {
                     pipe.cmd("DEL")
                         .arg(self.keys.cache_entry(tenant, namespace, generation, key));
@@ -251,7 +252,7 @@ impl RedisStore {
             pipe.cmd("ZRANGEBYSCORE").arg(key).arg(now).arg("+inf");
         }
         let mut members: Vec<Vec<u8>> = Vec::new();
-        for reply in self.pipeline(&pipe).await? {
+        for reply in self.pipeline("cache_invalidate_tags", &pipe).await? {
             if let Value::Array(items) = reply {
                 members.extend(items.into_iter().filter_map(|v| match v {
                     Value::BulkString(b) => Some(b),
@@ -270,7 +271,7 @@ impl RedisStore {
         for key in &tag_keys {
             pipe.cmd("DEL").arg(key).ignore();
         }
-        let replies = self.pipeline(&pipe).await?;
+        let replies = self.pipeline("cache_invalidate_tags", &pipe).await?;
         count_ones(&replies)
     }
 
@@ -288,7 +289,7 @@ impl RedisStore {
             .arg(&key)
             .arg(keep_ms)
             .ignore();
-        let replies = self.pipeline(&pipe).await?;
+        let replies = self.pipeline("cache_invalidate_namespace", &pipe).await?;
         let generation = replies
             .first()
             .map(int)

@@ -267,11 +267,13 @@ impl RedisStore {
 
     /// Runs `f` on a pooled connection within the command timeout, marking the connection
     /// broken when the error says it cannot be reused.
-    async fn with_connection<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    /// `op` names the operation in the store metrics.
+    async fn with_connection<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let start = std::time::Instant::now();
         let attempt = async {
             let (conn, broken) = self.connection().await?;
             f(conn).await.map_err(|e| {
@@ -281,30 +283,45 @@ impl RedisStore {
                 classify(&e)
             })
         };
-        tokio::time::timeout(self.command_timeout, attempt)
+        let result = tokio::time::timeout(self.command_timeout, attempt)
             .await
-            .map_err(|_| StoreError::Timeout(self.command_timeout))?
+            .map_err(|_| StoreError::Timeout(self.command_timeout))
+            .and_then(|r| r);
+        metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
+            .record(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            let kind = match e {
+                StoreError::Timeout(_) => "timeout",
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Protocol(_) => "protocol",
+            };
+            metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => kind)
+                .increment(1);
+        }
+        result
     }
 
     /// Runs one script invocation: one round trip (EVALSHA; EVAL once after a NOSCRIPT).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
+        op: &'static str,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        self.with_connection(|mut conn| async move { call.invoke_async(&mut conn).await })
+        self.with_connection(op, |mut conn| async move { call.invoke_async(&mut conn).await })
             .await
     }
 
     /// [`invoke`](Self::invoke) for idempotent calls: one retry after a dropped connection.
     async fn invoke_idempotent<T: redis::FromRedisValue>(
         &self,
+        op: &'static str,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        match self.invoke(call).await {
+        match self.invoke(op, call).await {
             Err(StoreError::Unavailable(reason)) => {
-                tracing::debug!(%reason, "retrying an idempotent store call once");
+                tracing::debug!(%reason, op, "retrying an idempotent store call once");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                self.invoke(call).await
+                self.invoke(op, call).await
             }
             other => other,
         }
@@ -312,7 +329,7 @@ impl RedisStore {
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let result = self
-            .with_connection(|mut conn| async move {
+            .with_connection("ping", |mut conn| async move {
                 redis::cmd("PING").query_async::<()>(&mut conn).await
             })
             .await;
@@ -339,7 +356,7 @@ impl RedisStore {
             .arg(record.created_at)
             .arg(record.expires_at);
         encode_record(&mut call, record);
-        self.invoke(&call).await
+        self.invoke("session_create", &call).await
     }
 
     pub(crate) async fn session_get(
@@ -355,9 +372,9 @@ impl RedisStore {
             .arg(now)
             .arg(if touch { "1" } else { "0" });
         let reply: Value = if touch {
-            self.invoke(&call).await?
+            self.invoke("session_get", &call).await?
         } else {
-            self.invoke_idempotent(&call).await?
+            self.invoke_idempotent("session_get", &call).await?
         };
         match reply {
             Value::Nil => Ok(None),
@@ -390,7 +407,7 @@ impl RedisStore {
         for name in removed {
             call.arg(name);
         }
-        let reply: Vec<Value> = self.invoke(&call).await?;
+        let reply: Vec<Value> = self.invoke("session_update", &call).await?;
         let mut reply = reply.into_iter();
         let status = reply.next().map(|v| int(&v)).transpose()?;
         match (status, reply.next()) {
@@ -426,7 +443,7 @@ impl RedisStore {
             .arg(now)
             .arg(old.member())
             .arg(new.member());
-        match self.invoke::<Value>(&call).await? {
+        match self.invoke::<Value>("session_rotate", &call).await? {
             Value::Nil => Ok(None),
             other => decode_record(other).map(Some),
         }
@@ -444,7 +461,7 @@ impl RedisStore {
             .arg(now)
             .arg(key.member());
         // Deleting twice ends in the same state: safe to retry.
-        Ok(self.invoke_idempotent::<i64>(&call).await? == 1)
+        Ok(self.invoke_idempotent::<i64>("session_delete", &call).await? == 1)
     }
 
     pub(crate) async fn session_list(
@@ -458,7 +475,7 @@ impl RedisStore {
         call.key(self.keys.user_index(tenant, tag))
             .arg(now)
             .arg(self.keys.session_base(tenant, tag));
-        let reply: Vec<Value> = self.invoke_idempotent(&call).await?;
+        let reply: Vec<Value> = self.invoke_idempotent("session_list", &call).await?;
         let mut out = Vec::with_capacity(reply.len() / 2);
         let mut it = reply.into_iter();
         while let (Some(member), Some(hash)) = (it.next(), it.next()) {
@@ -488,7 +505,7 @@ impl RedisStore {
             .arg(self.keys.session_base(tenant, tag))
             .arg(user_id)
             .arg(keep.map(SessionKey::member).unwrap_or_default());
-        self.invoke_idempotent(&call).await
+        self.invoke_idempotent("session_delete_user", &call).await
     }
 }
 
@@ -514,9 +531,9 @@ impl RedisStore {
         }
         // A consuming check is never retried: the first attempt may have counted.
         let reply: Vec<i64> = if commit {
-            self.invoke(&call).await?
+            self.invoke("ratelimit_check", &call).await?
         } else {
-            self.invoke_idempotent(&call).await?
+            self.invoke_idempotent("ratelimit_check", &call).await?
         };
         if reply.len() != counters.len() * 4 {
             return Err(StoreError::Protocol(format!(
@@ -544,7 +561,7 @@ impl RedisStore {
         let key = self.keys.counter(tenant, id);
         // Deleting twice ends in the same state: safe to retry.
         let del = || {
-            self.with_connection(|mut conn| {
+            self.with_connection("ratelimit_reset", |mut conn| {
                 let key = key.clone();
                 async move {
                     redis::cmd("DEL")

@@ -1,0 +1,276 @@
+//! Prometheus metrics: the exporter, the RPC metrics layer, and the collector that publishes
+//! figures kept elsewhere (cache counts, pool state).
+//!
+//! Label cardinality is bounded by construction: service and method come from a fixed table of
+//! the RPCs this server has (anything else is `unknown`), codes from the 17 gRPC codes, cache
+//! namespaces from configuration plus a capped number of others, limits from configuration plus
+//! `inline`. Keys and user ids never become labels.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio::sync::watch;
+use tonic::body::Body;
+use tower::{BoxError, Layer, Service};
+
+use crate::{cache::CacheStats, store::Store};
+
+/// Latency buckets, in seconds: 50 µs to 5 s, dense below a millisecond where flowstate lives.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the global recorder and serves `/metrics` on `listen`. Call once, inside a Tokio
+/// runtime, before the server is built (metric handles created earlier would be no-ops).
+pub fn install(listen: SocketAddr, store_kind: &'static str) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), BUCKETS)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
+    describe();
+    metrics::gauge!(
+        "flowstate_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "store" => store_kind
+    )
+    .set(1.0);
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("flowstate_rpc_requests_total", "gRPC calls by service, method and status code.");
+    describe_histogram!("flowstate_rpc_duration_seconds", "gRPC call latency by service and method.");
+    describe_histogram!("flowstate_store_duration_seconds", "Store round-trip latency by operation.");
+    describe_counter!("flowstate_store_errors_total", "Store failures by operation and kind.");
+    describe_gauge!("flowstate_store_up", "1 while the store answers its health pings.");
+    describe_gauge!("flowstate_store_pool_connections", "Redis pool connections by state (open, idle, in_use).");
+    describe_gauge!("flowstate_store_pool_waiting", "Callers waiting for a Redis pool connection.");
+    describe_counter!("flowstate_cache_requests_total", "Cache lookups by namespace and result (hit, miss, stale).");
+    describe_counter!("flowstate_cache_leases_total", "Cache leases granted by namespace.");
+    describe_counter!("flowstate_cache_sets_total", "Cache writes stored by namespace.");
+    describe_counter!("flowstate_cache_evictions_total", "Memory-store cache entries evicted for space, by namespace.");
+    describe_counter!("flowstate_ratelimit_decisions_total", "Rate-limit check results by limit and decision (allowed, denied, not_enforced).");
+    describe_counter!("flowstate_sessions_total", "Session events: created, rotated, deleted, missed (absent or expired on read).");
+    describe_gauge!("flowstate_build_info", "Version and store kind of this process.");
+}
+
+/// The RPCs this server serves, for bounded `service`/`method` labels.
+const RPCS: &[(&str, &[&str])] = &[
+    (
+        "flowstate.v1.SessionService",
+        &[
+            "CreateSession",
+            "GetSession",
+            "UpdateSession",
+            "TouchSession",
+            "RotateSession",
+            "DeleteSession",
+            "ListUserSessions",
+            "DeleteUserSessions",
+        ],
+    ),
+    (
+        "flowstate.v1.CacheService",
+        &[
+            "Get",
+            "GetMany",
+            "Set",
+            "SetMany",
+            "Delete",
+            "InvalidateTags",
+            "InvalidateNamespace",
+        ],
+    ),
+    ("flowstate.v1.RateLimitService", &["Check", "Reset"]),
+    ("grpc.health.v1.Health", &["Check", "Watch", "List"]),
+    ("grpc.reflection.v1.ServerReflection", &["ServerReflectionInfo"]),
+    ("grpc.reflection.v1alpha.ServerReflection", &["ServerReflectionInfo"]),
+];
+
+/// `(service, method)` labels for a request path; `unknown` for paths not in [`RPCS`].
+pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return ("unknown", "unknown");
+    };
+    RPCS.iter()
+        .find(|(s, _)| *s == service)
+        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)))
+        .unwrap_or(("unknown", "unknown"))
+}
+
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The status code label of a response. tonic sends a failed unary call as a trailers-only
+/// response (`grpc-status` in the headers); a successful one carries its status in trailers, so
+/// headers without `grpc-status` mean OK.
+fn code_label(response: &Response<Body>) -> &'static str {
+    match response.headers().get("grpc-status") {
+        None => CODES[0],
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .and_then(|i| CODES.get(i).copied())
+            .unwrap_or("UNKNOWN"),
+    }
+}
+
+/// Counts every call and times it, by service, method and status code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for RpcMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (service, method) = rpc_labels(req.uri().path());
+        let start = Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => code_label(response),
+                Err(_) => "INTERNAL",
+            };
+            metrics::counter!(
+                "flowstate_rpc_requests_total",
+                "service" => service,
+                "method" => method,
+                "code" => code
+            )
+            .increment(1);
+            metrics::histogram!(
+                "flowstate_rpc_duration_seconds",
+                "service" => service,
+                "method" => method
+            )
+            .record(start.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// Publishes figures kept as plain atomics on the hot path (cache counts) and pool state, every
+/// `every`, until `stop` turns true.
+pub async fn collect(
+    cache: Arc<CacheStats>,
+    store: Store,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for (namespace, [hits, misses, stale, leases, sets]) in cache.snapshot() {
+            for (result, value) in [("hit", hits), ("miss", misses), ("stale", stale)] {
+                metrics::counter!(
+                    "flowstate_cache_requests_total",
+                    "namespace" => namespace.clone(),
+                    "result" => result
+                )
+                .absolute(value);
+            }
+            metrics::counter!("flowstate_cache_leases_total", "namespace" => namespace.clone())
+                .absolute(leases);
+            metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
+                .absolute(sets);
+        }
+        match &store {
+            Store::Memory(m) => {
+                for (namespace, evicted) in m.cache_evictions() {
+                    metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)
+                        .absolute(evicted);
+                }
+            }
+            Store::Redis(r) => {
+                let (open, idle, waiting) = r.pool_status();
+                for (state, value) in [
+                    ("open", open),
+                    ("idle", idle),
+                    ("in_use", open.saturating_sub(idle)),
+                ] {
+                    metrics::gauge!("flowstate_store_pool_connections", "state" => state)
+                        .set(value as f64);
+                }
+                metrics::gauge!("flowstate_store_pool_waiting").set(waiting as f64);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded_to_known_rpcs() {
+        assert_eq!(
+            rpc_labels("/flowstate.v1.SessionService/CreateSession"),
+            ("flowstate.v1.SessionService", "CreateSession")
+        );
+        assert_eq!(rpc_labels("/flowstate.v1.SessionService/Nope"), ("unknown", "unknown"));
+        assert_eq!(rpc_labels("/x"), ("unknown", "unknown"));
+        let r = Response::builder()
+            .header("grpc-status", "14")
+            .body(Body::empty())
+            .expect("response");
+        assert_eq!(code_label(&r), "UNAVAILABLE");
+    }
+}
