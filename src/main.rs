@@ -55,7 +55,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         if config.metrics.enabled {
-            let store = if config.redis.url.is_some() { "redis" } else { "memory" };
+            let store = if config.redis.url.is_some() {
+                "redis"
+            } else {
+                "memory"
+            };
             flowstate::observe::install(config.metrics.listen, store)?;
             tracing::info!(listen = %config.metrics.listen, "metrics on /metrics");
         }

@@ -49,20 +49,62 @@ pub fn install(listen: SocketAddr, store_kind: &'static str) -> anyhow::Result<(
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("flowstate_rpc_requests_total", "gRPC calls by service, method and status code.");
-    describe_histogram!("flowstate_rpc_duration_seconds", "gRPC call latency by service and method.");
-    describe_histogram!("flowstate_store_duration_seconds", "Store round-trip latency by operation.");
-    describe_counter!("flowstate_store_errors_total", "Store failures by operation and kind.");
-    describe_gauge!("flowstate_store_up", "1 while the store answers its health pings.");
-    describe_gauge!("flowstate_store_pool_connections", "Redis pool connections by state (open, idle, in_use).");
-    describe_gauge!("flowstate_store_pool_waiting", "Callers waiting for a Redis pool connection.");
-    describe_counter!("flowstate_cache_requests_total", "Cache lookups by namespace and result (hit, miss, stale).");
-    describe_counter!("flowstate_cache_leases_total", "Cache leases granted by namespace.");
-    describe_counter!("flowstate_cache_sets_total", "Cache writes stored by namespace.");
-    describe_counter!("flowstate_cache_evictions_total", "Memory-store cache entries evicted for space, by namespace.");
-    describe_counter!("flowstate_ratelimit_decisions_total", "Rate-limit check results by limit and decision (allowed, denied, not_enforced).");
-    describe_counter!("flowstate_sessions_total", "Session events: created, rotated, deleted, missed (absent or expired on read).");
-    describe_gauge!("flowstate_build_info", "Version and store kind of this process.");
+    describe_counter!(
+        "flowstate_rpc_requests_total",
+        "gRPC calls by service, method and status code."
+    );
+    describe_histogram!(
+        "flowstate_rpc_duration_seconds",
+        "gRPC call latency by service and method."
+    );
+    describe_histogram!(
+        "flowstate_store_duration_seconds",
+        "Store round-trip latency by operation."
+    );
+    describe_counter!(
+        "flowstate_store_errors_total",
+        "Store failures by operation and kind."
+    );
+    describe_gauge!(
+        "flowstate_store_up",
+        "1 while the store answers its health pings."
+    );
+    describe_gauge!(
+        "flowstate_store_pool_connections",
+        "Redis pool connections by state (open, idle, in_use)."
+    );
+    describe_gauge!(
+        "flowstate_store_pool_waiting",
+        "Callers waiting for a Redis pool connection."
+    );
+    describe_counter!(
+        "flowstate_cache_requests_total",
+        "Cache lookups by namespace and result (hit, miss, stale)."
+    );
+    describe_counter!(
+        "flowstate_cache_leases_total",
+        "Cache leases granted by namespace."
+    );
+    describe_counter!(
+        "flowstate_cache_sets_total",
+        "Cache writes stored by namespace."
+    );
+    describe_counter!(
+        "flowstate_cache_evictions_total",
+        "Memory-store cache entries evicted for space, by namespace."
+    );
+    describe_counter!(
+        "flowstate_ratelimit_decisions_total",
+        "Rate-limit check results by limit and decision (allowed, denied, not_enforced)."
+    );
+    describe_counter!(
+        "flowstate_sessions_total",
+        "Session events: created, rotated, deleted, missed (absent or expired on read)."
+    );
+    describe_gauge!(
+        "flowstate_build_info",
+        "Version and store kind of this process."
+    );
 }
 
 /// The RPCs this server serves, for bounded `service`/`method` labels.
@@ -94,8 +136,14 @@ const RPCS: &[(&str, &[&str])] = &[
     ),
     ("flowstate.v1.RateLimitService", &["Check", "Reset"]),
     ("grpc.health.v1.Health", &["Check", "Watch", "List"]),
-    ("grpc.reflection.v1.ServerReflection", &["ServerReflectionInfo"]),
-    ("grpc.reflection.v1alpha.ServerReflection", &["ServerReflectionInfo"]),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
 ];
 
 /// `(service, method)` labels for a request path; `unknown` for paths not in [`RPCS`].
@@ -265,7 +313,10 @@ mod tests {
             rpc_labels("/flowstate.v1.SessionService/CreateSession"),
             ("flowstate.v1.SessionService", "CreateSession")
         );
-        assert_eq!(rpc_labels("/flowstate.v1.SessionService/Nope"), ("unknown", "unknown"));
+        assert_eq!(
+            rpc_labels("/flowstate.v1.SessionService/Nope"),
+            ("unknown", "unknown")
+        );
         assert_eq!(rpc_labels("/x"), ("unknown", "unknown"));
         let r = Response::builder()
             .header("grpc-status", "14")

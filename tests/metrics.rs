@@ -53,7 +53,11 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
         },
     );
     let server = TestServer::start(cfg).await;
-    assert!(server.wait_health("readiness", ServingStatus::Serving).await);
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
 
     let mut sessions = server.sessions();
     let s = sessions
@@ -116,7 +120,10 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
     let mut text = String::new();
     let complete = eventually(Duration::from_secs(5), || async {
         let t = scrape(port).await;
-        sample(&t, r#"flowstate_cache_requests_total{namespace="profiles",result="hit"}"#) == Some(2.0)
+        sample(
+            &t,
+            r#"flowstate_cache_requests_total{namespace="profiles",result="hit"}"#,
+        ) == Some(2.0)
     })
     .await;
     assert!(complete, "cache counts never appeared");
@@ -135,10 +142,19 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
     );
     expect(r#"flowstate_sessions_total{event="created"}"#, 1.0);
     expect(r#"flowstate_sessions_total{event="rotated"}"#, 1.0);
-    expect(r#"flowstate_cache_requests_total{namespace="profiles",result="miss"}"#, 1.0);
+    expect(
+        r#"flowstate_cache_requests_total{namespace="profiles",result="miss"}"#,
+        1.0,
+    );
     expect(r#"flowstate_cache_sets_total{namespace="profiles"}"#, 1.0);
-    expect(r#"flowstate_ratelimit_decisions_total{limit="api",decision="allowed"}"#, 1.0);
-    expect(r#"flowstate_ratelimit_decisions_total{limit="api",decision="denied"}"#, 2.0);
+    expect(
+        r#"flowstate_ratelimit_decisions_total{limit="api",decision="allowed"}"#,
+        1.0,
+    );
+    expect(
+        r#"flowstate_ratelimit_decisions_total{limit="api",decision="denied"}"#,
+        2.0,
+    );
     expect(r#"flowstate_store_up"#, 1.0);
     expect(r#"flowstate_build_info{version="#, 1.0);
     for family in [

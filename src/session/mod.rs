@@ -187,7 +187,8 @@ struct SessionMetrics {
 
 impl SessionMetrics {
     fn new() -> Self {
-        let counter = |event: &'static str| metrics::counter!("flowstate_sessions_total", "event" => event);
+        let counter =
+            |event: &'static str| metrics::counter!("flowstate_sessions_total", "event" => event);
         Self {
             created: counter("created"),
             rotated: counter("rotated"),

@@ -307,8 +307,11 @@ impl RedisStore {
         op: &'static str,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        self.with_connection(op, |mut conn| async move { call.invoke_async(&mut conn).await })
-            .await
+        self.with_connection(
+            op,
+            |mut conn| async move { call.invoke_async(&mut conn).await },
+        )
+        .await
     }
 
     /// [`invoke`](Self::invoke) for idempotent calls: one retry after a dropped connection.
@@ -461,7 +464,10 @@ impl RedisStore {
             .arg(now)
             .arg(key.member());
         // Deleting twice ends in the same state: safe to retry.
-        Ok(self.invoke_idempotent::<i64>("session_delete", &call).await? == 1)
+        Ok(self
+            .invoke_idempotent::<i64>("session_delete", &call)
+            .await?
+            == 1)
     }
 
     pub(crate) async fn session_list(
