@@ -1,0 +1,61 @@
+"""Channel settings shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import grpc
+
+DEFAULT_TIMEOUT = 2.0
+"""Seconds: every call gets a deadline; flowstate answers in well under a millisecond."""
+
+# Retried by gRPC itself on UNAVAILABLE (with backoff): only calls that are safe to repeat.
+# CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may grant a lease),
+# Set and rate-limit Check are never retried: a repeat could act twice.
+_IDEMPOTENT = {
+    "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession", "DeleteUserSessions"],
+    "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
+    "flowstate.v1.RateLimitService": ["Reset"],
+    "grpc.health.v1.Health": ["Check"],
+}
+
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": service, "method": method}
+                    for service, methods in _IDEMPOTENT.items()
+                    for method in methods
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def options(extra: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.keepalive_time_ms", 30_000),
+        *extra,
+    ]
+
+
+def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    if not tls and root_certificates is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
