@@ -597,8 +597,12 @@ fn key_source(key: &str, file: Option<&Path>, env: &BTreeMap<String, String>) ->
         "{ENV_PREFIX}{}",
         key.to_ascii_uppercase().replace('.', ENV_SEPARATOR)
     );
-    if env.contains_key(&var) {
-        format!("environment variable {var}")
+    let nested = format!("{var}{ENV_SEPARATOR}");
+    if let Some(found) = env
+        .keys()
+        .find(|k| **k == var || k.starts_with(&nested))
+    {
+        format!("environment variable {found}")
     } else if let Some(path) = file {
         format!("file {}", path.display())
     } else {
@@ -676,6 +680,10 @@ mod tests {
             .to_string();
         assert!(err.contains("redis.urll"), "{err}");
         assert!(err.contains("FLOWSTATE_REDIS__URLL"), "{err}");
+        let err = Config::load(None, env(&[("FLOWSTATE_METRIX__LISTEN", "0.0.0.0:1")]))
+            .expect_err("unknown section")
+            .to_string();
+        assert!(err.contains("`metrix`") && err.contains("FLOWSTATE_METRIX__LISTEN"), "{err}");
 
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.toml");
