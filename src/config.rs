@@ -598,10 +598,7 @@ fn key_source(key: &str, file: Option<&Path>, env: &BTreeMap<String, String>) ->
         key.to_ascii_uppercase().replace('.', ENV_SEPARATOR)
     );
     let nested = format!("{var}{ENV_SEPARATOR}");
-    if let Some(found) = env
-        .keys()
-        .find(|k| **k == var || k.starts_with(&nested))
-    {
+    if let Some(found) = env.keys().find(|k| **k == var || k.starts_with(&nested)) {
         format!("environment variable {found}")
     } else if let Some(path) = file {
         format!("file {}", path.display())
@@ -683,7 +680,10 @@ mod tests {
         let err = Config::load(None, env(&[("FLOWSTATE_METRIX__LISTEN", "0.0.0.0:1")]))
             .expect_err("unknown section")
             .to_string();
-        assert!(err.contains("`metrix`") && err.contains("FLOWSTATE_METRIX__LISTEN"), "{err}");
+        assert!(
+            err.contains("`metrix`") && err.contains("FLOWSTATE_METRIX__LISTEN"),
+            "{err}"
+        );
 
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.toml");

@@ -148,13 +148,22 @@ const RPCS: &[(&str, &[&str])] = &[
 
 /// `(service, method)` labels for a request path; `unknown` for paths not in [`RPCS`].
 pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
-    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
-        return ("unknown", "unknown");
-    };
-    RPCS.iter()
-        .find(|(s, _)| *s == service)
-        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)))
-        .unwrap_or(("unknown", "unknown"))
+    rpc_index(path).map_or(("unknown", "unknown"), |i| RPC_LIST[i])
+}
+
+/// Every known RPC as `(service, method)`, flattened from [`RPCS`].
+static RPC_LIST: std::sync::LazyLock<Vec<(&'static str, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        RPCS.iter()
+            .flat_map(|(s, methods)| methods.iter().map(move |m| (*s, *m)))
+            .collect()
+    });
+
+fn rpc_index(path: &str) -> Option<usize> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    RPC_LIST
+        .iter()
+        .position(|(s, m)| *s == service && *m == method)
 }
 
 const CODES: [&str; 17] = [
@@ -177,37 +186,93 @@ const CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// The status code label of a response. tonic sends a failed unary call as a trailers-only
+/// Metric handles for every known RPC (plus one `unknown` slot at the end), registered once so
+/// a call costs two atomic adds and a histogram record, not a registry lookup per label set.
+struct RpcHandles {
+    calls: Vec<[metrics::Counter; 17]>,
+    latency: Vec<metrics::Histogram>,
+}
+
+impl RpcHandles {
+    fn new() -> Self {
+        let labels = RPC_LIST
+            .iter()
+            .copied()
+            .chain(std::iter::once(("unknown", "unknown")));
+        let (mut calls, mut latency) = (Vec::new(), Vec::new());
+        for (service, method) in labels {
+            calls.push(CODES.map(|code| {
+                metrics::counter!(
+                    "flowstate_rpc_requests_total",
+                    "service" => service,
+                    "method" => method,
+                    "code" => code
+                )
+            }));
+            latency.push(metrics::histogram!(
+                "flowstate_rpc_duration_seconds",
+                "service" => service,
+                "method" => method
+            ));
+        }
+        Self { calls, latency }
+    }
+}
+
+/// The status code of a response as an index into [`CODES`]. tonic sends a failed unary call as a trailers-only
 /// response (`grpc-status` in the headers); a successful one carries its status in trailers, so
 /// headers without `grpc-status` mean OK.
-fn code_label(response: &Response<Body>) -> &'static str {
+fn code_index(response: &Response<Body>) -> usize {
+    const UNKNOWN: usize = 2;
     match response.headers().get("grpc-status") {
-        None => CODES[0],
+        None => 0,
         Some(v) => v
             .to_str()
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
-            .and_then(|i| CODES.get(i).copied())
-            .unwrap_or("UNKNOWN"),
+            .filter(|i| *i < CODES.len())
+            .unwrap_or(UNKNOWN),
     }
 }
 
-/// Counts every call and times it, by service, method and status code.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+/// Counts every call and times it, by service, method and status code. Build it after
+/// [`install`]: the handles it registers are no-ops without a recorder.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    handles: Arc<RpcHandles>,
+}
+
+impl RpcMetricsLayer {
+    /// Registers the handles of every known RPC.
+    pub fn new() -> Self {
+        Self {
+            handles: Arc::new(RpcHandles::new()),
+        }
+    }
+}
+
+impl Default for RpcMetricsLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl<S> Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics {
+            inner,
+            handles: self.handles.clone(),
+        }
     }
 }
 
 /// See [`RpcMetricsLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    handles: Arc<RpcHandles>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -226,28 +291,16 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (service, method) = rpc_labels(req.uri().path());
+        let rpc = rpc_index(req.uri().path()).unwrap_or(RPC_LIST.len());
+        let handles = self.handles.clone();
         let start = Instant::now();
         let call = self.inner.call(req);
         Box::pin(async move {
             let result = call.await;
-            let code = match &result {
-                Ok(response) => code_label(response),
-                Err(_) => "INTERNAL",
-            };
-            metrics::counter!(
-                "flowstate_rpc_requests_total",
-                "service" => service,
-                "method" => method,
-                "code" => code
-            )
-            .increment(1);
-            metrics::histogram!(
-                "flowstate_rpc_duration_seconds",
-                "service" => service,
-                "method" => method
-            )
-            .record(start.elapsed().as_secs_f64());
+            const INTERNAL: usize = 13;
+            let code = result.as_ref().map_or(INTERNAL, code_index);
+            handles.calls[rpc][code].increment(1);
+            handles.latency[rpc].record(start.elapsed().as_secs_f64());
             result
         })
     }
@@ -322,6 +375,7 @@ mod tests {
             .header("grpc-status", "14")
             .body(Body::empty())
             .expect("response");
-        assert_eq!(code_label(&r), "UNAVAILABLE");
+        assert_eq!(CODES[code_index(&r)], "UNAVAILABLE");
+        assert_eq!(CODES[13], "INTERNAL");
     }
 }

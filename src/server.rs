@@ -117,7 +117,7 @@ pub async fn run(
     let stack = ServiceBuilder::new()
         // Count and time every call by service, method and final status code, including the
         // ones the layers below answer themselves (shed load, deadlines).
-        .layer(RpcMetricsLayer)
+        .layer(RpcMetricsLayer::new())
         // Errors raised by the layers below become proper gRPC statuses (RESOURCE_EXHAUSTED for
         // shed load) instead of reset streams.
         .map_result(layer_error_to_status)

@@ -274,7 +274,10 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let start = std::time::Instant::now();
-        let attempt = async {
+        // No timer of our own here: the pool's wait/create timeouts bound the checkout and
+        // redis-rs's response timeout (`redis.command_timeout`) bounds the round trip, so a
+        // second timer per call would only cost time-wheel work on the hot path.
+        let result = async {
             let (conn, broken) = self.connection().await?;
             f(conn).await.map_err(|e| {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() {
@@ -282,11 +285,8 @@ impl RedisStore {
                 }
                 classify(&e)
             })
-        };
-        let result = tokio::time::timeout(self.command_timeout, attempt)
-            .await
-            .map_err(|_| StoreError::Timeout(self.command_timeout))
-            .and_then(|r| r);
+        }
+        .await;
         metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
             .record(start.elapsed().as_secs_f64());
         if let Err(e) = &result {
