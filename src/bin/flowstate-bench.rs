@@ -235,10 +235,19 @@ async fn run_scenario(
             loop {
                 let sent = match per_worker_interval {
                     Some(interval) => {
-                        tokio::time::sleep_until(next.into()).await;
                         let intended = next;
                         next += interval;
-                        intended
+                        if Instant::now() < intended {
+                            // On time: the worker waits for its slot. Tokio's timer fires up to
+                            // a millisecond late; that lateness is the generator's, not the
+                            // server's, so latency counts from the actual send.
+                            tokio::time::sleep_until(intended.into()).await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule (the previous call overran its slot): count from
+                            // the intended time, so queueing shows up (no coordinated omission).
+                            intended
+                        }
                     }
                     None => Instant::now(),
                 };

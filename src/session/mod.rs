@@ -231,42 +231,7 @@ impl Sessions {
         now: Millis,
     ) -> Result<Session, Error> {
         let p = &self.policy;
-        let mut bad = Vec::new();
-        check_user_id(&req.user_id, p, &mut bad);
-        check_fields(
-            "data",
-            req.data.iter().map(|(k, v)| (k.as_str(), v.len())),
-            p.max_fields,
-            p.max_field_name_bytes,
-            p.max_data_bytes,
-            &mut bad,
-        );
-        check_fields(
-            "metadata",
-            req.metadata.iter().map(|(k, v)| (k.as_str(), v.len())),
-            p.max_fields,
-            p.max_field_name_bytes,
-            p.max_metadata_bytes,
-            &mut bad,
-        );
-        let max = duration_ms(p.max_timeout);
-        let idle = check_timeout(
-            "idle_timeout",
-            req.idle_timeout,
-            p.idle_timeout,
-            max,
-            &mut bad,
-        );
-        let absolute = check_timeout(
-            "absolute_timeout",
-            req.absolute_timeout,
-            p.absolute_timeout,
-            max,
-            &mut bad,
-        );
-        if !bad.is_empty() {
-            return Err(Error::InvalidArgument(bad));
-        }
+        let (idle, absolute) = validate_create(p, &req)?;
         let absolute_expires_at = now.saturating_add(absolute);
         let record = SessionRecord {
             user_id: req.user_id,
@@ -497,6 +462,49 @@ impl Sessions {
         } else {
             Err(Error::InvalidArgument(bad))
         }
+    }
+}
+
+/// Checks a CreateSession request against the policy; returns the (idle, absolute) timeouts in
+/// ms to use. Every violation is reported at once, each naming its field.
+pub fn validate_create(p: &SessionConfig, req: &CreateSession) -> Result<(Millis, Millis), Error> {
+    let mut bad = Vec::new();
+    check_user_id(&req.user_id, p, &mut bad);
+    check_fields(
+        "data",
+        req.data.iter().map(|(k, v)| (k.as_str(), v.len())),
+        p.max_fields,
+        p.max_field_name_bytes,
+        p.max_data_bytes,
+        &mut bad,
+    );
+    check_fields(
+        "metadata",
+        req.metadata.iter().map(|(k, v)| (k.as_str(), v.len())),
+        p.max_fields,
+        p.max_field_name_bytes,
+        p.max_metadata_bytes,
+        &mut bad,
+    );
+    let max = duration_ms(p.max_timeout);
+    let idle = check_timeout(
+        "idle_timeout",
+        req.idle_timeout,
+        p.idle_timeout,
+        max,
+        &mut bad,
+    );
+    let absolute = check_timeout(
+        "absolute_timeout",
+        req.absolute_timeout,
+        p.absolute_timeout,
+        max,
+        &mut bad,
+    );
+    if bad.is_empty() {
+        Ok((idle, absolute))
+    } else {
+        Err(Error::InvalidArgument(bad))
     }
 }
 
