@@ -238,12 +238,13 @@ async fn occupy_the_only_slot(
     panic!("never saw a second call shed with RESOURCE_EXHAUSTED while one was in flight");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_beyond_the_concurrency_limit_is_shed() {
+/// A Redis, a ready flowstate with one concurrency slot and `command_timeout`, and a session.
+async fn one_slot_server(command_timeout: Duration) -> (RedisServer, TestServer, pb::Session) {
     let redis = RedisServer::start().await;
     let mut cfg = config(&redis.url());
     cfg.server.max_concurrent_requests = 1;
-    cfg.redis.command_timeout = Duration::from_secs(3);
+    cfg.redis.command_timeout = command_timeout;
+    cfg.server.shutdown_grace = Duration::from_secs(10);
     let server = TestServer::start(cfg).await;
     assert!(
         server
@@ -251,7 +252,12 @@ async fn load_beyond_the_concurrency_limit_is_shed() {
             .await
     );
     let s = create(&mut server.sessions(), "u").await;
+    (redis, server, s)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_beyond_the_concurrency_limit_is_shed() {
+    let (redis, server, s) = one_slot_server(Duration::from_secs(3)).await;
     redis.pause(true);
     let hanging = occupy_the_only_slot(&server, &s.id).await;
     redis.pause(false);
@@ -263,19 +269,7 @@ async fn load_beyond_the_concurrency_limit_is_shed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_calls_in_flight() {
-    let redis = RedisServer::start().await;
-    let mut cfg = config(&redis.url());
-    cfg.server.max_concurrent_requests = 1;
-    cfg.redis.command_timeout = Duration::from_secs(8);
-    cfg.server.shutdown_grace = Duration::from_secs(10);
-    let server = TestServer::start(cfg).await;
-    assert!(
-        server
-            .wait_health("readiness", ServingStatus::Serving)
-            .await
-    );
-    let s = create(&mut server.sessions(), "u").await;
-
+    let (redis, server, s) = one_slot_server(Duration::from_secs(8)).await;
     redis.pause(true);
     let hanging = occupy_the_only_slot(&server, &s.id).await;
     let addr = server.addr;

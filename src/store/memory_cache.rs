@@ -266,3 +266,36 @@ impl MemoryCache {
             .or_default() += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_stays_within_its_byte_budget_and_counts_evictions() {
+        let cache = MemoryCache::new(64 * 1024);
+        let now = now_ms();
+        let write = |key: &str| Write {
+            key: key.to_owned(),
+            value: Bytes::from(vec![b'x'; 1000]),
+            fresh_until: now + 60_000,
+            stale_until: now + 60_000,
+            tags: vec![],
+            condition: Condition::Always,
+            lease_token: None,
+        };
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            assert!(cache.set(&key, "ns", &write(&key), vec![], now));
+        }
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.weighted_size() <= 64 * 1024,
+            "{} bytes held",
+            cache.entries.weighted_size()
+        );
+        let evicted: u64 = cache.evictions().iter().map(|(_, n)| n).sum();
+        assert!(evicted >= 900, "only {evicted} evictions counted");
+        assert_eq!(cache.evictions()[0].0, "ns");
+    }
+}

@@ -82,15 +82,23 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments (auth, TLS).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` from PATH on a free port, retrying if another process takes it first.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> Self {
         let mut server = Self {
             child: None,
             port: 0,
             dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         for _ in 0..20 {
             server.port = free_port();
@@ -108,6 +116,7 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra: Vec::new(),
         };
         assert!(
             server.launch().await,
@@ -123,6 +132,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -210,11 +220,12 @@ async fn ping(port: u16) -> bool {
     if s.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
+    // `+PONG`, or `-NOAUTH …` from a server that requires a password: either way it is up.
     let mut buf = [0u8; 7];
     matches!(
         tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf)).await,
         Ok(Ok(_))
-    ) && &buf == b"+PONG\r\n"
+    ) && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
 }
 
 static PREFIX_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -328,34 +339,29 @@ pub struct Backend {
 
 impl Backend {
     pub async fn memory(tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = test_config();
-        tweak(&mut config);
-        let prefix = config.redis.key_prefix.clone();
-        let server = TestServer::start(config).await;
-        assert!(
-            server
-                .wait_health("readiness", ServingStatus::Serving)
-                .await
-        );
-        Self {
-            server,
-            redis: None,
-            redis_url: None,
-            prefix,
-        }
+        Self::start(None, None, tweak).await
     }
 
     pub async fn redis(tweak: impl FnOnce(&mut Config)) -> Self {
-        let (redis, url) = match std::env::var("FLOWSTATE_TEST_REDIS_URL") {
-            Ok(url) if !url.is_empty() => (None, url),
+        match std::env::var("FLOWSTATE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self::start(None, Some(url), tweak).await,
             _ => {
-                let r = RedisServer::start().await;
-                let url = r.url();
-                (Some(r), url)
+                let redis = RedisServer::start().await;
+                let url = redis.url();
+                Self::start(Some(redis), Some(url), tweak).await
             }
-        };
+        }
+    }
+
+    /// Starts flowstate on the Redis at `redis_url` (the memory store when `None`) and waits
+    /// until it is ready.
+    async fn start(
+        redis: Option<RedisServer>,
+        redis_url: Option<String>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = test_config();
-        config.redis.url = Some(url.clone());
+        config.redis.url = redis_url.clone();
         tweak(&mut config);
         let prefix = config.redis.key_prefix.clone();
         let server = TestServer::start(config).await;
@@ -367,7 +373,7 @@ impl Backend {
         Self {
             server,
             redis,
-            redis_url: Some(url),
+            redis_url,
             prefix,
         }
     }

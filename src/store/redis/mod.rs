@@ -257,7 +257,12 @@ impl RedisStore {
 
     async fn connection(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>), StoreError> {
         let pooled = self.pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(e) => classify(&e),
+            // Failing to open a connection (refused, TLS, AUTH) means the store is unusable
+            // right now, whatever the reason: UNAVAILABLE, with the cause in the logs.
+            managed::PoolError::Backend(e) => match classify(&e) {
+                StoreError::Protocol(reason) => StoreError::Unavailable(reason),
+                other => other,
+            },
             managed::PoolError::Timeout(_) => StoreError::Timeout(self.command_timeout),
             other => StoreError::Unavailable(other.to_string()),
         })?;
