@@ -93,7 +93,8 @@ async fn tls_with_rediss_urls() {
     assert!(made.status.success(), "{made:?}");
     let tls_port = free_port().to_string();
     let (cert_s, key_s) = (cert.to_string_lossy(), key.to_string_lossy());
-    let redis = RedisServer::start_with(&[
+    // Kept alive until the end of the test (killed on drop).
+    let _redis = RedisServer::start_with(&[
         "--tls-port",
         &tls_port,
         "--tls-cert-file",
