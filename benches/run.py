@@ -11,7 +11,9 @@ for each concurrency:
   3. h2load (an independent, lighter HTTP/2 load tool) on cache Get and rate-limit Check;
   4. redis-benchmark at the same concurrency: GET, SET and EVALSHA of flowstate's own rate-limit
      script, against the same Redis;
-and finally flowstate's resident memory. Prints the tables and writes target/bench/results.json.
+then flowstate's resident memory, the Python client's latency (clients/python/examples/latency.py,
+when the `flowstate` package is importable: pip install ./clients/python) and the criterion
+micro-benchmarks. Prints the tables and writes target/bench/results.json.
 Ratios within one run are the figures to quote: the machine is shared and absolute numbers move.
 """
 
@@ -207,6 +209,25 @@ def main() -> int:
         rss, hwm = rss_mib(server.pid)
         results["memory_mib"] = {"rss": rss, "peak": hwm}
         print(f"\nflowstate resident memory after the runs: {rss:.1f} MiB (peak {hwm:.1f} MiB)")
+
+        print("\n== Python client latency (clients/python/examples/latency.py)")
+        try:
+            import flowstate  # noqa: F401
+        except ImportError:
+            print("skipped: pip install ./clients/python to include it")
+        else:
+            py = subprocess.run([sys.executable, str(ROOT / "clients/python/examples/latency.py"), addr,
+                                 str(max(1.0, args.seconds / 2))], capture_output=True, text=True, check=True)
+            print(py.stdout, end="")
+            results["python"] = py.stdout
+
+        print("\n== criterion micro-benchmarks (cargo bench --bench micro)")
+        micro = subprocess.run(["cargo", "bench", "--quiet", "--bench", "micro", "--",
+                                "--warm-up-time", "1", "--measurement-time", "2"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        lines = [l.strip() for l in micro.splitlines() if "time:" in l]
+        print("\n".join(lines))
+        results["micro"] = lines
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
         print(f"results: {OUT / 'results.json'}")
     finally:

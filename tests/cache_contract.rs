@@ -380,12 +380,19 @@ async fn a_set_with_a_lease_is_refused_after_a_delete(b: Backend) {
     let mut c = CacheServiceClient::new(b.server.channel.clone());
     let token = get(&mut c, "campaign", "k", true).await.lease_token;
     assert!(!token.is_empty());
-    c.delete(pb::CacheDeleteRequest {
-        namespace: "campaign".into(),
-        keys: vec!["k".into()],
-    })
-    .await
-    .expect("delete");
+    let deleted = c
+        .delete(pb::CacheDeleteRequest {
+            namespace: "campaign".into(),
+            keys: vec!["k".into()],
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .deleted;
+    assert_eq!(
+        deleted, 0,
+        "a key holding only a lease had no value to delete"
+    );
     assert!(
         !set_with_lease(&mut c, "campaign", "k", "stale", &token).await,
         "the value was computed before the delete: refused"

@@ -224,11 +224,17 @@ impl RedisStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let script = self.scripts.cache_delete.get_hash();
         let replies = self
             .in_generation("cache_delete", tenant, namespace, |generation, pipe| {
+                // One script per key: the keys live in different slots.
                 for key in keys {
-                    pipe.cmd("DEL")
-                        .arg(self.keys.cache_entry(tenant, namespace, generation, key));
+                    pipe.cmd("EVALSHA")
+                        .arg(script)
+                        .arg(1)
+                        .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                        .arg(now);
                 }
             })
             .await?;

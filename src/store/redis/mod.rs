@@ -72,8 +72,9 @@ struct Scripts {
     cache_get: Script,
     cache_set: Script,
     cache_tag: Script,
+    cache_delete: Script,
     /// Every script's source, for SCRIPT LOAD.
-    sources: [&'static str; 11],
+    sources: [&'static str; 12],
 }
 
 impl Scripts {
@@ -90,6 +91,7 @@ impl Scripts {
             include_str!("../lua/cache_get.lua"),
             include_str!("../lua/cache_set.lua"),
             include_str!("../lua/cache_tag.lua"),
+            include_str!("../lua/cache_delete.lua"),
         ];
         let [
             create,
@@ -103,6 +105,7 @@ impl Scripts {
             cache_get,
             cache_set,
             cache_tag,
+            cache_delete,
         ] = sources.map(Script::new);
         Self {
             create,
@@ -116,6 +119,7 @@ impl Scripts {
             cache_get,
             cache_set,
             cache_tag,
+            cache_delete,
             sources,
         }
     }
