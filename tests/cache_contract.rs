@@ -240,7 +240,7 @@ async fn tag_invalidation_removes_every_tagged_key(b: Backend) {
         get(&mut c, "user_profile", "a", false).await.found,
         "tags are per namespace"
     );
-    // A key set again after an invalidation carries its new tags only.
+    // A key set again after an invalidation is listed again, under its new tag.
     assert!(set(&mut c, "campaign", "a", "again", None, &["team:9"]).await);
     let invalidated = c
         .invalidate_tags(pb::CacheInvalidateTagsRequest {
@@ -399,21 +399,38 @@ async fn a_set_with_a_lease_is_refused_after_a_delete(b: Backend) {
     );
     assert!(!get(&mut c, "campaign", "k", false).await.found);
 
-    // The same after a tag invalidation of a stale-served key.
-    assert!(set(&mut c, "campaign", "t", "v", Some(60_000), &["tg"]).await);
-    c.invalidate_tags(pb::CacheInvalidateTagsRequest {
-        namespace: "campaign".into(),
-        tags: vec!["tg".into()],
+    // The same when a tag invalidation comes between a stale hit's lease and its Set.
+    assert!(set(&mut c, "swr", "t", "old", Some(200), &["tg"]).await);
+    let stale = eventually(Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move { get(&mut c, "swr", "t", false).await.stale }
     })
-    .await
-    .expect("invalidate");
-    let token = get(&mut c, "campaign", "t", true).await.lease_token;
+    .await;
+    assert!(stale, "the value turned stale");
+    let token = get(&mut c, "swr", "t", true).await.lease_token;
+    assert!(!token.is_empty(), "the stale hit grants the lease");
+    let invalidated = c
+        .invalidate_tags(pb::CacheInvalidateTagsRequest {
+            namespace: "swr".into(),
+            tags: vec!["tg".into()],
+        })
+        .await
+        .expect("invalidate")
+        .into_inner()
+        .invalidated;
+    assert_eq!(invalidated, 1, "the stale value was still servable");
+    assert!(!set_with_lease(&mut c, "swr", "t", "recomputed", &token).await);
+    assert!(!get(&mut c, "swr", "t", false).await.found);
+
+    // And when the whole namespace is invalidated.
+    let token = get(&mut c, "campaign", "n", true).await.lease_token;
+    assert!(!token.is_empty());
     c.invalidate_namespace(pb::CacheInvalidateNamespaceRequest {
         namespace: "campaign".into(),
     })
     .await
     .expect("invalidate namespace");
-    assert!(!set_with_lease(&mut c, "campaign", "t", "stale", &token).await);
+    assert!(!set_with_lease(&mut c, "campaign", "n", "stale", &token).await);
 }
 
 async fn an_expired_lease_frees_the_key(b: Backend) {

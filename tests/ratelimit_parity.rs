@@ -26,7 +26,7 @@ async fn redis_and_memory_decide_identically() {
     let memory = Store::Memory(MemoryStore::new("parity", Duration::from_secs(60), 1 << 20));
     let tenant = Tenant::default_tenant();
 
-    let policies = [
+    let policies: [(Algorithm, u64, i64, u64); 7] = [
         (Algorithm::FixedWindow, 7, 1_000, 0),
         (Algorithm::SlidingWindow, 7, 1_000, 0),
         (Algorithm::SlidingWindow, 1_000_000, 86_400_000, 0),
@@ -85,4 +85,45 @@ async fn redis_and_memory_decide_identically() {
         }
     }
     assert_eq!(compared, 7 * 400);
+
+    // All or nothing across counters: pairs of policies on one request.
+    let pair = |a: usize, b: usize| -> Vec<Counter> {
+        [a, b]
+            .into_iter()
+            .map(|i| {
+                let (algorithm, limit, period_ms, burst) = policies[i];
+                Counter {
+                    id: CounterId {
+                        limit: format!("pair{a}-{b}-{i}"),
+                        algorithm: algorithm.code(),
+                        key: "k".into(),
+                    },
+                    policy: Policy {
+                        algorithm,
+                        limit,
+                        period_ms,
+                        burst,
+                        failure_mode: FailureMode::Closed,
+                    },
+                }
+            })
+            .collect()
+    };
+    let mut now = start;
+    for (a, b) in [(0, 3), (1, 5), (3, 5), (0, 1)] {
+        let counters = pair(a, b);
+        for step in 0..200 {
+            now += [0, 0, 37, 120, 480, 1_100][step % 6];
+            let cost = 1 + (step as u64 % 2);
+            let x = redis
+                .ratelimit_check(&tenant, &counters, now, cost, true)
+                .await
+                .expect("redis check");
+            let y = memory
+                .ratelimit_check(&tenant, &counters, now, cost, true)
+                .await
+                .expect("memory check");
+            assert_eq!(x, y, "pair ({a}, {b}) step {step}");
+        }
+    }
 }

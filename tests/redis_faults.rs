@@ -517,3 +517,81 @@ async fn namespace_invalidation_reaches_every_replica() {
     ca.set(set).await.expect("set via a, new generation");
     assert!(cb.get(get).await.expect("get").into_inner().found);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_flowstate_writes_has_a_ttl() {
+    use pb::{
+        cache_service_client::CacheServiceClient, limit_check::Limit,
+        rate_limit_service_client::RateLimitServiceClient,
+    };
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(config(&redis.url())).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    create(&mut server.sessions(), "u").await;
+    let mut cache = CacheServiceClient::new(server.channel.clone());
+    cache
+        .set(pb::CacheSetRequest {
+            namespace: "ns".into(),
+            key: "k".into(),
+            value: bytes::Bytes::from_static(b"v"),
+            tags: vec!["t".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("set");
+    cache
+        .get(pb::CacheGetRequest {
+            namespace: "ns".into(),
+            key: "leased".into(),
+            lease: true,
+        })
+        .await
+        .expect("lease");
+    cache
+        .invalidate_namespace(pb::CacheInvalidateNamespaceRequest {
+            namespace: "other".into(),
+        })
+        .await
+        .expect("invalidate");
+    RateLimitServiceClient::new(server.channel.clone())
+        .check(pb::CheckRequest {
+            checks: vec![pb::LimitCheck {
+                limit: Some(Limit::Policy(pb::LimitPolicy {
+                    algorithm: pb::Algorithm::SlidingWindow as i32,
+                    limit: 5,
+                    period: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    burst: 0,
+                    failure_mode: 0,
+                })),
+                key: "user".into(),
+            }],
+            cost: None,
+            dry_run: false,
+        })
+        .await
+        .expect("check");
+
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    // Session hash + user index, cache entry + tag index + lease hash + generation, counter.
+    assert_eq!(keys.len(), 7, "{keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+}

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::duration_ms;
 use crate::{
     cache::{Caches, Condition, Freshness, Lease, Lookup, SetInput},
+    error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
     tenant::Tenant,
     time::{Millis, now_ms},
@@ -23,11 +24,16 @@ impl CacheApi {
     }
 }
 
-fn condition(c: pb::SetCondition) -> Condition {
-    match c {
-        pb::SetCondition::Always => Condition::Always,
-        pb::SetCondition::IfAbsent => Condition::IfAbsent,
-        pb::SetCondition::IfPresent => Condition::IfPresent,
+/// The write condition; an unknown enum value is INVALID_ARGUMENT, not a silent ALWAYS.
+fn condition(field: &str, value: i32) -> Result<Condition, Error> {
+    match pb::SetCondition::try_from(value) {
+        Ok(pb::SetCondition::Always) => Ok(Condition::Always),
+        Ok(pb::SetCondition::IfAbsent) => Ok(Condition::IfAbsent),
+        Ok(pb::SetCondition::IfPresent) => Ok(Condition::IfPresent),
+        Err(_) => Err(Error::invalid(
+            field,
+            "choose SET_CONDITION_ALWAYS, _IF_ABSENT or _IF_PRESENT",
+        )),
     }
 }
 
@@ -101,7 +107,7 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::CacheSetResponse>, Status> {
         let r = request.into_inner();
         let input = SetInput {
-            condition: condition(r.condition()),
+            condition: condition("condition", r.condition)?,
             key: r.key,
             value: r.value,
             ttl_ms: r.ttl.as_ref().map(duration_ms),
@@ -125,15 +131,18 @@ impl CacheService for CacheApi {
         let inputs = r
             .entries
             .into_iter()
-            .map(|e| SetInput {
-                condition: condition(e.condition()),
-                key: e.key,
-                value: e.value,
-                ttl_ms: e.ttl.as_ref().map(duration_ms),
-                tags: e.tags,
-                lease_token: None,
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(SetInput {
+                    condition: condition(&format!("entries[{i}].condition"), e.condition)?,
+                    key: e.key,
+                    value: e.value,
+                    ttl_ms: e.ttl.as_ref().map(duration_ms),
+                    tags: e.tags,
+                    lease_token: None,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         let stored = self
             .caches
             .set(&self.tenant, &r.namespace, inputs, now_ms(), true)

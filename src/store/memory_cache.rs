@@ -197,9 +197,13 @@ impl MemoryCache {
         now: Millis,
     ) -> bool {
         let mut stored = false;
+        let mut old_tags: Arc<[String]> = Arc::from([]);
         let tag_keys: Arc<[String]> = tag_keys.into();
         self.entries.entry_by_ref(key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
+            if let Some(e) = &current {
+                old_tags = e.tags.clone();
+            }
             if let Some(token) = &write.lease_token {
                 let holds = current
                     .as_ref()
@@ -225,8 +229,17 @@ impl MemoryCache {
                 namespace: Arc::from(namespace),
             }))
         });
-        if stored && !tag_keys.is_empty() {
+        if stored && !(tag_keys.is_empty() && old_tags.is_empty()) {
             let mut shared = lock(&self.shared);
+            // The value replaced carried these tags; the new one is listed only under its own.
+            for tag in old_tags.iter().filter(|t| !tag_keys.contains(t)) {
+                if let Some(keys) = shared.tags.get_mut(tag) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        shared.tags.remove(tag);
+                    }
+                }
+            }
             for tag in tag_keys.iter() {
                 shared
                     .tags

@@ -20,8 +20,14 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 local evicted = 0
 local n = redis.call('ZCARD', KEYS[2])
 while n > max do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])
-  redis.call('DEL', base .. oldest[1])
+  -- The oldest, but never the session being created (it can tie on the millisecond).
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 1)
+  local victim = oldest[1]
+  if victim == ARGV[4] then
+    victim = oldest[2]
+  end
+  redis.call('ZREM', KEYS[2], victim)
+  redis.call('DEL', base .. victim)
   evicted = evicted + 1
   n = n - 1
 end

@@ -13,15 +13,18 @@
 //! A Set pipelines, after the entry's script, one small script per tag that lists the entry key
 //! in the tag's index (a sorted set pruned of dead members, same slot). Entry first, then index:
 //! an InvalidateTags running in between leaves the entry listed, so a later one still finds it.
-//! A write refused by its condition still lists the key under its tags; the worst that does is
-//! an extra invalidation of that key, a miss, never a stale read.
+//! A write that its condition or lease may refuse lists its tags in a second round trip, only
+//! once stored, so a refused write never lists another writer's value. InvalidateTags takes
+//! each index (members and removal in one script), then deletes the entries. An entry set again
+//! with other tags stays listed under its old ones until they are pruned or invalidated: that
+//! can only cause an extra miss, never a stale read.
 
 use bytes::Bytes;
 use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
 
 use super::{RedisStore, StoreError, int};
 use crate::{
-    cache::{Freshness, Lease, Lookup, Write},
+    cache::{Condition, Freshness, Lease, Lookup, Write},
     tenant::Tenant,
     time::{Millis, now_ms},
 };
@@ -65,13 +68,14 @@ impl RedisStore {
 
     /// Runs `build`'s commands against the namespace's current generation (see the module docs);
     /// returns their replies.
+    /// Returns the generation used and the replies.
     async fn in_generation(
         &self,
         op: &'static str,
         tenant: &Tenant,
         namespace: &str,
         build: impl Fn(u64, &mut Pipeline),
-    ) -> Result<Vec<Value>, StoreError> {
+    ) -> Result<(u64, Vec<Value>), StoreError> {
         let generation_key = self.keys.cache_generation(tenant, namespace);
         let mut generation = self.known_generation(&generation_key);
         for _ in 0..3 {
@@ -92,7 +96,7 @@ impl RedisStore {
                     other => return Err(StoreError::Protocol(format!("generation: {other:?}"))),
                 };
             if current == generation {
-                return Ok(replies);
+                return Ok((generation, replies));
             }
             self.remember_generation(&generation_key, current);
             generation = current;
@@ -112,7 +116,7 @@ impl RedisStore {
     ) -> Result<Lookup, StoreError> {
         let (token, lease_ttl) = lease.unwrap_or(("", 0));
         let script = self.scripts.cache_get.get_hash();
-        let replies = self
+        let (_, replies) = self
             .in_generation("cache_get", tenant, namespace, |generation, pipe| {
                 pipe.cmd("EVALSHA")
                     .arg(script)
@@ -155,7 +159,7 @@ impl RedisStore {
         keys: &[String],
         now: Millis,
     ) -> Result<Vec<Lookup>, StoreError> {
-        let replies = self
+        let (_, replies) = self
             .in_generation("cache_get_many", tenant, namespace, |generation, pipe| {
                 for key in keys {
                     pipe.cmd("HMGET")
@@ -181,7 +185,21 @@ impl RedisStore {
     ) -> Result<Vec<bool>, StoreError> {
         let set = self.scripts.cache_set.get_hash();
         let tag = self.scripts.cache_tag.get_hash();
-        let replies = self
+        // A write that cannot be refused lists its tags in the same round trip.
+        let unconditional = |w: &Write| w.condition == Condition::Always && w.lease_token.is_none();
+        let list_tags = |pipe: &mut Pipeline, entry: &str, w: &Write| {
+            for t in &w.tags {
+                pipe.cmd("EVALSHA")
+                    .arg(tag)
+                    .arg(1)
+                    .arg(self.keys.cache_tag(tenant, namespace, t))
+                    .arg(now)
+                    .arg(entry)
+                    .arg(w.stale_until)
+                    .ignore();
+            }
+        };
+        let (generation, replies) = self
             .in_generation("cache_set", tenant, namespace, |generation, pipe| {
                 for w in writes {
                     let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
@@ -195,15 +213,8 @@ impl RedisStore {
                         .arg(w.stale_until)
                         .arg(w.condition.code())
                         .arg(w.lease_token.as_deref().unwrap_or(""));
-                    for t in &w.tags {
-                        pipe.cmd("EVALSHA")
-                            .arg(tag)
-                            .arg(1)
-                            .arg(self.keys.cache_tag(tenant, namespace, t))
-                            .arg(now)
-                            .arg(&entry)
-                            .arg(w.stale_until)
-                            .ignore();
+                    if unconditional(w) {
+                        list_tags(pipe, &entry, w);
                     }
                 }
             })
@@ -215,7 +226,26 @@ impl RedisStore {
                 writes.len()
             )));
         }
-        replies.iter().map(|r| Ok(int(r)? == 1)).collect()
+        let stored = replies
+            .iter()
+            .map(|r| Ok(int(r)? == 1))
+            .collect::<Result<Vec<bool>, StoreError>>()?;
+        // Conditional or leased writes that were stored list their tags now.
+        let mut pipe = redis::pipe();
+        let mut pending = false;
+        for (w, _) in writes
+            .iter()
+            .zip(&stored)
+            .filter(|(w, ok)| **ok && !w.tags.is_empty() && !unconditional(w))
+        {
+            let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
+            list_tags(&mut pipe, &entry, w);
+            pending = true;
+        }
+        if pending {
+            self.pipeline("cache_set_tags", &pipe).await?;
+        }
+        Ok(stored)
     }
 
     pub(crate) async fn cache_delete(
@@ -226,7 +256,7 @@ impl RedisStore {
     ) -> Result<u64, StoreError> {
         let now = now_ms();
         let script = self.scripts.cache_delete.get_hash();
-        let replies = self
+        let (_, replies) = self
             .in_generation("cache_delete", tenant, namespace, |generation, pipe| {
                 // One script per key: the keys live in different slots.
                 for key in keys {
@@ -252,10 +282,11 @@ impl RedisStore {
             .iter()
             .map(|t| self.keys.cache_tag(tenant, namespace, t))
             .collect();
-        // Round trip 1: the live members of every tag index.
+        // Round trip 1: take every tag index (live members read and index removed atomically).
+        let take = self.scripts.cache_tag_take.get_hash();
         let mut pipe = redis::pipe();
         for key in &tag_keys {
-            pipe.cmd("ZRANGEBYSCORE").arg(key).arg(now).arg("+inf");
+            pipe.cmd("EVALSHA").arg(take).arg(1).arg(key).arg(now);
         }
         let mut members: Vec<Vec<u8>> = Vec::new();
         for reply in self.pipeline("cache_invalidate_tags", &pipe).await? {
@@ -268,14 +299,19 @@ impl RedisStore {
         }
         members.sort_unstable();
         members.dedup();
-        // Round trip 2: delete the entries (one DEL each: they live in different slots), then
-        // the indexes.
+        if members.is_empty() {
+            return Ok(0);
+        }
+        // Round trip 2: delete the entries, one script each (they live in different slots),
+        // counting those that still held a servable value.
+        let delete = self.scripts.cache_delete.get_hash();
         let mut pipe = redis::pipe();
         for m in &members {
-            pipe.cmd("DEL").arg(m.as_slice());
-        }
-        for key in &tag_keys {
-            pipe.cmd("DEL").arg(key).ignore();
+            pipe.cmd("EVALSHA")
+                .arg(delete)
+                .arg(1)
+                .arg(m.as_slice())
+                .arg(now);
         }
         let replies = self.pipeline("cache_invalidate_tags", &pipe).await?;
         count_ones(&replies)
@@ -289,19 +325,19 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let key = self.keys.cache_generation(tenant, namespace);
         let mut pipe = redis::pipe();
-        pipe.cmd("INCR")
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.cache_invalidate_namespace.get_hash())
+            .arg(1)
             .arg(&key)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(keep_ms)
-            .ignore();
+            .arg(now_ms())
+            .arg(keep_ms);
         let replies = self.pipeline("cache_invalidate_namespace", &pipe).await?;
         let generation = replies
             .first()
             .map(int)
             .transpose()?
             .and_then(|g| u64::try_from(g).ok())
-            .ok_or_else(|| StoreError::Protocol("INCR returned nothing".into()))?;
+            .ok_or_else(|| StoreError::Protocol("no generation returned".into()))?;
         self.remember_generation(&key, generation);
         Ok(())
     }

@@ -17,7 +17,8 @@
 //! # Failures
 //! Every call is bounded by `redis.command_timeout` and fails with [`StoreError`]; idempotent
 //! reads are retried once after a short pause when the connection dropped, never after a timeout
-//! (that would double the wait) and never for writes.
+//! (that would double the wait), never for writes, and never for deletes (a retry's "already
+//! gone" would misreport the first attempt).
 
 use std::{
     collections::HashMap,
@@ -73,8 +74,10 @@ struct Scripts {
     cache_set: Script,
     cache_tag: Script,
     cache_delete: Script,
+    cache_tag_take: Script,
+    cache_invalidate_namespace: Script,
     /// Every script's source, for SCRIPT LOAD.
-    sources: [&'static str; 12],
+    sources: [&'static str; 14],
 }
 
 impl Scripts {
@@ -92,6 +95,8 @@ impl Scripts {
             include_str!("../lua/cache_set.lua"),
             include_str!("../lua/cache_tag.lua"),
             include_str!("../lua/cache_delete.lua"),
+            include_str!("../lua/cache_tag_take.lua"),
+            include_str!("../lua/cache_invalidate_namespace.lua"),
         ];
         let [
             create,
@@ -106,6 +111,8 @@ impl Scripts {
             cache_set,
             cache_tag,
             cache_delete,
+            cache_tag_take,
+            cache_invalidate_namespace,
         ] = sources.map(Script::new);
         Self {
             create,
@@ -120,6 +127,8 @@ impl Scripts {
             cache_set,
             cache_tag,
             cache_delete,
+            cache_tag_take,
+            cache_invalidate_namespace,
             sources,
         }
     }
@@ -263,7 +272,7 @@ impl RedisStore {
         let pooled = self.pool.get().await.map_err(|e| match e {
             // Failing to open a connection (refused, TLS, AUTH) means the store is unusable
             // right now, whatever the reason: UNAVAILABLE, with the cause in the logs.
-            managed::PoolError::Backend(e) => match classify(&e) {
+            managed::PoolError::Backend(e) => match classify(&e, self.command_timeout) {
                 StoreError::Protocol(reason) => StoreError::Unavailable(reason),
                 other => other,
             },
@@ -292,7 +301,7 @@ impl RedisStore {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() {
                     broken.store(true, Ordering::Release);
                 }
-                classify(&e)
+                classify(&e, self.command_timeout)
             })
         }
         .await;
@@ -472,11 +481,9 @@ impl RedisStore {
             .key(self.keys.user_index(tenant, key.tag()))
             .arg(now)
             .arg(key.member());
-        // Deleting twice ends in the same state: safe to retry.
-        Ok(self
-            .invoke_idempotent::<i64>("session_delete", &call)
-            .await?
-            == 1)
+        // Not retried: deleting twice ends in the same state, but the second answer ("already
+        // gone") would hide that the first attempt deleted it.
+        Ok(self.invoke::<i64>("session_delete", &call).await? == 1)
     }
 
     pub(crate) async fn session_list(
@@ -520,7 +527,8 @@ impl RedisStore {
             .arg(self.keys.session_base(tenant, tag))
             .arg(user_id)
             .arg(keep.map(SessionKey::member).unwrap_or_default());
-        self.invoke_idempotent("session_delete_user", &call).await
+        // Not retried, for the same reason as session_delete: the count would be wrong.
+        self.invoke("session_delete_user", &call).await
     }
 }
 
@@ -594,18 +602,20 @@ impl RedisStore {
 }
 
 /// Sorts a Redis error into the store's failure kinds.
-fn classify(e: &RedisError) -> StoreError {
+fn classify(e: &RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
-        return StoreError::Timeout(Duration::ZERO);
+        return StoreError::Timeout(timeout);
     }
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         return StoreError::Unavailable(e.to_string());
     }
     // Server states that pass: loading a dataset, a busy script, a failover in progress.
     match e.code() {
-        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN") => {
-            StoreError::Unavailable(e.to_string())
-        }
+        // …and a server that cannot take writes or no longer accepts our password.
+        Some(
+            "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "OOM"
+            | "NOAUTH" | "WRONGPASS",
+        ) => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Protocol(e.to_string()),
     }
 }
