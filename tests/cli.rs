@@ -69,6 +69,8 @@ fn unknown_keys_and_bad_values_stop_start_up_naming_key_and_source() {
 fn sigterm_shuts_the_server_down_cleanly() {
     let mut child = flowstate()
         .env("FLOWSTATE_SERVER__LISTEN", "127.0.0.1:0")
+        // An ephemeral metrics port too: 9464 may be taken on a shared machine.
+        .env("FLOWSTATE_METRICS__LISTEN", "127.0.0.1:0")
         .env("FLOWSTATE_LOG__FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
