@@ -163,7 +163,7 @@ def rss_mib(pid: int) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     args = ap.parse_args()
     for tool in ["redis-server", "redis-benchmark", "redis-cli", "h2load"]:
         if not shutil.which(tool):
