@@ -114,7 +114,15 @@ impl RedisStore {
         now: Millis,
         lease: Option<(&str, Millis)>,
     ) -> Result<Lookup, StoreError> {
-        let (token, lease_ttl) = lease.unwrap_or(("", 0));
+        // A plain read needs no script: HMGET is cheaper for Redis than running Lua.
+        let Some((token, lease_ttl)) = lease else {
+            let mut lookups = self
+                .read_entries("cache_get", tenant, namespace, &[key], now)
+                .await?;
+            return lookups
+                .pop()
+                .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()));
+        };
         let script = self.scripts.cache_get.get_hash();
         let (_, replies) = self
             .in_generation("cache_get", tenant, namespace, |generation, pipe| {
@@ -159,11 +167,27 @@ impl RedisStore {
         keys: &[String],
         now: Millis,
     ) -> Result<Vec<Lookup>, StoreError> {
+        self.read_entries("cache_get_many", tenant, namespace, keys, now)
+            .await
+    }
+
+    /// Reads entries with `HMGET v e s` (no script: nothing to change), one round trip.
+    async fn read_entries(
+        &self,
+        op: &'static str,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[impl AsRef<str>],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
         let (_, replies) = self
-            .in_generation("cache_get_many", tenant, namespace, |generation, pipe| {
+            .in_generation(op, tenant, namespace, |generation, pipe| {
                 for key in keys {
                     pipe.cmd("HMGET")
-                        .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                        .arg(
+                            self.keys
+                                .cache_entry(tenant, namespace, generation, key.as_ref()),
+                        )
                         .arg("v")
                         .arg("e")
                         .arg("s");
