@@ -470,6 +470,14 @@ impl Config {
         positive("session.max_metadata_bytes", s.max_metadata_bytes > 0);
         positive("ratelimit.max_checks", self.ratelimit.max_checks > 0);
         positive("ratelimit.max_key_bytes", self.ratelimit.max_key_bytes > 0);
+        let cache = &self.cache;
+        positive("cache.max_ttl", !cache.max_ttl.is_zero());
+        positive("cache.lease_ttl", !cache.lease_ttl.is_zero());
+        positive("cache.max_key_bytes", cache.max_key_bytes > 0);
+        positive("cache.max_batch", cache.max_batch > 0);
+        positive("cache.max_tags", cache.max_tags > 0);
+        positive("cache.max_tag_bytes", cache.max_tag_bytes > 0);
+        positive("cache.memory_max_bytes", cache.memory_max_bytes > 0);
         for (key, value) in [
             ("session.idle_timeout", s.idle_timeout),
             ("session.absolute_timeout", s.absolute_timeout),
@@ -480,20 +488,6 @@ impl Config {
                     humantime::format_duration(value),
                     humantime::format_duration(s.max_timeout)
                 ));
-            }
-        }
-        let cache = &self.cache;
-        for (key, ok) in [
-            ("cache.max_ttl", !cache.max_ttl.is_zero()),
-            ("cache.lease_ttl", !cache.lease_ttl.is_zero()),
-            ("cache.max_key_bytes", cache.max_key_bytes > 0),
-            ("cache.max_batch", cache.max_batch > 0),
-            ("cache.max_tags", cache.max_tags > 0),
-            ("cache.max_tag_bytes", cache.max_tag_bytes > 0),
-            ("cache.memory_max_bytes", cache.memory_max_bytes > 0),
-        ] {
-            if !ok {
-                bad.push(format!("`{key}` must be greater than zero"));
             }
         }
         let policies = std::iter::once(("cache.default_policy".to_owned(), &cache.default_policy))
@@ -514,14 +508,14 @@ impl Config {
             }
         }
         for name in cache.namespaces.keys() {
-            if crate::tenant::Tenant::new(name).is_none() {
+            if !crate::tenant::is_key_safe_name(name) {
                 bad.push(format!(
                     "`cache.namespaces.{name}`: names are 1-64 characters of A-Z a-z 0-9 _ . -"
                 ));
             }
         }
         for (name, limit) in &self.ratelimit.limits {
-            if crate::tenant::Tenant::new(name).is_none() {
+            if !crate::tenant::is_key_safe_name(name) {
                 bad.push(format!(
                     "`ratelimit.limits.{name}`: names are 1-64 characters of A-Z a-z 0-9 _ . -"
                 ));
@@ -530,10 +524,10 @@ impl Config {
                 bad.push(format!("`ratelimit.limits.{name}.{field}` {why}"));
             }
         }
-        if crate::tenant::Tenant::new(&self.server.tenant).is_none() {
+        if !crate::tenant::is_key_safe_name(&self.server.tenant) {
             bad.push("`server.tenant` must be 1-64 characters of A-Z a-z 0-9 _ . -".to_owned());
         }
-        if crate::tenant::Tenant::new(&self.redis.key_prefix).is_none() {
+        if !crate::tenant::is_key_safe_name(&self.redis.key_prefix) {
             bad.push(
                 "`redis.key_prefix` must be 1-64 characters of A-Z a-z 0-9 _ . - (no ':' or braces)"
                     .to_owned(),

@@ -146,11 +146,6 @@ const RPCS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// `(service, method)` labels for a request path; `unknown` for paths not in [`RPCS`].
-pub fn rpc_labels(path: &str) -> (&'static str, &'static str) {
-    rpc_index(path).map_or(("unknown", "unknown"), |i| RPC_LIST[i])
-}
-
 /// Every known RPC as `(service, method)`, flattened from [`RPCS`].
 static RPC_LIST: std::sync::LazyLock<Vec<(&'static str, &'static str)>> =
     std::sync::LazyLock::new(|| {
@@ -362,15 +357,13 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_to_known_rpcs() {
+        let i = rpc_index("/flowstate.v1.SessionService/CreateSession").expect("known");
         assert_eq!(
-            rpc_labels("/flowstate.v1.SessionService/CreateSession"),
+            RPC_LIST[i],
             ("flowstate.v1.SessionService", "CreateSession")
         );
-        assert_eq!(
-            rpc_labels("/flowstate.v1.SessionService/Nope"),
-            ("unknown", "unknown")
-        );
-        assert_eq!(rpc_labels("/x"), ("unknown", "unknown"));
+        assert_eq!(rpc_index("/flowstate.v1.SessionService/Nope"), None);
+        assert_eq!(rpc_index("/x"), None);
         let r = Response::builder()
             .header("grpc-status", "14")
             .body(Body::empty())

@@ -3,6 +3,17 @@
 
 use std::sync::Arc;
 
+/// Whether `name` may sit inside a store key: 1–64 characters of `[A-Za-z0-9_.-]` (no key
+/// separator, no hash-tag brace). Tenants, key prefixes, cache namespaces and limit names all
+/// follow this rule; checking it allocates nothing, so request paths can call it.
+pub fn is_key_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// A validated tenant name: 1–64 characters of `[A-Za-z0-9_.-]`, so it can sit inside a Redis key
 /// without escaping and can never contain a key separator or a hash-tag brace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -11,12 +22,7 @@ pub struct Tenant(Arc<str>);
 impl Tenant {
     /// Parses a tenant name, returning `None` when it is empty, too long or has other characters.
     pub fn new(name: &str) -> Option<Self> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        ok.then(|| Self(Arc::from(name)))
+        is_key_safe_name(name).then(|| Self(Arc::from(name)))
     }
 
     /// The single tenant used while authentication is off.

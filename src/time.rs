@@ -20,11 +20,23 @@ pub fn duration_ms(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Whole seconds and the nanoseconds left over, for protobuf `Timestamp` and `Duration`.
+fn split(ms: Millis) -> (i64, i32) {
+    // rem_euclid is in 0..1000, so the nanoseconds are below 10^9 and fit an i32.
+    (
+        ms.div_euclid(1000),
+        (ms.rem_euclid(1000) * 1_000_000) as i32,
+    )
+}
+
 /// Unix milliseconds to a protobuf `Timestamp`.
 pub fn to_timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        // Always in 0..1_000_000_000, so the cast cannot truncate.
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    let (seconds, nanos) = split(ms);
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// Milliseconds (non-negative) to a protobuf `Duration`.
+pub fn to_duration(ms: Millis) -> prost_types::Duration {
+    let (seconds, nanos) = split(ms.max(0));
+    prost_types::Duration { seconds, nanos }
 }

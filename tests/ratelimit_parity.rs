@@ -48,7 +48,7 @@ async fn redis_and_memory_decide_identically() {
         policy.validate().expect("valid policy");
         let counters = [Counter {
             id: CounterId {
-                limit: format!("p{i}"),
+                limit: format!("p{i}").into(),
                 algorithm: algorithm.code(),
                 key: "k".into(),
             },
@@ -94,7 +94,7 @@ async fn redis_and_memory_decide_identically() {
                 let (algorithm, limit, period_ms, burst) = policies[i];
                 Counter {
                     id: CounterId {
-                        limit: format!("pair{a}-{b}-{i}"),
+                        limit: format!("pair{a}-{b}-{i}").into(),
                         algorithm: algorithm.code(),
                         key: "k".into(),
                     },

@@ -8,7 +8,7 @@ use crate::{
     error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
     tenant::Tenant,
-    time::{Millis, now_ms},
+    time::{Millis, now_ms, to_duration},
 };
 
 /// The CacheService handlers.
@@ -43,11 +43,7 @@ fn ttl_remaining(lookup: &Lookup, now: Millis) -> Option<prost_types::Duration> 
         Freshness::Fresh => (lookup.fresh_until - now).max(0),
         Freshness::Stale | Freshness::Miss => 0,
     };
-    Some(prost_types::Duration {
-        seconds: ms / 1000,
-        // ms ≥ 0, so the remainder is in 0..1000 and the product fits an i32.
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
+    Some(to_duration(ms))
 }
 
 #[tonic::async_trait]

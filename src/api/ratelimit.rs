@@ -8,7 +8,7 @@ use crate::{
     proto::v1::{self as pb, rate_limit_service_server::RateLimitService},
     ratelimit::{Algorithm, CheckInput, FailureMode, LimitRef, Policy, RateLimits},
     tenant::Tenant,
-    time::now_ms,
+    time::{now_ms, to_duration},
 };
 
 /// The RateLimitService handlers.
@@ -37,7 +37,7 @@ impl RateLimitService for RateLimitApi {
             .enumerate()
             .map(|(i, c)| {
                 Ok(CheckInput {
-                    limit: limit_ref(c.limit, &format!("checks[{i}].policy"))?,
+                    limit: limit_ref(c.limit, Some(i))?,
                     key: c.key,
                 })
             })
@@ -61,8 +61,8 @@ impl RateLimitService for RateLimitApi {
                     allowed: c.decision.allowed,
                     limit: c.limit,
                     remaining: c.decision.remaining,
-                    reset_after: Some(millis(c.decision.reset_after_ms)),
-                    retry_after: Some(millis(c.decision.retry_after_ms)),
+                    reset_after: Some(to_duration(c.decision.reset_after_ms)),
+                    retry_after: Some(to_duration(c.decision.retry_after_ms)),
                     enforced: c.enforced,
                 })
                 .collect(),
@@ -74,7 +74,7 @@ impl RateLimitService for RateLimitApi {
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
         let r = request.into_inner();
-        let limit = limit_ref(r.limit.map(check_limit), "policy")?;
+        let limit = limit_ref(r.limit.map(check_limit), None)?;
         self.limits.reset(&self.tenant, limit, &r.key).await?;
         Ok(Response::new(pb::ResetResponse {}))
     }
@@ -88,7 +88,11 @@ fn check_limit(l: pb::reset_request::Limit) -> pb::limit_check::Limit {
 }
 
 /// Converts the proto's limit choice; an absent choice is an empty name (rejected downstream).
-fn limit_ref(limit: Option<pb::limit_check::Limit>, field: &str) -> Result<LimitRef, Error> {
+/// `check` (the check's index, `None` for Reset) only names the field in an error.
+fn limit_ref(
+    limit: Option<pb::limit_check::Limit>,
+    check: Option<usize>,
+) -> Result<LimitRef, Error> {
     Ok(match limit {
         None => LimitRef::Named(String::new()),
         Some(pb::limit_check::Limit::Name(name)) => LimitRef::Named(name),
@@ -99,8 +103,12 @@ fn limit_ref(limit: Option<pb::limit_check::Limit>, field: &str) -> Result<Limit
                 pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
                 pb::Algorithm::Gcra => Algorithm::Gcra,
                 pb::Algorithm::Unspecified => {
+                    let field = match check {
+                        Some(i) => format!("checks[{i}].policy.algorithm"),
+                        None => "policy.algorithm".to_owned(),
+                    };
                     return Err(Error::invalid(
-                        format!("{field}.algorithm"),
+                        field,
                         "choose fixed_window, sliding_window, token_bucket or gcra",
                     ));
                 }
@@ -118,12 +126,4 @@ fn limit_ref(limit: Option<pb::limit_check::Limit>, field: &str) -> Result<Limit
             })
         }
     })
-}
-
-fn millis(ms: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: ms.div_euclid(1000),
-        // In 0..1_000_000_000 by construction.
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }

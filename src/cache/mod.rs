@@ -241,7 +241,7 @@ impl Caches {
     }
 
     fn namespace(&self, name: &str) -> Result<(&NamespacePolicy, Arc<NamespaceStats>), Error> {
-        if crate::tenant::Tenant::new(name).is_none() {
+        if !crate::tenant::is_key_safe_name(name) {
             return Err(Error::invalid(
                 "namespace",
                 "1-64 characters of A-Z a-z 0-9 _ . -",

@@ -83,7 +83,7 @@ impl DecisionMetrics {
 pub struct CounterId {
     /// `n.<name>` for named limits, `i.<limit>.<period>.<burst>` for inline ones, so different
     /// inline policies never share a counter.
-    pub limit: String,
+    pub limit: Arc<str>,
     /// Algorithm code: changing a limit's algorithm starts from fresh state.
     pub algorithm: u8,
     /// The caller's key.
@@ -110,11 +110,15 @@ pub struct CheckOutcome {
     pub results: Vec<CheckResult>,
 }
 
+/// A configured limit: its policy, its counter id (`n.<name>`, built once, not per check) and
+/// its decision counters.
+type NamedLimit = (Policy, Arc<str>, DecisionMetrics);
+
 /// Rate-limit operations over a store.
 #[derive(Clone)]
 pub struct RateLimits {
     store: Store,
-    named: Arc<HashMap<String, (Policy, DecisionMetrics)>>,
+    named: Arc<HashMap<String, NamedLimit>>,
     inline_metrics: DecisionMetrics,
     max_checks: usize,
     max_key_bytes: usize,
@@ -129,7 +133,10 @@ impl RateLimits {
                 config
                     .limits
                     .iter()
-                    .map(|(name, l)| (name.clone(), (l.policy(), DecisionMetrics::new(name))))
+                    .map(|(name, l)| {
+                        let id = Arc::from(format!("n.{name}"));
+                        (name.clone(), (l.policy(), id, DecisionMetrics::new(name)))
+                    })
                     .collect(),
             ),
             inline_metrics: DecisionMetrics::new("inline"),
@@ -138,14 +145,19 @@ impl RateLimits {
         }
     }
 
-    /// `field` prefixes the request field names in errors (`checks[2].` or empty).
-    fn resolve(&self, field: &str, limit: &LimitRef, key: &str) -> Result<Counter, Error> {
+    /// `check` is the index of the check in the request (`None` for Reset); it only names
+    /// fields in errors, so nothing is formatted on the success path.
+    fn resolve(&self, check: Option<usize>, limit: &LimitRef, key: &str) -> Result<Counter, Error> {
+        let field = |name: &str| match check {
+            Some(i) => format!("checks[{i}].{name}"),
+            None => name.to_owned(),
+        };
         let (limit_id, policy) = match limit {
             LimitRef::Named(name) => match self.named.get(name) {
-                Some((policy, _)) => (format!("n.{name}"), *policy),
+                Some((policy, id, _)) => (id.clone(), *policy),
                 None if name.is_empty() => {
                     return Err(Error::invalid(
-                        format!("{field}name"),
+                        field("name"),
                         "name a configured limit or give an inline policy",
                     ));
                 }
@@ -154,19 +166,22 @@ impl RateLimits {
             LimitRef::Inline(policy) => {
                 policy
                     .validate()
-                    .map_err(|(f, why)| Error::invalid(format!("{field}policy.{f}"), why))?;
+                    .map_err(|(f, why)| Error::invalid(field(&format!("policy.{f}")), why))?;
                 (
-                    format!("i.{}.{}.{}", policy.limit, policy.period_ms, policy.burst),
+                    Arc::from(format!(
+                        "i.{}.{}.{}",
+                        policy.limit, policy.period_ms, policy.burst
+                    )),
                     *policy,
                 )
             }
         };
         if key.is_empty() {
-            return Err(Error::invalid(format!("{field}key"), "must not be empty"));
+            return Err(Error::invalid(field("key"), "must not be empty"));
         }
         if key.len() > self.max_key_bytes {
             return Err(Error::invalid(
-                format!("{field}key"),
+                field("key"),
                 format!("longer than {} bytes", self.max_key_bytes),
             ));
         }
@@ -197,7 +212,7 @@ impl RateLimits {
         }
         let mut counters: Vec<Counter> = Vec::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
-            let counter = self.resolve(&format!("checks[{i}]."), &check.limit, &check.key)?;
+            let counter = self.resolve(Some(i), &check.limit, &check.key)?;
             if cost > counter.policy.capacity() {
                 return Err(Error::InvalidArgument(vec![Violation::new(
                     "cost",
@@ -220,7 +235,7 @@ impl RateLimits {
         if !dry_run {
             for (check, result) in checks.iter().zip(&outcome.results) {
                 let metrics = match &check.limit {
-                    LimitRef::Named(name) => self.named.get(name).map(|(_, m)| m),
+                    LimitRef::Named(name) => self.named.get(name).map(|(_, _, m)| m),
                     LimitRef::Inline(_) => None,
                 };
                 metrics.unwrap_or(&self.inline_metrics).record(result);
@@ -286,7 +301,7 @@ impl RateLimits {
 
     /// Forgets a counter.
     pub async fn reset(&self, tenant: &Tenant, limit: LimitRef, key: &str) -> Result<(), Error> {
-        let counter = self.resolve("", &limit, key)?;
+        let counter = self.resolve(None, &limit, key)?;
         Ok(self.store.ratelimit_reset(tenant, &counter.id).await?)
     }
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Sequence
 
 import grpc
 
@@ -55,7 +55,17 @@ def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+def open_channel(
+    module: Any,
+    target: str,
+    tls: bool,
+    root_certificates: bytes | None,
+    extra_options: Sequence[tuple[str, object]],
+) -> Any:
+    """A channel from `module` (`grpc` or `grpc.aio`, which share these constructors) with the
+    retry service config, TLS when asked for (`tls` or custom root certificates)."""
+    opts = options(extra_options)
     if not tls and root_certificates is None:
-        return None
-    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return module.insecure_channel(target, options=opts)
+    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return module.secure_channel(target, creds, options=opts)

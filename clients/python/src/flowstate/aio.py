@@ -238,13 +238,7 @@ class AsyncClient:
     ) -> None:
         self.timeout = timeout
         self._metadata = _channel.metadata(token)
-        creds = _channel.credentials(tls, root_certificates)
-        opts = _channel.options(options)
-        self._channel = (
-            grpc.aio.secure_channel(target, creds, options=opts)
-            if creds
-            else grpc.aio.insecure_channel(target, options=opts)
-        )
+        self._channel = _channel.open_channel(grpc.aio, target, tls, root_certificates, options)
         self.sessions = Sessions(self)
         self.cache = Cache(self)
         self.ratelimit = RateLimits(self)
