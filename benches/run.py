@@ -130,7 +130,7 @@ def h2load(port: int, path: str, body: pathlib.Path, conc: int, seconds: float) 
 
 def redis_benchmark(port: int, conc: int, seconds: float) -> dict[str, dict]:
     sha = subprocess.run(
-        ["redis-cli", "-p", str(port), "SCRIPT", "LOAD", (ROOT / "src/store/lua/ratelimit_check.lua").read_text()],
+        ["redis-cli", "-p", str(port), "SCRIPT", "LOAD", (ROOT / "src/ratelimit/lua/check.lua").read_text()],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     n = str(int(seconds * 70_000))

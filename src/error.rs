@@ -65,6 +65,12 @@ fn describe(violations: &[Violation]) -> String {
         .join("; ")
 }
 
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Self {
+        Error::InvalidArgument(vec![v])
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {

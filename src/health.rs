@@ -10,17 +10,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{Mutex, watch};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::store::Store;
+use crate::store::Backend;
 
 /// Service name Kubernetes readiness probes ask for.
 pub const READINESS: &str = "readiness";
-
-/// Every gRPC service whose health follows the store's.
-pub const STORE_BACKED_SERVICES: &[&str] = &[
-    "flowstate.v1.SessionService",
-    "flowstate.v1.CacheService",
-    "flowstate.v1.RateLimitService",
-];
 
 /// Longest pause between store checks while the store is down (the backoff cap). Small enough
 /// that readiness returns within about a second of Redis coming back.
@@ -37,6 +30,8 @@ struct Components {
 pub struct Health {
     reporter: HealthReporter,
     components: Arc<Mutex<Components>>,
+    /// Every flowstate service name (all follow the store's health), from the descriptors.
+    services: Arc<[String]>,
 }
 
 impl Health {
@@ -45,6 +40,10 @@ impl Health {
         let health = Self {
             reporter,
             components: Arc::new(Mutex::new(Components::default())),
+            services: crate::proto::flowstate_services()
+                .into_iter()
+                .map(|s| s.name)
+                .collect(),
         };
         health.publish(&*health.components.lock().await).await;
         health
@@ -81,8 +80,8 @@ impl Health {
             .set_service_status("", status(!c.shutting_down))
             .await;
         self.reporter.set_service_status(READINESS, ready).await;
-        for name in STORE_BACKED_SERVICES {
-            self.reporter.set_service_status(*name, ready).await;
+        for name in self.services.iter() {
+            self.reporter.set_service_status(name, ready).await;
         }
     }
 }
@@ -90,7 +89,7 @@ impl Health {
 /// Pings the store every `interval` (backing off to [`MAX_BACKOFF`] while it fails) and keeps
 /// `health` in step, logging each change with its cause. Ends when `stop` turns true.
 pub async fn watch_store(
-    store: Store,
+    store: Backend,
     health: Health,
     interval: Duration,
     mut stop: watch::Receiver<bool>,

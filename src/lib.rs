@@ -1,26 +1,30 @@
-//! flowstate: shared state primitives (sessions; later cache and rate limits) over gRPC,
-//! backed by Redis in production and by an embedded in-memory store for development.
+//! flowstate: shared state primitives (sessions, cache, rate limits) over gRPC, backed by Redis
+//! in production and by an embedded in-memory store for development.
 //!
 //! # Layout
+//! Each service is one folder holding its gRPC handlers (`api.rs`), domain (`service.rs`),
+//! shared types (`model.rs`), store contract (`store.rs`), both store implementations
+//! (`redis.rs` + `lua/`, `memory.rs`), key formats (`keys.rs`) and configuration section
+//! (`config.rs`). Imports point one way: api → service → store contract ← implementations.
+//! - [`session`]: SessionService: ids, handles, limits, expiry.
+//! - [`cache`]: CacheService: namespace policies, tags, leases, hit/miss counts.
+//! - [`ratelimit`]: RateLimitService: the four algorithms, all-or-nothing checks.
+//!
+//! Shared by all of them:
 //! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
 //! - [`config`]: the one configuration scheme (defaults < file < `FLOWSTATE_…` env), validated at start-up.
 //! - [`error`]: the service error type and its single mapping to `tonic::Status`.
-//! - [`api`]: one file per gRPC service: validate, convert proto → domain, call, map errors.
-//! - [`session`]: session domain: ids, handles, limits, expiry math (pure functions of `now`).
-//! - [`cache`]: cache domain: namespace policies, leases, hit/miss counts.
-//! - [`ratelimit`]: rate-limit domain: the four algorithms as pure functions, all-or-nothing checks.
-//! - [`store`]: the store contract and its Redis and in-memory implementations; key formats.
+//! - [`store`]: the backends (Redis pool and script registry, memory), the key scheme, store errors.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
 //! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
 //! - [`tenant`]: the tenant every request is scoped to.
-//! - [`time`]: Unix-millisecond clock helpers.
+//! - [`time`]: Unix-millisecond clock helpers and protobuf time conversions.
 
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -1,8 +1,8 @@
 //! Prometheus metrics: the exporter, the RPC metrics layer, and the collector that publishes
 //! figures kept elsewhere (cache counts, pool state).
 //!
-//! Label cardinality is bounded by construction: service and method come from a fixed table of
-//! the RPCs this server has (anything else is `unknown`), codes from the 17 gRPC codes, cache
+//! Label cardinality is bounded by construction: service and method come from the descriptor
+//! sets of the services this server has (anything else is `unknown`), codes from the 17 gRPC codes, cache
 //! namespaces from configuration plus a capped number of others, limits from configuration plus
 //! `inline`. Keys and user ids never become labels.
 
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::{cache::CacheStats, store::Store};
+use crate::{cache::Caches, store::Backend};
 
 /// Latency buckets, in seconds: 50 µs to 5 s, dense below a millisecond where flowstate lives.
 const BUCKETS: &[f64] = &[
@@ -107,58 +107,23 @@ fn describe() {
     );
 }
 
-/// The RPCs this server serves, for bounded `service`/`method` labels.
-const RPCS: &[(&str, &[&str])] = &[
-    (
-        "flowstate.v1.SessionService",
-        &[
-            "CreateSession",
-            "GetSession",
-            "UpdateSession",
-            "TouchSession",
-            "RotateSession",
-            "DeleteSession",
-            "ListUserSessions",
-            "DeleteUserSessions",
-        ],
-    ),
-    (
-        "flowstate.v1.CacheService",
-        &[
-            "Get",
-            "GetMany",
-            "Set",
-            "SetMany",
-            "Delete",
-            "InvalidateTags",
-            "InvalidateNamespace",
-        ],
-    ),
-    ("flowstate.v1.RateLimitService", &["Check", "Reset"]),
-    ("grpc.health.v1.Health", &["Check", "Watch", "List"]),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        &["ServerReflectionInfo"],
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        &["ServerReflectionInfo"],
-    ),
-];
-
-/// Every known RPC as `(service, method)`, flattened from [`RPCS`].
-static RPC_LIST: std::sync::LazyLock<Vec<(&'static str, &'static str)>> =
-    std::sync::LazyLock::new(|| {
-        RPCS.iter()
-            .flat_map(|(s, methods)| methods.iter().map(move |m| (*s, *m)))
-            .collect()
-    });
+/// Every known RPC as `(service, method)`, from the descriptor sets of every service served
+/// (so a new service is labelled without edits here).
+static RPC_LIST: std::sync::LazyLock<Vec<(String, String)>> = std::sync::LazyLock::new(|| {
+    crate::proto::all_services()
+        .into_iter()
+        .flat_map(|s| {
+            let service = s.name;
+            s.methods.into_iter().map(move |m| (service.clone(), m))
+        })
+        .collect()
+});
 
 fn rpc_index(path: &str) -> Option<usize> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     RPC_LIST
         .iter()
-        .position(|(s, m)| *s == service && *m == method)
+        .position(|(s, m)| s == service && m == method)
 }
 
 const CODES: [&str; 17] = [
@@ -192,22 +157,22 @@ impl RpcHandles {
     fn new() -> Self {
         let labels = RPC_LIST
             .iter()
-            .copied()
+            .map(|(s, m)| (s.as_str(), m.as_str()))
             .chain(std::iter::once(("unknown", "unknown")));
         let (mut calls, mut latency) = (Vec::new(), Vec::new());
         for (service, method) in labels {
             calls.push(CODES.map(|code| {
                 metrics::counter!(
                     "flowstate_rpc_requests_total",
-                    "service" => service,
-                    "method" => method,
+                    "service" => service.to_owned(),
+                    "method" => method.to_owned(),
                     "code" => code
                 )
             }));
             latency.push(metrics::histogram!(
                 "flowstate_rpc_duration_seconds",
-                "service" => service,
-                "method" => method
+                "service" => service.to_owned(),
+                "method" => method.to_owned()
             ));
         }
         Self { calls, latency }
@@ -304,13 +269,13 @@ where
 /// Publishes figures kept as plain atomics on the hot path (cache counts) and pool state, every
 /// `every`, until `stop` turns true.
 pub async fn collect(
-    cache: Arc<CacheStats>,
-    store: Store,
+    caches: Caches,
+    backend: Backend,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        for (namespace, [hits, misses, stale, leases, sets]) in cache.snapshot() {
+        for (namespace, [hits, misses, stale, leases, sets]) in caches.stats().snapshot() {
             for (result, value) in [("hit", hits), ("miss", misses), ("stale", stale)] {
                 metrics::counter!(
                     "flowstate_cache_requests_total",
@@ -324,14 +289,13 @@ pub async fn collect(
             metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
                 .absolute(sets);
         }
-        match &store {
-            Store::Memory(m) => {
-                for (namespace, evicted) in m.cache_evictions() {
-                    metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)
-                        .absolute(evicted);
-                }
-            }
-            Store::Redis(r) => {
+        for (namespace, evicted) in caches.evictions() {
+            metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)
+                .absolute(evicted);
+        }
+        match &backend {
+            Backend::Memory(_) => {}
+            Backend::Redis(r) => {
                 let (open, idle, waiting) = r.pool_status();
                 for (state, value) in [
                     ("open", open),
@@ -360,7 +324,10 @@ mod tests {
         let i = rpc_index("/flowstate.v1.SessionService/CreateSession").expect("known");
         assert_eq!(
             RPC_LIST[i],
-            ("flowstate.v1.SessionService", "CreateSession")
+            (
+                "flowstate.v1.SessionService".to_owned(),
+                "CreateSession".to_owned()
+            )
         );
         assert_eq!(rpc_index("/flowstate.v1.SessionService/Nope"), None);
         assert_eq!(rpc_index("/x"), None);

@@ -14,8 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    api::{cache::CacheApi, ratelimit::RateLimitApi, session::SessionApi},
-    cache::Caches,
+    cache::{self, Caches, api::CacheApi},
     config::Config,
     health::{self, Health},
     middleware::{DeadlineLayer, layer_error_to_status},
@@ -28,38 +27,29 @@ use crate::{
             session_service_server::SessionServiceServer,
         },
     },
-    ratelimit::RateLimits,
-    session::Sessions,
-    store::{MemoryStore, RedisStore, Store},
+    ratelimit::{self, RateLimits, api::RateLimitApi},
+    session::{self, Sessions, api::SessionApi},
+    store::Backend,
     tenant::Tenant,
 };
 
-/// Builds the store the configuration asks for and says loudly which one it is.
-pub fn build_store(config: &Config) -> anyhow::Result<Store> {
-    match &config.redis.url {
-        Some(_) => {
-            let store = RedisStore::new(&config.redis).context("setting up the Redis store")?;
-            tracing::info!(
-                store = "redis",
-                url = store.display_url(),
-                pool_size = config.redis.pool_size,
-                "store: Redis"
-            );
-            Ok(Store::Redis(store))
-        }
-        None => {
-            tracing::warn!(
-                store = "memory",
-                "store: embedded in-memory store. State is process-local and lost on restart; \
-                 set redis.url (FLOWSTATE_REDIS__URL) to use Redis"
-            );
-            Ok(Store::Memory(MemoryStore::new(
-                &config.redis.key_prefix,
-                config.memory.sweep_interval,
-                config.cache.memory_max_bytes,
-            )))
-        }
+/// Opens the backend the configuration asks for and says loudly which one it is.
+pub fn open_backend(config: &Config) -> anyhow::Result<Backend> {
+    let backend = Backend::open(config).context("setting up the store")?;
+    match &backend {
+        Backend::Redis(r) => tracing::info!(
+            store = "redis",
+            url = r.display_url(),
+            pool_size = config.redis.pool_size,
+            "store: Redis"
+        ),
+        Backend::Memory(_) => tracing::warn!(
+            store = "memory",
+            "store: embedded in-memory store. State is process-local and lost on restart; \
+             set redis.url (FLOWSTATE_REDIS__URL) to use Redis"
+        ),
     }
+    Ok(backend)
 }
 
 /// Reflection over every descriptor a caller may meet: flowstate's own, grpc.health.v1 (or
@@ -78,14 +68,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let store = build_store(&config)?;
+    let backend = open_backend(&config)?;
     let tenant = Tenant::new(&config.server.tenant).context("server.tenant")?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
     let (stop_health, health_stop) = watch::channel(false);
     let health_task = tokio::spawn(health::watch_store(
-        store.clone(),
+        backend.clone(),
         health.clone(),
         config.redis.health_interval,
         health_stop,
@@ -97,19 +87,19 @@ pub async fn run(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
-    let sessions = Sessions::new(store.clone(), config.session.clone());
+    let sessions = Sessions::new(session::open_store(&backend)?, config.session.clone());
     let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
-    let caches = Caches::new(store.clone(), config.cache.clone());
+    let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone());
     let collector = tokio::spawn(observe::collect(
-        caches.stats(),
-        store.clone(),
+        caches.clone(),
+        backend.clone(),
         Duration::from_secs(1),
         stop_health.subscribe(),
     ));
     let cache_service = CacheServiceServer::new(CacheApi::new(caches, tenant.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
-    let limits = RateLimits::new(store.clone(), &config.ratelimit);
+    let limits = RateLimits::new(ratelimit::open_store(&backend)?, &config.ratelimit);
     let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits, tenant))
         .max_decoding_message_size(config.server.max_message_bytes);
 
@@ -151,7 +141,7 @@ pub async fn run(
                 let _ = accepting_stopped.await;
             },
         );
-    tracing::info!(listen = %local, store = store.kind().as_str(), "flowstate serving gRPC");
+    tracing::info!(listen = %local, store = backend.kind().as_str(), "flowstate serving gRPC");
 
     tokio::pin!(serve);
     let outcome = tokio::select! {

@@ -40,3 +40,11 @@ pub fn to_duration(ms: Millis) -> prost_types::Duration {
     let (seconds, nanos) = split(ms.max(0));
     prost_types::Duration { seconds, nanos }
 }
+
+/// A protobuf `Duration` as whole milliseconds (saturating; negative stays negative so the
+/// domain can reject it).
+pub fn from_duration(d: &prost_types::Duration) -> Millis {
+    d.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(d.nanos) / 1_000_000)
+}

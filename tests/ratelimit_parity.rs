@@ -9,8 +9,11 @@ use std::time::Duration;
 use common::RedisServer;
 use flowstate::{
     config::RedisConfig,
-    ratelimit::{Algorithm, Counter, CounterId, FailureMode, Policy},
-    store::{MemoryStore, RedisStore, Store},
+    ratelimit::{
+        Algorithm, Counter, CounterId, FailureMode, Policy, RateLimitStore,
+        memory::MemoryRateLimitStore, redis::RedisRateLimitStore,
+    },
+    store::{memory::MemoryBackend, redis::RedisBackend},
     tenant::Tenant,
 };
 
@@ -22,8 +25,9 @@ async fn redis_and_memory_decide_identically() {
         key_prefix: common::unique_prefix(),
         ..RedisConfig::default()
     };
-    let redis = Store::Redis(RedisStore::new(&config).expect("redis store"));
-    let memory = Store::Memory(MemoryStore::new("parity", Duration::from_secs(60), 1 << 20));
+    let redis = RedisRateLimitStore::new(RedisBackend::new(&config).expect("redis backend"))
+        .expect("redis store");
+    let memory = MemoryRateLimitStore::new(&MemoryBackend::new("parity", Duration::from_secs(60)));
     let tenant = Tenant::default_tenant();
 
     let policies: [(Algorithm, u64, i64, u64); 7] = [
@@ -70,11 +74,11 @@ async fn redis_and_memory_decide_identically() {
             let cost = ((seed >> 33) % (policy.capacity().min(3) + 1)).min(policy.capacity());
             let commit = !(seed >> 40).is_multiple_of(5);
             let a = redis
-                .ratelimit_check(&tenant, &counters, now, cost, commit)
+                .check(&tenant, &counters, now, cost, commit)
                 .await
                 .expect("redis check");
             let b = memory
-                .ratelimit_check(&tenant, &counters, now, cost, commit)
+                .check(&tenant, &counters, now, cost, commit)
                 .await
                 .expect("memory check");
             assert_eq!(
@@ -116,11 +120,11 @@ async fn redis_and_memory_decide_identically() {
             now += [0, 0, 37, 120, 480, 1_100][step % 6];
             let cost = 1 + (step as u64 % 2);
             let x = redis
-                .ratelimit_check(&tenant, &counters, now, cost, true)
+                .check(&tenant, &counters, now, cost, true)
                 .await
                 .expect("redis check");
             let y = memory
-                .ratelimit_check(&tenant, &counters, now, cost, true)
+                .check(&tenant, &counters, now, cost, true)
                 .await
                 .expect("memory check");
             assert_eq!(x, y, "pair ({a}, {b}) step {step}");

@@ -1,307 +1,36 @@
-//! Rate limits: resolving named and inline limits, validating requests, all-or-nothing checks
-//! and the store failure modes. The counting itself is in [`algorithm`].
+//! Rate limits: the `flowstate.v1.RateLimitService` domain in one folder.
+//!
+//! - [`api`]: the gRPC handlers.
+//! - [`service`]: resolving named and inline limits, validation, failure modes.
+//! - [`algorithm`]: the four algorithms as pure functions; [`model`]: shared types (leaves).
+//! - [`store`]: the store contract; [`redis`] and [`memory`] implement it; [`keys`] has the key
+//!   format and `lua/` the script (which mirrors [`algorithm`] line for line).
+//! - [`config`]: the `ratelimit` configuration section.
 
 pub mod algorithm;
+pub mod api;
+pub mod config;
+pub mod keys;
+pub mod memory;
+pub mod model;
+pub mod redis;
+pub mod service;
+pub mod store;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
-pub use self::algorithm::{Algorithm, Decision, FailureMode, Policy, State, Update, decide};
-use crate::{
-    config::RateLimitConfig,
-    error::{Error, Violation},
-    store::Store,
-    tenant::Tenant,
-    time::Millis,
+pub use self::{
+    algorithm::{Algorithm, Decision, FailureMode, Policy, State, Update, decide},
+    model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef},
+    service::RateLimits,
+    store::RateLimitStore,
 };
+use crate::store::{Backend, StoreError};
 
-/// Which limit a check names, before resolution.
-#[derive(Debug, Clone)]
-pub enum LimitRef {
-    /// A limit from `ratelimit.limits`.
-    Named(String),
-    /// A limit given in the request; validated on use.
-    Inline(Policy),
-}
-
-/// One check of a request, before validation.
-#[derive(Debug, Clone)]
-pub struct CheckInput {
-    /// The limit.
-    pub limit: LimitRef,
-    /// What is limited.
-    pub key: String,
-}
-
-/// A resolved check: the counter it uses and its policy.
-#[derive(Debug, Clone)]
-pub struct Counter {
-    /// Identifies the counter within the tenant (limit identity, algorithm, key).
-    pub id: CounterId,
-    /// The policy.
-    pub policy: Policy,
-}
-
-/// Decision counts of one limit (labelled by limit name, or `inline`), registered once so the
-/// hot path only increments.
-#[derive(Clone)]
-struct DecisionMetrics {
-    allowed: metrics::Counter,
-    denied: metrics::Counter,
-    not_enforced: metrics::Counter,
-}
-
-impl DecisionMetrics {
-    fn new(limit: &str) -> Self {
-        let counter = |decision: &'static str| {
-            metrics::counter!(
-                "flowstate_ratelimit_decisions_total",
-                "limit" => limit.to_owned(),
-                "decision" => decision
-            )
-        };
-        Self {
-            allowed: counter("allowed"),
-            denied: counter("denied"),
-            not_enforced: counter("not_enforced"),
-        }
-    }
-
-    fn record(&self, result: &CheckResult) {
-        let counter = if !result.enforced {
-            &self.not_enforced
-        } else if result.decision.allowed {
-            &self.allowed
-        } else {
-            &self.denied
-        };
-        counter.increment(1);
-    }
-}
-
-/// The parts a counter's store key is built from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CounterId {
-    /// `n.<name>` for named limits, `i.<limit>.<period>.<burst>` for inline ones, so different
-    /// inline policies never share a counter.
-    pub limit: Arc<str>,
-    /// Algorithm code: changing a limit's algorithm starts from fresh state.
-    pub algorithm: u8,
-    /// The caller's key.
-    pub key: String,
-}
-
-/// One check's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckResult {
-    /// The decision (when not enforced: allowed, nothing known about counts).
-    pub decision: Decision,
-    /// The limit's `limit`.
-    pub limit: u64,
-    /// False when the store failed and the limit fails open.
-    pub enforced: bool,
-}
-
-/// A Check's answer.
-#[derive(Debug, Clone)]
-pub struct CheckOutcome {
-    /// Every check allowed.
-    pub allowed: bool,
-    /// Per check, in request order.
-    pub results: Vec<CheckResult>,
-}
-
-/// A configured limit: its policy, its counter id (`n.<name>`, built once, not per check) and
-/// its decision counters.
-type NamedLimit = (Policy, Arc<str>, DecisionMetrics);
-
-/// Rate-limit operations over a store.
-#[derive(Clone)]
-pub struct RateLimits {
-    store: Store,
-    named: Arc<HashMap<String, NamedLimit>>,
-    inline_metrics: DecisionMetrics,
-    max_checks: usize,
-    max_key_bytes: usize,
-}
-
-impl RateLimits {
-    /// Limits from `config` over `store`.
-    pub fn new(store: Store, config: &RateLimitConfig) -> Self {
-        Self {
-            store,
-            named: Arc::new(
-                config
-                    .limits
-                    .iter()
-                    .map(|(name, l)| {
-                        let id = Arc::from(format!("n.{name}"));
-                        (name.clone(), (l.policy(), id, DecisionMetrics::new(name)))
-                    })
-                    .collect(),
-            ),
-            inline_metrics: DecisionMetrics::new("inline"),
-            max_checks: config.max_checks,
-            max_key_bytes: config.max_key_bytes,
-        }
-    }
-
-    /// `check` is the index of the check in the request (`None` for Reset); it only names
-    /// fields in errors, so nothing is formatted on the success path.
-    fn resolve(&self, check: Option<usize>, limit: &LimitRef, key: &str) -> Result<Counter, Error> {
-        let field = |name: &str| match check {
-            Some(i) => format!("checks[{i}].{name}"),
-            None => name.to_owned(),
-        };
-        let (limit_id, policy) = match limit {
-            LimitRef::Named(name) => match self.named.get(name) {
-                Some((policy, id, _)) => (id.clone(), *policy),
-                None if name.is_empty() => {
-                    return Err(Error::invalid(
-                        field("name"),
-                        "name a configured limit or give an inline policy",
-                    ));
-                }
-                None => return Err(Error::NotFound(format!("rate limit {name:?}"))),
-            },
-            LimitRef::Inline(policy) => {
-                policy
-                    .validate()
-                    .map_err(|(f, why)| Error::invalid(field(&format!("policy.{f}")), why))?;
-                (
-                    Arc::from(format!(
-                        "i.{}.{}.{}",
-                        policy.limit, policy.period_ms, policy.burst
-                    )),
-                    *policy,
-                )
-            }
-        };
-        if key.is_empty() {
-            return Err(Error::invalid(field("key"), "must not be empty"));
-        }
-        if key.len() > self.max_key_bytes {
-            return Err(Error::invalid(
-                field("key"),
-                format!("longer than {} bytes", self.max_key_bytes),
-            ));
-        }
-        Ok(Counter {
-            id: CounterId {
-                limit: limit_id,
-                algorithm: policy.algorithm.code(),
-                key: key.to_owned(),
-            },
-            policy,
-        })
-    }
-
-    /// Checks and (unless `dry_run` or `cost` is 0) consumes, all or nothing.
-    pub async fn check(
-        &self,
-        tenant: &Tenant,
-        checks: Vec<CheckInput>,
-        cost: u64,
-        dry_run: bool,
-        now: Millis,
-    ) -> Result<CheckOutcome, Error> {
-        if checks.is_empty() || checks.len() > self.max_checks {
-            return Err(Error::invalid(
-                "checks",
-                format!("give between 1 and {} checks", self.max_checks),
-            ));
-        }
-        let mut counters: Vec<Counter> = Vec::with_capacity(checks.len());
-        for (i, check) in checks.iter().enumerate() {
-            let counter = self.resolve(Some(i), &check.limit, &check.key)?;
-            if cost > counter.policy.capacity() {
-                return Err(Error::InvalidArgument(vec![Violation::new(
-                    "cost",
-                    format!(
-                        "{cost} is more than checks[{i}] can ever admit ({})",
-                        counter.policy.capacity()
-                    ),
-                )]));
-            }
-            if let Some(j) = counters.iter().position(|c| c.id == counter.id) {
-                return Err(Error::invalid(
-                    format!("checks[{i}]"),
-                    format!("same limit and key as checks[{j}]"),
-                ));
-            }
-            counters.push(counter);
-        }
-        let commit = !dry_run && cost > 0;
-        let outcome = self.decide(tenant, &counters, now, cost, commit).await?;
-        if !dry_run {
-            for (check, result) in checks.iter().zip(&outcome.results) {
-                let metrics = match &check.limit {
-                    LimitRef::Named(name) => self.named.get(name).map(|(_, _, m)| m),
-                    LimitRef::Inline(_) => None,
-                };
-                metrics.unwrap_or(&self.inline_metrics).record(result);
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// Asks the store, applying the failure modes when it cannot answer.
-    async fn decide(
-        &self,
-        tenant: &Tenant,
-        counters: &[Counter],
-        now: Millis,
-        cost: u64,
-        commit: bool,
-    ) -> Result<CheckOutcome, Error> {
-        match self
-            .store
-            .ratelimit_check(tenant, counters, now, cost, commit)
-            .await
-        {
-            Ok(decisions) => {
-                let allowed = decisions.iter().all(|d| d.allowed);
-                let results = decisions
-                    .into_iter()
-                    .zip(counters)
-                    .map(|(decision, c)| CheckResult {
-                        decision,
-                        limit: c.policy.limit,
-                        enforced: true,
-                    })
-                    .collect();
-                Ok(CheckOutcome { allowed, results })
-            }
-            Err(e)
-                if counters
-                    .iter()
-                    .all(|c| c.policy.failure_mode == FailureMode::Open) =>
-            {
-                tracing::warn!(error = %e, "store failed; rate limits fail open (not enforced)");
-                let results = counters
-                    .iter()
-                    .map(|c| CheckResult {
-                        decision: Decision {
-                            allowed: true,
-                            remaining: 0,
-                            reset_after_ms: 0,
-                            retry_after_ms: 0,
-                        },
-                        limit: c.policy.limit,
-                        enforced: false,
-                    })
-                    .collect();
-                Ok(CheckOutcome {
-                    allowed: true,
-                    results,
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Forgets a counter.
-    pub async fn reset(&self, tenant: &Tenant, limit: LimitRef, key: &str) -> Result<(), Error> {
-        let counter = self.resolve(None, &limit, key)?;
-        Ok(self.store.ratelimit_reset(tenant, &counter.id).await?)
-    }
+/// The rate-limit store of `backend`.
+pub fn open_store(backend: &Backend) -> Result<Arc<dyn RateLimitStore>, StoreError> {
+    Ok(match backend {
+        Backend::Memory(m) => Arc::new(memory::MemoryRateLimitStore::new(m)),
+        Backend::Redis(r) => Arc::new(redis::RedisRateLimitStore::new(r.clone())?),
+    })
 }

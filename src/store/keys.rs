@@ -1,20 +1,12 @@
-//! Every store key format, in one place.
-//!
-//! `{prefix}:{tenant}:s:{TAG}:{member}` is a session hash; `{prefix}:{tenant}:u:{TAG}` is the
-//! user's session index (a sorted set of members scored by creation time). `TAG` is the user tag
-//! (see [`crate::session::id`]) wrapped in braces: the Redis Cluster hash tag, so a user's
-//! sessions and index share a slot and one Lua script can change them together.
-//! `{prefix}:{tenant}:rl:{limit}:{algorithm}:{KEY}` is a rate-limit counter (a small hash).
-//! `{prefix}:{tenant}:c:{namespace}:{generation}:{KEY}` is a cache entry, `…:ct:{namespace}:{TAG}`
-//! a tag index and `…:cg:{NAMESPACE}` a namespace's generation.
+//! The key scheme every store key follows: `{prefix}:{tenant}:{kind}:…`, where `kind` is a short
+//! code owned by one domain (its `keys.rs` lists its formats). The prefix and tenant come first,
+//! so several deployments and tenants share one Redis without colliding, and the part of a key
+//! in braces is its Redis Cluster hash tag: the keys one script touches share it, and it is
+//! never a whole tenant (that would put a tenant on one shard).
 
-use crate::{
-    ratelimit::CounterId,
-    session::{SessionKey, UserTag},
-    tenant::Tenant,
-};
+use crate::tenant::Tenant;
 
-/// Builds keys under one prefix.
+/// Builds keys under one prefix; each domain adds its own formats in its `keys.rs`.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -28,91 +20,62 @@ impl Keys {
         }
     }
 
-    /// The key of a session's hash.
-    pub fn session(&self, tenant: &Tenant, key: &SessionKey) -> String {
-        let mut k = self.session_base(tenant, key.tag());
-        k.push_str(&key.member());
-        k
+    /// `{prefix}:{tenant}:{kind}:`, the start of every key of one kind for one tenant.
+    pub fn scope(&self, tenant: &Tenant, kind: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + tenant.as_str().len() + 48);
+        key.push_str(&self.prefix);
+        key.push(':');
+        key.push_str(tenant.as_str());
+        key.push(':');
+        key.push_str(kind);
+        key.push(':');
+        key
     }
+}
 
-    /// Everything of a session key before its member; scripts append members to it to reach
-    /// the sessions listed in a user index (same hash tag, so the same slot).
-    pub fn session_base(&self, tenant: &Tenant, tag: UserTag) -> String {
-        format!(
-            "{}:{}:s:{{{}}}:",
-            self.prefix,
-            tenant.as_str(),
-            tag.encode()
-        )
-    }
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the
+/// first `{` and the next `}`, when non-empty) or of the whole key, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
 
-    /// The key of a rate-limit counter. Its hash tag is the caller's key alone, never anything
-    /// that depends on the other checks of a request, so a counter always lives in one slot.
-    pub fn counter(&self, tenant: &Tenant, id: &CounterId) -> String {
-        format!(
-            "{}:{}:rl:{}:{}:{{{}}}",
-            self.prefix,
-            tenant.as_str(),
-            id.limit,
-            id.algorithm,
-            id.key
-        )
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in data {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
     }
-
-    /// A cache namespace's generation counter (InvalidateNamespace increments it).
-    pub fn cache_generation(&self, tenant: &Tenant, namespace: &str) -> String {
-        format!("{}:{}:cg:{{{namespace}}}", self.prefix, tenant.as_str())
-    }
-
-    /// A cache entry (a hash) in a namespace generation; hash-tagged by its own key.
-    pub fn cache_entry(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        generation: u64,
-        key: &str,
-    ) -> String {
-        format!(
-            "{}:{}:c:{namespace}:{generation}:{{{key}}}",
-            self.prefix,
-            tenant.as_str()
-        )
-    }
-
-    /// A cache tag's index: a sorted set of entry keys scored by when each stops being servable.
-    pub fn cache_tag(&self, tenant: &Tenant, namespace: &str, tag: &str) -> String {
-        format!(
-            "{}:{}:ct:{namespace}:{{{tag}}}",
-            self.prefix,
-            tenant.as_str()
-        )
-    }
-
-    /// The key of a user's session index.
-    pub fn user_index(&self, tenant: &Tenant, tag: UserTag) -> String {
-        format!("{}:{}:u:{{{}}}", self.prefix, tenant.as_str(), tag.encode())
-    }
+    crc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionId;
 
     #[test]
-    fn session_and_index_share_a_hash_tag_and_carry_prefix_and_tenant() {
-        let keys = Keys::new("fs");
-        let tenant = Tenant::default_tenant();
-        let tag = UserTag::for_user(&tenant, "alice");
-        let id = SessionId::generate(tag);
-        let s = keys.session(&tenant, &id.key());
-        let u = keys.user_index(&tenant, tag);
-        assert!(s.starts_with("fs:default:s:{") && u.starts_with("fs:default:u:{"));
-        let hash_tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_owned();
-        assert_eq!(hash_tag(&s), hash_tag(&u));
-        assert!(
-            !s.contains(&id.encode()[12..]),
-            "no part of the secret in the key"
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT` on a real cluster (and the Redis Cluster spec).
+        assert_eq!(slot(b"123456789"), 12739);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            slot(b"foo{}{bar}"),
+            "empty tag: whole key"
         );
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
     }
 }

@@ -1,30 +1,20 @@
-//! The store contract and its two implementations.
+//! What every domain's store builds on: the store error, the key scheme, and the two backends
+//! (a Redis connection pool with its Lua script registry, and the embedded in-memory backend).
 //!
-//! [`Store`] is an enum rather than a trait object: two backends, static dispatch, no boxing of
-//! futures on the hot path. Both implement the same operations with the same semantics and run
-//! the same contract suite (`tests/session_contract.rs`).
-//!
-//! Each operation is one atomic step in the store: one Lua script (one round trip) on Redis,
-//! one critical section in memory.
+//! Each domain (`session`, `cache`, `ratelimit`, …) owns its store contract (a trait in its
+//! `store.rs`) and both implementations of it (`redis.rs`, `memory.rs`), built on a
+//! [`Backend`]. Adding a service adds a folder; nothing here changes.
 
 pub mod keys;
 pub mod memory;
-mod memory_cache;
 pub mod redis;
 
 use std::time::Duration;
 
-use crate::{
-    cache::{Lookup, Write},
-    ratelimit::{Counter, CounterId, Decision},
-    session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
-    tenant::Tenant,
-    time::Millis,
-};
+use self::{memory::MemoryBackend, redis::RedisBackend};
+use crate::config::Config;
 
-pub use self::{memory::MemoryStore, redis::RedisStore};
-
-/// A store failure. Never carries request data, so it is safe to log.
+/// A store failure. Never carries request data or store replies, so it is safe to log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The call did not finish within `redis.command_timeout`.
@@ -49,7 +39,7 @@ impl StoreError {
     }
 }
 
-/// Which backend a [`Store`] is.
+/// Which backend a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     /// Embedded, process-local.
@@ -59,7 +49,7 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
-    /// Lower-case name for logs.
+    /// Lower-case name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             StoreKind::Memory => "memory",
@@ -68,196 +58,41 @@ impl StoreKind {
     }
 }
 
-/// The configured store.
+/// The configured backend, shared by every domain's store.
 #[derive(Clone)]
-pub enum Store {
-    /// Embedded in-memory store.
-    Memory(MemoryStore),
+pub enum Backend {
+    /// Embedded in-memory backend.
+    Memory(MemoryBackend),
     /// Redis.
-    Redis(RedisStore),
+    Redis(RedisBackend),
 }
 
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Memory(s) => s.$method($($arg),*).await,
-            Store::Redis(s) => s.$method($($arg),*).await,
-        }
-    };
-}
+impl Backend {
+    /// The backend `config` asks for: Redis when `redis.url` is set, the memory backend
+    /// otherwise. Connects lazily (an unreachable Redis shows in health, not here).
+    pub fn open(config: &Config) -> Result<Self, StoreError> {
+        Ok(match &config.redis.url {
+            Some(_) => Backend::Redis(RedisBackend::new(&config.redis)?),
+            None => Backend::Memory(MemoryBackend::new(
+                &config.redis.key_prefix,
+                config.memory.sweep_interval,
+            )),
+        })
+    }
 
-impl Store {
     /// Which backend this is.
     pub fn kind(&self) -> StoreKind {
         match self {
-            Store::Memory(_) => StoreKind::Memory,
-            Store::Redis(_) => StoreKind::Redis,
+            Backend::Memory(_) => StoreKind::Memory,
+            Backend::Redis(_) => StoreKind::Redis,
         }
     }
 
     /// Checks the store answers (used by the health task).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self.ping())
-    }
-
-    /// Stores a new session and indexes it under its user, evicting the user's oldest sessions
-    /// beyond `max_per_user` and pruning dead index entries. Returns how many were evicted.
-    pub async fn session_create(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        record: &SessionRecord,
-        max_per_user: u32,
-    ) -> Result<u32, StoreError> {
-        dispatch!(self.session_create(tenant, key, record, max_per_user))
-    }
-
-    /// Reads a live session; with `touch`, slides its expiry first.
-    pub async fn session_get(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-        touch: bool,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        dispatch!(self.session_get(tenant, key, now, touch))
-    }
-
-    /// Applies a field-level update atomically (see [`SessionRecord::apply`]).
-    pub async fn session_update(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-        update: &SessionUpdate,
-        limits: DataLimits,
-    ) -> Result<UpdateOutcome, StoreError> {
-        dispatch!(self.session_update(tenant, key, now, update, limits))
-    }
-
-    /// Moves a live session from `old` to `new` in one step; `None` when `old` is not live.
-    pub async fn session_rotate(
-        &self,
-        tenant: &Tenant,
-        old: &SessionKey,
-        new: &SessionKey,
-        now: Millis,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        dispatch!(self.session_rotate(tenant, old, new, now))
-    }
-
-    /// Deletes a session and its index entry; whether it existed.
-    pub async fn session_delete(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.session_delete(tenant, key, now))
-    }
-
-    /// The user's live sessions (any order), pruning dead index entries.
-    pub async fn session_list(
-        &self,
-        tenant: &Tenant,
-        tag: UserTag,
-        user_id: &str,
-        now: Millis,
-    ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
-        dispatch!(self.session_list(tenant, tag, user_id, now))
-    }
-
-    /// Deletes the user's sessions except `keep`; how many live ones were deleted.
-    pub async fn session_delete_user(
-        &self,
-        tenant: &Tenant,
-        tag: UserTag,
-        user_id: &str,
-        keep: Option<&SessionKey>,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        dispatch!(self.session_delete_user(tenant, tag, user_id, keep, now))
-    }
-
-    /// Decides every counter at `now` for `cost`; when all allow and `commit`, consumes from all
-    /// in the same atomic step. Denied requests consume nothing.
-    pub async fn ratelimit_check(
-        &self,
-        tenant: &Tenant,
-        counters: &[Counter],
-        now: Millis,
-        cost: u64,
-        commit: bool,
-    ) -> Result<Vec<Decision>, StoreError> {
-        dispatch!(self.ratelimit_check(tenant, counters, now, cost, commit))
-    }
-
-    /// Deletes a counter.
-    pub async fn ratelimit_reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
-        dispatch!(self.ratelimit_reset(tenant, id))
-    }
-
-    /// Looks a cache key up; `lease` = (token to grant, lease TTL ms) when the caller wants one.
-    pub async fn cache_get(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        key: &str,
-        now: Millis,
-        lease: Option<(&str, Millis)>,
-    ) -> Result<Lookup, StoreError> {
-        dispatch!(self.cache_get(tenant, namespace, key, now, lease))
-    }
-
-    /// Looks several cache keys up, in order.
-    pub async fn cache_get_many(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        keys: &[String],
-        now: Millis,
-    ) -> Result<Vec<Lookup>, StoreError> {
-        dispatch!(self.cache_get_many(tenant, namespace, keys, now))
-    }
-
-    /// Writes cache entries (each atomically, with its condition and lease check).
-    pub async fn cache_set(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        writes: &[Write],
-        now: Millis,
-    ) -> Result<Vec<bool>, StoreError> {
-        dispatch!(self.cache_set(tenant, namespace, writes, now))
-    }
-
-    /// Deletes cache keys and their leases; how many held a value.
-    pub async fn cache_delete(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        keys: &[String],
-    ) -> Result<u64, StoreError> {
-        dispatch!(self.cache_delete(tenant, namespace, keys))
-    }
-
-    /// Deletes every cache key carrying any of the tags; how many held a value.
-    pub async fn cache_invalidate_tags(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        tags: &[String],
-    ) -> Result<u64, StoreError> {
-        dispatch!(self.cache_invalidate_tags(tenant, namespace, tags))
-    }
-
-    /// Starts a new generation of the namespace; `keep_ms` bounds how long the counter lives.
-    pub async fn cache_invalidate_namespace(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        keep_ms: Millis,
-    ) -> Result<(), StoreError> {
-        dispatch!(self.cache_invalidate_namespace(tenant, namespace, keep_ms))
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(r) => r.ping().await,
+        }
     }
 }

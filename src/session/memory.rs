@@ -1,30 +1,27 @@
-//! The embedded in-memory store: zero set-up for laptops, demos and other teams' tests.
-//!
-//! State is process-local and lost on restart; the server says so with a WARN at start-up.
-//! Every operation is one critical section under one mutex, which gives the same atomicity the
-//! Redis store gets from Lua. A background sweeper reclaims expired sessions so memory does not
-//! grow without bound; reads also treat expired entries as absent.
+//! The in-memory session store: every operation is one critical section under one mutex, the
+//! atomicity the Redis store gets from Lua. A background sweeper reclaims expired sessions so
+//! memory does not grow without bound; reads also treat expired sessions as absent.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex, MutexGuard, Weak},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard},
 };
 
-use super::{StoreError, keys::Keys, memory_cache::MemoryCache};
+use super::{
+    id::{SessionKey, UserTag},
+    model::{DataLimits, SessionRecord, SessionUpdate, UpdateOutcome},
+    store::SessionStore,
+};
 use crate::{
-    cache::{Lookup, Write},
-    ratelimit::{Counter, CounterId, Decision, State as RateState, decide},
-    session::{DataLimits, SessionKey, SessionRecord, SessionUpdate, UpdateOutcome, UserTag},
+    store::{StoreError, keys::Keys, memory::MemoryBackend},
     tenant::Tenant,
-    time::{Millis, now_ms},
+    time::Millis,
 };
 
-/// The in-memory store. Cheap to clone (shared state).
+/// Sessions in process memory. Cheap to clone (shared state).
 #[derive(Clone)]
-pub struct MemoryStore {
+pub struct MemorySessionStore {
     state: Arc<Mutex<State>>,
-    cache: Arc<MemoryCache>,
     keys: Keys,
 }
 
@@ -35,10 +32,6 @@ struct State {
     indexes: HashMap<String, BTreeSet<(Millis, String)>>,
     /// (expires_at, session key) for every session, so the sweeper pops only what is due.
     expiry: BTreeSet<(Millis, String)>,
-    /// Rate-limit counters: key → (state, expires_at).
-    counters: HashMap<String, (RateState, Millis)>,
-    /// (expires_at, counter key), for the sweeper.
-    counter_expiry: BTreeSet<(Millis, String)>,
 }
 
 struct Entry {
@@ -97,37 +90,7 @@ impl State {
         Some(out)
     }
 
-    fn counter(&mut self, key: &str, now: Millis) -> Option<RateState> {
-        match self.counters.get(key) {
-            Some((state, expires)) if *expires > now => Some(*state),
-            Some((_, expires)) => {
-                let expires = *expires;
-                self.counters.remove(key);
-                self.counter_expiry.remove(&(expires, key.to_owned()));
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
-        if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
-            self.counter_expiry.remove(&(old, key.clone()));
-        }
-        self.counter_expiry.insert((expires, key));
-    }
-
     fn sweep(&mut self, now: Millis) -> usize {
-        let due_counters: Vec<(Millis, String)> = self
-            .counter_expiry
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .cloned()
-            .collect();
-        for entry in &due_counters {
-            self.counter_expiry.remove(entry);
-            self.counters.remove(&entry.1);
-        }
         let due: Vec<String> = self
             .expiry
             .iter()
@@ -137,38 +100,27 @@ impl State {
         for key in &due {
             self.remove(key);
         }
-        due.len() + due_counters.len()
+        due.len()
     }
 }
 
-impl MemoryStore {
-    /// A new, empty store whose sweeper runs every `sweep_interval` until the store is dropped.
-    /// Must be called inside a Tokio runtime.
-    pub fn new(key_prefix: &str, sweep_interval: Duration, cache_max_bytes: u64) -> Self {
+impl MemorySessionStore {
+    /// An empty store whose sweeper runs until the store is dropped. Must be called inside a
+    /// Tokio runtime.
+    pub fn new(backend: &MemoryBackend) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let weak = Arc::downgrade(&state);
-        tokio::spawn(sweeper(weak, sweep_interval));
+        backend.spawn_sweeper("sessions", Arc::downgrade(&state), State::sweep);
         Self {
             state,
-            cache: Arc::new(MemoryCache::new(cache_max_bytes)),
-            keys: Keys::new(key_prefix),
+            keys: backend.keys().clone(),
         }
     }
 
-    /// Cache entries evicted for space, by namespace.
-    pub fn cache_evictions(&self) -> Vec<(String, u64)> {
-        self.cache.evictions()
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way later calls
-        // cannot cope with (every operation re-checks liveness), so poisoning is ignored.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::store::memory::lock(&self.state)
     }
 
-    /// Number of stored sessions, live or not yet swept (for tests and metrics).
+    /// Number of stored sessions, live or not yet swept (for tests).
     pub fn len(&self) -> usize {
         self.lock().sessions.len()
     }
@@ -177,12 +129,11 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    pub(crate) async fn session_create(
+#[tonic::async_trait]
+impl SessionStore for MemorySessionStore {
+    async fn create(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
@@ -225,7 +176,7 @@ impl MemoryStore {
         Ok(evicted)
     }
 
-    pub(crate) async fn session_get(
+    async fn get(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
@@ -241,7 +192,7 @@ impl MemoryStore {
         }))
     }
 
-    pub(crate) async fn session_update(
+    async fn update(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
@@ -259,7 +210,7 @@ impl MemoryStore {
         Ok(outcome.unwrap_or(UpdateOutcome::NotFound))
     }
 
-    pub(crate) async fn session_rotate(
+    async fn rotate(
         &self,
         tenant: &Tenant,
         old: &SessionKey,
@@ -285,7 +236,7 @@ impl MemoryStore {
         Ok(Some(record))
     }
 
-    pub(crate) async fn session_delete(
+    async fn delete(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
@@ -298,7 +249,7 @@ impl MemoryStore {
         Ok(live)
     }
 
-    pub(crate) async fn session_list(
+    async fn list(
         &self,
         tenant: &Tenant,
         tag: UserTag,
@@ -328,7 +279,7 @@ impl MemoryStore {
         Ok(out)
     }
 
-    pub(crate) async fn session_delete_user(
+    async fn delete_user(
         &self,
         tenant: &Tenant,
         tag: UserTag,
@@ -363,169 +314,15 @@ impl MemoryStore {
     }
 }
 
-impl MemoryStore {
-    pub(crate) async fn ratelimit_check(
-        &self,
-        tenant: &Tenant,
-        counters: &[Counter],
-        now: Millis,
-        cost: u64,
-        commit: bool,
-    ) -> Result<Vec<Decision>, StoreError> {
-        let keys: Vec<String> = counters
-            .iter()
-            .map(|c| self.keys.counter(tenant, &c.id))
-            .collect();
-        let mut state = self.lock();
-        let mut decisions = Vec::with_capacity(counters.len());
-        let mut updates = Vec::with_capacity(counters.len());
-        for (counter, key) in counters.iter().zip(&keys) {
-            let (decision, update) = decide(&counter.policy, state.counter(key, now), now, cost);
-            decisions.push(decision);
-            updates.push(update);
-        }
-        if commit && decisions.iter().all(|d| d.allowed) {
-            for (key, update) in keys.into_iter().zip(updates) {
-                state.set_counter(key, update.state, now.saturating_add(update.ttl_ms));
-            }
-        }
-        Ok(decisions)
-    }
-
-    pub(crate) async fn ratelimit_reset(
-        &self,
-        tenant: &Tenant,
-        id: &CounterId,
-    ) -> Result<(), StoreError> {
-        let key = self.keys.counter(tenant, id);
-        let mut state = self.lock();
-        if let Some((_, expires)) = state.counters.remove(&key) {
-            state.counter_expiry.remove(&(expires, key));
-        }
-        Ok(())
-    }
-}
-
-impl MemoryStore {
-    fn cache_key(&self, tenant: &Tenant, namespace: &str, key: &str) -> String {
-        let generation = self
-            .cache
-            .generation(&self.keys.cache_generation(tenant, namespace));
-        self.keys.cache_entry(tenant, namespace, generation, key)
-    }
-
-    pub(crate) async fn cache_get(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        key: &str,
-        now: Millis,
-        lease: Option<(&str, Millis)>,
-    ) -> Result<Lookup, StoreError> {
-        Ok(self
-            .cache
-            .get(&self.cache_key(tenant, namespace, key), now, lease))
-    }
-
-    pub(crate) async fn cache_get_many(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        keys: &[String],
-        now: Millis,
-    ) -> Result<Vec<Lookup>, StoreError> {
-        Ok(keys
-            .iter()
-            .map(|k| {
-                self.cache
-                    .get(&self.cache_key(tenant, namespace, k), now, None)
-            })
-            .collect())
-    }
-
-    pub(crate) async fn cache_set(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        writes: &[Write],
-        now: Millis,
-    ) -> Result<Vec<bool>, StoreError> {
-        Ok(writes
-            .iter()
-            .map(|w| {
-                let tags = w
-                    .tags
-                    .iter()
-                    .map(|t| self.keys.cache_tag(tenant, namespace, t))
-                    .collect();
-                let key = self.cache_key(tenant, namespace, &w.key);
-                self.cache.set(&key, namespace, w, tags, now)
-            })
-            .collect())
-    }
-
-    pub(crate) async fn cache_delete(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        keys: &[String],
-    ) -> Result<u64, StoreError> {
-        let now = now_ms();
-        Ok(keys
-            .iter()
-            .filter(|k| {
-                self.cache
-                    .remove(&self.cache_key(tenant, namespace, k), now)
-            })
-            .count() as u64)
-    }
-
-    pub(crate) async fn cache_invalidate_tags(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        tags: &[String],
-    ) -> Result<u64, StoreError> {
-        let tag_keys: Vec<String> = tags
-            .iter()
-            .map(|t| self.keys.cache_tag(tenant, namespace, t))
-            .collect();
-        Ok(self.cache.invalidate_tags(&tag_keys, now_ms()))
-    }
-
-    pub(crate) async fn cache_invalidate_namespace(
-        &self,
-        tenant: &Tenant,
-        namespace: &str,
-        _keep_ms: Millis,
-    ) -> Result<(), StoreError> {
-        self.cache
-            .invalidate_namespace(&self.keys.cache_generation(tenant, namespace));
-        Ok(())
-    }
-}
-
-async fn sweeper(state: Weak<Mutex<State>>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // The store is gone: stop instead of leaking a task per dropped store.
-        let Some(state) = state.upgrade() else { return };
-        let swept = state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sweep(now_ms());
-        if swept > 0 {
-            tracing::debug!(swept, "reclaimed expired sessions and counters");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{SessionId, expiry};
+    use std::time::Duration;
+
+    use crate::{
+        session::{SessionId, model::expiry},
+        time::now_ms,
+    };
 
     fn record(user: &str, now: Millis, idle: Millis) -> SessionRecord {
         SessionRecord {
@@ -543,14 +340,14 @@ mod tests {
 
     #[tokio::test]
     async fn sweeper_reclaims_expired_sessions() {
-        let store = MemoryStore::new("t", Duration::from_millis(10), 1 << 20);
+        let store = MemorySessionStore::new(&MemoryBackend::new("t", Duration::from_millis(10)));
         let tenant = Tenant::default_tenant();
         let now = now_ms();
         for i in 0..50 {
             let tag = UserTag::for_user(&tenant, &format!("u{i}"));
             let key = SessionId::generate(tag).key();
             store
-                .session_create(&tenant, &key, &record(&format!("u{i}"), now, 20), 10)
+                .create(&tenant, &key, &record(&format!("u{i}"), now, 20), 10)
                 .await
                 .expect("create");
         }

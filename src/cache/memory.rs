@@ -1,4 +1,4 @@
-//! The in-memory store's cache: a size-bounded moka cache (least recently used entries are
+//! The in-memory cache store: a size-bounded moka cache (least recently used entries are
 //! evicted past `cache.memory_max_bytes`), with per-key atomic compute for leases and conditions.
 
 use std::{
@@ -10,8 +10,13 @@ use std::{
 use bytes::Bytes;
 use moka::{Expiry, notification::RemovalCause, ops::compute::Op, sync::Cache};
 
+use super::{
+    model::{Condition, Freshness, Lease, Lookup, Write},
+    store::CacheStore,
+};
 use crate::{
-    cache::{Condition, Freshness, Lease, Lookup, Write},
+    store::{StoreError, keys::Keys, memory::MemoryBackend},
+    tenant::Tenant,
     time::{Millis, now_ms},
 };
 
@@ -75,8 +80,8 @@ struct Shared {
     evictions: HashMap<Arc<str>, u64>,
 }
 
-/// The cache part of the memory store.
-pub struct MemoryCache {
+/// The moka-backed entries, tag lists and generations.
+struct MemoryCache {
     entries: Cache<String, Arc<Entry>>,
     shared: Arc<Mutex<Shared>>,
 }
@@ -88,7 +93,7 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 impl MemoryCache {
     /// A cache holding at most `max_bytes` of keys and values.
-    pub fn new(max_bytes: u64) -> Self {
+    fn new(max_bytes: u64) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let listener_shared = Arc::downgrade(&shared);
         let entries = Cache::builder()
@@ -122,7 +127,7 @@ impl MemoryCache {
     }
 
     /// The current generation of a namespace.
-    pub fn generation(&self, generation_key: &str) -> u64 {
+    fn generation(&self, generation_key: &str) -> u64 {
         lock(&self.shared)
             .generations
             .get(generation_key)
@@ -131,7 +136,7 @@ impl MemoryCache {
     }
 
     /// Entries evicted for space, by namespace.
-    pub fn evictions(&self) -> Vec<(String, u64)> {
+    fn evictions(&self) -> Vec<(String, u64)> {
         lock(&self.shared)
             .evictions
             .iter()
@@ -140,7 +145,7 @@ impl MemoryCache {
     }
 
     /// Looks a key up; with `lease`, grants it to this caller when free.
-    pub fn get(&self, key: &str, now: Millis, lease: Option<(&str, Millis)>) -> Lookup {
+    fn get(&self, key: &str, now: Millis, lease: Option<(&str, Millis)>) -> Lookup {
         let mut out = Lookup::miss();
         self.entries.entry_by_ref(key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
@@ -188,7 +193,7 @@ impl MemoryCache {
     }
 
     /// Writes one entry under `key` (already including the generation); whether it was stored.
-    pub fn set(
+    fn set(
         &self,
         key: &str,
         namespace: &str,
@@ -252,14 +257,14 @@ impl MemoryCache {
     }
 
     /// Removes a key; whether it held a value that was still servable.
-    pub fn remove(&self, key: &str, now: Millis) -> bool {
+    fn remove(&self, key: &str, now: Millis) -> bool {
         self.entries
             .remove(key)
             .is_some_and(|e| e.value.is_some() && now < e.stale_until)
     }
 
     /// Removes every key listed under the tag-index keys; how many held a servable value.
-    pub fn invalidate_tags(&self, tag_keys: &[String], now: Millis) -> u64 {
+    fn invalidate_tags(&self, tag_keys: &[String], now: Millis) -> u64 {
         let keys: HashSet<String> = {
             let mut shared = lock(&self.shared);
             tag_keys
@@ -272,11 +277,132 @@ impl MemoryCache {
     }
 
     /// Starts a new generation of a namespace: its old entries are never seen again.
-    pub fn invalidate_namespace(&self, generation_key: &str) {
+    fn invalidate_namespace(&self, generation_key: &str) {
         *lock(&self.shared)
             .generations
             .entry(generation_key.to_owned())
             .or_default() += 1;
+    }
+}
+
+/// The cache in process memory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct MemoryCacheStore {
+    cache: Arc<MemoryCache>,
+    keys: Keys,
+}
+
+impl MemoryCacheStore {
+    /// A cache holding at most `max_bytes` of keys and values.
+    pub fn new(backend: &MemoryBackend, max_bytes: u64) -> Self {
+        Self {
+            cache: Arc::new(MemoryCache::new(max_bytes)),
+            keys: backend.keys().clone(),
+        }
+    }
+
+    fn cache_key(&self, tenant: &Tenant, namespace: &str, key: &str) -> String {
+        let generation = self
+            .cache
+            .generation(&self.keys.cache_generation(tenant, namespace));
+        self.keys.cache_entry(tenant, namespace, generation, key)
+    }
+}
+
+#[tonic::async_trait]
+impl CacheStore for MemoryCacheStore {
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        now: Millis,
+        lease: Option<(&str, Millis)>,
+    ) -> Result<Lookup, StoreError> {
+        Ok(self
+            .cache
+            .get(&self.cache_key(tenant, namespace, key), now, lease))
+    }
+
+    async fn get_many(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
+        Ok(keys
+            .iter()
+            .map(|k| {
+                self.cache
+                    .get(&self.cache_key(tenant, namespace, k), now, None)
+            })
+            .collect())
+    }
+
+    async fn set(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        Ok(writes
+            .iter()
+            .map(|w| {
+                let tags = w
+                    .tags
+                    .iter()
+                    .map(|t| self.keys.cache_tag(tenant, namespace, t))
+                    .collect();
+                let key = self.cache_key(tenant, namespace, &w.key);
+                self.cache.set(&key, namespace, w, tags, now)
+            })
+            .collect())
+    }
+
+    async fn delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        Ok(keys
+            .iter()
+            .filter(|k| {
+                self.cache
+                    .remove(&self.cache_key(tenant, namespace, k), now)
+            })
+            .count() as u64)
+    }
+
+    async fn invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, StoreError> {
+        let tag_keys: Vec<String> = tags
+            .iter()
+            .map(|t| self.keys.cache_tag(tenant, namespace, t))
+            .collect();
+        Ok(self.cache.invalidate_tags(&tag_keys, now_ms()))
+    }
+
+    async fn invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        _keep_ms: Millis,
+    ) -> Result<(), StoreError> {
+        self.cache
+            .invalidate_namespace(&self.keys.cache_generation(tenant, namespace));
+        Ok(())
+    }
+
+    fn evictions(&self) -> Vec<(String, u64)> {
+        self.cache.evictions()
     }
 }
 

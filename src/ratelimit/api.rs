@@ -2,13 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::duration_ms;
 use crate::{
     error::Error,
     proto::v1::{self as pb, rate_limit_service_server::RateLimitService},
     ratelimit::{Algorithm, CheckInput, FailureMode, LimitRef, Policy, RateLimits},
     tenant::Tenant,
-    time::{now_ms, to_duration},
+    time::{from_duration, now_ms, to_duration},
 };
 
 /// The RateLimitService handlers.
@@ -120,7 +119,7 @@ fn limit_ref(
             LimitRef::Inline(Policy {
                 algorithm,
                 limit: p.limit,
-                period_ms: p.period.as_ref().map_or(0, duration_ms),
+                period_ms: p.period.as_ref().map_or(0, from_duration),
                 burst: p.burst,
                 failure_mode,
             })

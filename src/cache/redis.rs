@@ -19,12 +19,27 @@
 //! with other tags stays listed under its old ones until they are pruned or invalidated: that
 //! can only cause an extra miss, never a stale read.
 
-use bytes::Bytes;
-use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
-use super::{RedisStore, StoreError, int};
+use bytes::Bytes;
+use redis::{Pipeline, Value};
+
+use super::{
+    model::{Condition, Freshness, Lease, Lookup, Write},
+    store::CacheStore,
+};
 use crate::{
-    cache::{Condition, Freshness, Lease, Lookup, Write},
+    store::{
+        StoreError,
+        redis::{
+            RedisBackend,
+            reply::{self, int},
+            scripts::LuaScript,
+        },
+    },
     tenant::Tenant,
     time::{Millis, now_ms},
 };
@@ -32,7 +47,45 @@ use crate::{
 /// Generations remembered per process before the memo is cleared (bounds unknown namespaces).
 const MAX_REMEMBERED_GENERATIONS: usize = 10_000;
 
-impl RedisStore {
+/// The cache scripts, registered by name.
+struct Scripts {
+    get: LuaScript,
+    set: LuaScript,
+    tag: LuaScript,
+    delete: LuaScript,
+    tag_take: LuaScript,
+    invalidate_namespace: LuaScript,
+}
+
+/// The cache in Redis.
+pub struct RedisCacheStore {
+    backend: RedisBackend,
+    scripts: Scripts,
+    /// Namespace generations last seen (see the module docs).
+    generations: Arc<RwLock<HashMap<String, u64>>>,
+}
+
+impl RedisCacheStore {
+    /// Registers the cache scripts with `backend`.
+    pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
+        let scripts = Scripts {
+            get: backend.register("cache.get", include_str!("lua/get.lua"))?,
+            set: backend.register("cache.set", include_str!("lua/set.lua"))?,
+            tag: backend.register("cache.tag", include_str!("lua/tag.lua"))?,
+            delete: backend.register("cache.delete", include_str!("lua/delete.lua"))?,
+            tag_take: backend.register("cache.tag_take", include_str!("lua/tag_take.lua"))?,
+            invalidate_namespace: backend.register(
+                "cache.invalidate_namespace",
+                include_str!("lua/invalidate_namespace.lua"),
+            )?,
+        };
+        Ok(Self {
+            backend,
+            scripts,
+            generations: Arc::new(RwLock::new(HashMap::new())),
+        })
+    }
+
     fn known_generation(&self, key: &str) -> u64 {
         self.generations
             .read()
@@ -50,22 +103,6 @@ impl RedisStore {
         map.insert(key.to_owned(), generation);
     }
 
-    /// Sends a pipeline in one round trip; reloads the scripts and resends once on NOSCRIPT
-    /// (a Redis restarted or flushed under a live connection).
-    async fn pipeline(&self, op: &'static str, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
-        let scripts = self.scripts.clone();
-        self.with_connection(op, |mut conn| async move {
-            match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    scripts.load_all(&mut conn).await?;
-                    pipe.query_async(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
-    }
-
     /// Runs `build`'s commands against the namespace's current generation (see the module docs);
     /// returns their replies.
     /// Returns the generation used and the replies.
@@ -76,13 +113,13 @@ impl RedisStore {
         namespace: &str,
         build: impl Fn(u64, &mut Pipeline),
     ) -> Result<(u64, Vec<Value>), StoreError> {
-        let generation_key = self.keys.cache_generation(tenant, namespace);
+        let generation_key = self.backend.keys().cache_generation(tenant, namespace);
         let mut generation = self.known_generation(&generation_key);
         for _ in 0..3 {
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(&generation_key);
             build(generation, &mut pipe);
-            let mut replies = self.pipeline(op, &pipe).await?;
+            let mut replies = self.backend.pipeline(op, &pipe).await?;
             if replies.is_empty() {
                 return Err(StoreError::Protocol("empty pipeline reply".into()));
             }
@@ -93,7 +130,7 @@ impl RedisStore {
                         .ok()
                         .and_then(|s| s.parse().ok())
                         .ok_or_else(|| StoreError::Protocol("non-numeric generation".into()))?,
-                    other => return Err(StoreError::Protocol(format!("generation: {other:?}"))),
+                    other => return Err(reply::unexpected("generation", "a number", &other)),
                 };
             if current == generation {
                 return Ok((generation, replies));
@@ -106,7 +143,41 @@ impl RedisStore {
         ))
     }
 
-    pub(crate) async fn cache_get(
+    /// Reads entries with `HMGET v e s` (no script: nothing to change), one round trip.
+    async fn read_entries(
+        &self,
+        op: &'static str,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[impl AsRef<str>],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, StoreError> {
+        let (_, replies) = self
+            .in_generation(op, tenant, namespace, |generation, pipe| {
+                for key in keys {
+                    pipe.cmd("HMGET")
+                        .arg(self.backend.keys().cache_entry(
+                            tenant,
+                            namespace,
+                            generation,
+                            key.as_ref(),
+                        ))
+                        .arg("v")
+                        .arg("e")
+                        .arg("s");
+                }
+            })
+            .await?;
+        replies
+            .into_iter()
+            .map(|r| lookup_from_hash(r, now))
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl CacheStore for RedisCacheStore {
+    async fn get(
         &self,
         tenant: &Tenant,
         namespace: &str,
@@ -123,13 +194,17 @@ impl RedisStore {
                 .pop()
                 .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()));
         };
-        let script = self.scripts.cache_get.get_hash();
+        let script = self.scripts.get.hash();
         let (_, replies) = self
             .in_generation("cache_get", tenant, namespace, |generation, pipe| {
                 pipe.cmd("EVALSHA")
                     .arg(script)
                     .arg(1)
-                    .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                    .arg(
+                        self.backend
+                            .keys()
+                            .cache_entry(tenant, namespace, generation, key),
+                    )
                     .arg(now)
                     .arg(token)
                     .arg(lease_ttl);
@@ -139,7 +214,7 @@ impl RedisStore {
             return Err(StoreError::Protocol("cache_get: no reply".into()));
         };
         let [state, value, fresh_until, lease_state] = <[Value; 4]>::try_from(reply)
-            .map_err(|r| StoreError::Protocol(format!("cache_get returned {r:?}")))?;
+            .map_err(|_| StoreError::Protocol("cache_get: expected four values".into()))?;
         let freshness = match int(&state)? {
             1 => Freshness::Fresh,
             2 => Freshness::Stale,
@@ -160,7 +235,7 @@ impl RedisStore {
         })
     }
 
-    pub(crate) async fn cache_get_many(
+    async fn get_many(
         &self,
         tenant: &Tenant,
         namespace: &str,
@@ -171,44 +246,15 @@ impl RedisStore {
             .await
     }
 
-    /// Reads entries with `HMGET v e s` (no script: nothing to change), one round trip.
-    async fn read_entries(
-        &self,
-        op: &'static str,
-        tenant: &Tenant,
-        namespace: &str,
-        keys: &[impl AsRef<str>],
-        now: Millis,
-    ) -> Result<Vec<Lookup>, StoreError> {
-        let (_, replies) = self
-            .in_generation(op, tenant, namespace, |generation, pipe| {
-                for key in keys {
-                    pipe.cmd("HMGET")
-                        .arg(
-                            self.keys
-                                .cache_entry(tenant, namespace, generation, key.as_ref()),
-                        )
-                        .arg("v")
-                        .arg("e")
-                        .arg("s");
-                }
-            })
-            .await?;
-        replies
-            .into_iter()
-            .map(|r| lookup_from_hash(r, now))
-            .collect()
-    }
-
-    pub(crate) async fn cache_set(
+    async fn set(
         &self,
         tenant: &Tenant,
         namespace: &str,
         writes: &[Write],
         now: Millis,
     ) -> Result<Vec<bool>, StoreError> {
-        let set = self.scripts.cache_set.get_hash();
-        let tag = self.scripts.cache_tag.get_hash();
+        let set = self.scripts.set.hash();
+        let tag = self.scripts.tag.hash();
         // A write that cannot be refused lists its tags in the same round trip.
         let unconditional = |w: &Write| w.condition == Condition::Always && w.lease_token.is_none();
         let list_tags = |pipe: &mut Pipeline, entry: &str, w: &Write| {
@@ -216,7 +262,7 @@ impl RedisStore {
                 pipe.cmd("EVALSHA")
                     .arg(tag)
                     .arg(1)
-                    .arg(self.keys.cache_tag(tenant, namespace, t))
+                    .arg(self.backend.keys().cache_tag(tenant, namespace, t))
                     .arg(now)
                     .arg(entry)
                     .arg(w.stale_until)
@@ -226,7 +272,10 @@ impl RedisStore {
         let (generation, replies) = self
             .in_generation("cache_set", tenant, namespace, |generation, pipe| {
                 for w in writes {
-                    let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
+                    let entry = self
+                        .backend
+                        .keys()
+                        .cache_entry(tenant, namespace, generation, &w.key);
                     pipe.cmd("EVALSHA")
                         .arg(set)
                         .arg(1)
@@ -262,24 +311,27 @@ impl RedisStore {
             .zip(&stored)
             .filter(|(w, ok)| **ok && !w.tags.is_empty() && !unconditional(w))
         {
-            let entry = self.keys.cache_entry(tenant, namespace, generation, &w.key);
+            let entry = self
+                .backend
+                .keys()
+                .cache_entry(tenant, namespace, generation, &w.key);
             list_tags(&mut pipe, &entry, w);
             pending = true;
         }
         if pending {
-            self.pipeline("cache_set_tags", &pipe).await?;
+            self.backend.pipeline("cache_set_tags", &pipe).await?;
         }
         Ok(stored)
     }
 
-    pub(crate) async fn cache_delete(
+    async fn delete(
         &self,
         tenant: &Tenant,
         namespace: &str,
         keys: &[String],
     ) -> Result<u64, StoreError> {
         let now = now_ms();
-        let script = self.scripts.cache_delete.get_hash();
+        let script = self.scripts.delete.hash();
         let (_, replies) = self
             .in_generation("cache_delete", tenant, namespace, |generation, pipe| {
                 // One script per key: the keys live in different slots.
@@ -287,7 +339,11 @@ impl RedisStore {
                     pipe.cmd("EVALSHA")
                         .arg(script)
                         .arg(1)
-                        .arg(self.keys.cache_entry(tenant, namespace, generation, key))
+                        .arg(
+                            self.backend
+                                .keys()
+                                .cache_entry(tenant, namespace, generation, key),
+                        )
                         .arg(now);
                 }
             })
@@ -295,7 +351,7 @@ impl RedisStore {
         count_ones(&replies)
     }
 
-    pub(crate) async fn cache_invalidate_tags(
+    async fn invalidate_tags(
         &self,
         tenant: &Tenant,
         namespace: &str,
@@ -304,16 +360,20 @@ impl RedisStore {
         let now = now_ms();
         let tag_keys: Vec<String> = tags
             .iter()
-            .map(|t| self.keys.cache_tag(tenant, namespace, t))
+            .map(|t| self.backend.keys().cache_tag(tenant, namespace, t))
             .collect();
         // Round trip 1: take every tag index (live members read and index removed atomically).
-        let take = self.scripts.cache_tag_take.get_hash();
+        let take = self.scripts.tag_take.hash();
         let mut pipe = redis::pipe();
         for key in &tag_keys {
             pipe.cmd("EVALSHA").arg(take).arg(1).arg(key).arg(now);
         }
         let mut members: Vec<Vec<u8>> = Vec::new();
-        for reply in self.pipeline("cache_invalidate_tags", &pipe).await? {
+        for reply in self
+            .backend
+            .pipeline("cache_invalidate_tags", &pipe)
+            .await?
+        {
             if let Value::Array(items) = reply {
                 members.extend(items.into_iter().filter_map(|v| match v {
                     Value::BulkString(b) => Some(b),
@@ -328,7 +388,7 @@ impl RedisStore {
         }
         // Round trip 2: delete the entries, one script each (they live in different slots),
         // counting those that still held a servable value.
-        let delete = self.scripts.cache_delete.get_hash();
+        let delete = self.scripts.delete.hash();
         let mut pipe = redis::pipe();
         for m in &members {
             pipe.cmd("EVALSHA")
@@ -337,25 +397,31 @@ impl RedisStore {
                 .arg(m.as_slice())
                 .arg(now);
         }
-        let replies = self.pipeline("cache_invalidate_tags", &pipe).await?;
+        let replies = self
+            .backend
+            .pipeline("cache_invalidate_tags", &pipe)
+            .await?;
         count_ones(&replies)
     }
 
-    pub(crate) async fn cache_invalidate_namespace(
+    async fn invalidate_namespace(
         &self,
         tenant: &Tenant,
         namespace: &str,
         keep_ms: Millis,
     ) -> Result<(), StoreError> {
-        let key = self.keys.cache_generation(tenant, namespace);
+        let key = self.backend.keys().cache_generation(tenant, namespace);
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")
-            .arg(self.scripts.cache_invalidate_namespace.get_hash())
+            .arg(self.scripts.invalidate_namespace.hash())
             .arg(1)
             .arg(&key)
             .arg(now_ms())
             .arg(keep_ms);
-        let replies = self.pipeline("cache_invalidate_namespace", &pipe).await?;
+        let replies = self
+            .backend
+            .pipeline("cache_invalidate_namespace", &pipe)
+            .await?;
         let generation = replies
             .first()
             .map(int)
@@ -380,7 +446,7 @@ fn count_ones(replies: &[Value]) -> Result<u64, StoreError> {
 /// A GetMany answer from `HMGET v e s`.
 fn lookup_from_hash(reply: Value, now: Millis) -> Result<Lookup, StoreError> {
     let Value::Array(fields) = reply else {
-        return Err(StoreError::Protocol(format!("HMGET returned {reply:?}")));
+        return Err(reply::unexpected("HMGET", "an array", &reply));
     };
     let mut it = fields.into_iter();
     let (Some(v), Some(e), Some(s)) = (it.next(), it.next(), it.next()) else {

@@ -2,12 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
-use super::duration_ms;
 use crate::{
     proto::v1::{self as pb, session_service_server::SessionService},
-    session::{CreateSession, DeleteTarget, Session, SessionUpdate, Sessions},
+    session::{CreateSession, Session, SessionUpdate, Sessions, model::DeleteTarget},
     tenant::Tenant,
-    time::{now_ms, to_timestamp},
+    time::{from_duration, now_ms, to_timestamp},
 };
 
 /// The SessionService handlers.
@@ -34,8 +33,8 @@ impl SessionService for SessionApi {
             user_id: r.user_id,
             data: r.data,
             metadata: r.metadata,
-            idle_timeout: r.idle_timeout.as_ref().map(duration_ms),
-            absolute_timeout: r.absolute_timeout.as_ref().map(duration_ms),
+            idle_timeout: r.idle_timeout.as_ref().map(from_duration),
+            absolute_timeout: r.absolute_timeout.as_ref().map(from_duration),
         };
         let session = self.sessions.create(&self.tenant, input, now_ms()).await?;
         Ok(Response::new(session.into()))

@@ -2,13 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::duration_ms;
 use crate::{
     cache::{Caches, Condition, Freshness, Lease, Lookup, SetInput},
     error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
     tenant::Tenant,
-    time::{Millis, now_ms, to_duration},
+    time::{Millis, from_duration, now_ms, to_duration},
 };
 
 /// The CacheService handlers.
@@ -106,7 +105,7 @@ impl CacheService for CacheApi {
             condition: condition("condition", r.condition)?,
             key: r.key,
             value: r.value,
-            ttl_ms: r.ttl.as_ref().map(duration_ms),
+            ttl_ms: r.ttl.as_ref().map(from_duration),
             tags: r.tags,
             lease_token: Some(r.lease_token),
         };
@@ -133,7 +132,7 @@ impl CacheService for CacheApi {
                     condition: condition(&format!("entries[{i}].condition"), e.condition)?,
                     key: e.key,
                     value: e.value,
-                    ttl_ms: e.ttl.as_ref().map(duration_ms),
+                    ttl_ms: e.ttl.as_ref().map(from_duration),
                     tags: e.tags,
                     lease_token: None,
                 })

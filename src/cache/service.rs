@@ -1,0 +1,377 @@
+//! The cache: namespace policies, validation, leases and hit/miss accounting, over a store.
+//!
+//! Times are computed here from `now` (fresh until, stale until); the stores only compare them.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::RngCore;
+
+use super::{
+    config::{CacheConfig, NamespacePolicy},
+    model::{Freshness, Lease, Lookup, SetInput, Write},
+    stats::{CacheStats, NamespaceStats},
+    store::CacheStore,
+};
+use crate::{
+    error::{Error, Violation},
+    tenant::Tenant,
+    time::{Millis, duration_ms},
+};
+
+/// Cache operations over a store.
+#[derive(Clone)]
+pub struct Caches {
+    store: Arc<dyn CacheStore>,
+    config: Arc<CacheConfig>,
+    stats: Arc<CacheStats>,
+}
+
+impl Caches {
+    /// The cache over `store` with `config`.
+    pub fn new(store: Arc<dyn CacheStore>, config: CacheConfig) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        for name in config.namespaces.keys() {
+            stats.for_namespace(name, true);
+        }
+        Self {
+            store,
+            config: Arc::new(config),
+            stats,
+        }
+    }
+
+    /// The hit/miss counters.
+    pub fn stats(&self) -> Arc<CacheStats> {
+        self.stats.clone()
+    }
+
+    /// Entries the store evicted for space, by namespace.
+    pub fn evictions(&self) -> Vec<(String, u64)> {
+        self.store.evictions()
+    }
+
+    fn namespace(&self, name: &str) -> Result<(&NamespacePolicy, Arc<NamespaceStats>), Error> {
+        if !crate::tenant::is_key_safe_name(name) {
+            return Err(Error::invalid(
+                "namespace",
+                "1-64 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        match self.config.namespaces.get(name) {
+            Some(policy) => Ok((policy, self.stats.for_namespace(name, true))),
+            None if self.config.allow_unknown_namespaces => Ok((
+                &self.config.default_policy,
+                self.stats.for_namespace(name, false),
+            )),
+            None => Err(Error::NotFound(format!("cache namespace {name:?}"))),
+        }
+    }
+
+    fn check_key(&self, field: &str, key: &str) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(Error::invalid(
+                field,
+                format!("longer than {} bytes", self.config.max_key_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, field: &str, len: usize) -> Result<(), Error> {
+        if len == 0 || len > self.config.max_batch {
+            return Err(Error::invalid(
+                field,
+                format!("give between 1 and {} items", self.config.max_batch),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_tags(&self, field: &str, tags: &[String]) -> Result<(), Error> {
+        if tags.len() > self.config.max_tags {
+            return Err(Error::invalid(
+                field,
+                format!("more than {} tags", self.config.max_tags),
+            ));
+        }
+        if let Some(bad) = tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > self.config.max_tag_bytes)
+        {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "tag {bad:?} must be 1 to {} bytes",
+                    self.config.max_tag_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn count(stats: &NamespaceStats, lookup: &Lookup) {
+        let counter = match lookup.freshness {
+            Freshness::Fresh => &stats.hits,
+            Freshness::Stale => &stats.stale,
+            Freshness::Miss => &stats.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(lookup.lease, Lease::Granted(_)) {
+            stats.leases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads a key; with `lease`, a miss or stale hit grants one caller a lease.
+    pub async fn get(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        lease: bool,
+        now: Millis,
+    ) -> Result<Lookup, Error> {
+        let (_, stats) = self.namespace(namespace)?;
+        self.check_key("key", key)?;
+        let token = lease.then(new_lease_token);
+        let lease_ttl = duration_ms(self.config.lease_ttl);
+        let lookup = self
+            .store
+            .get(
+                tenant,
+                namespace,
+                key,
+                now,
+                token.as_deref().map(|t| (t, lease_ttl)),
+            )
+            .await?;
+        Self::count(&stats, &lookup);
+        Ok(lookup)
+    }
+
+    /// Reads several keys, in request order.
+    pub async fn get_many(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+        now: Millis,
+    ) -> Result<Vec<Lookup>, Error> {
+        let (_, stats) = self.namespace(namespace)?;
+        self.check_batch("keys", keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.check_key(&format!("keys[{i}]"), key)?;
+        }
+        let lookups = self.store.get_many(tenant, namespace, keys, now).await?;
+        for l in &lookups {
+            Self::count(&stats, l);
+        }
+        Ok(lookups)
+    }
+
+    /// Writes entries; `stored` per entry.
+    pub async fn set(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        inputs: Vec<SetInput>,
+        now: Millis,
+        batch: bool,
+    ) -> Result<Vec<bool>, Error> {
+        let (policy, stats) = self.namespace(namespace)?;
+        if batch {
+            self.check_batch("entries", inputs.len())?;
+        }
+        let max_ttl = duration_ms(self.config.max_ttl);
+        let stale = duration_ms(policy.stale);
+        let mut writes = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            let field = |name: &str| {
+                if batch {
+                    format!("entries[{i}].{name}")
+                } else {
+                    name.to_owned()
+                }
+            };
+            self.check_key(&field("key"), &input.key)?;
+            if input.value.len() > policy.max_value_bytes {
+                return Err(Error::InvalidArgument(vec![Violation::new(
+                    field("value"),
+                    format!(
+                        "{} bytes, more than the namespace's limit of {}",
+                        input.value.len(),
+                        policy.max_value_bytes
+                    ),
+                )]));
+            }
+            let ttl = input.ttl_ms.unwrap_or_else(|| duration_ms(policy.ttl));
+            if ttl <= 0 || ttl > max_ttl {
+                return Err(Error::invalid(
+                    field("ttl"),
+                    format!("must be between 1 ms and cache.max_ttl ({max_ttl} ms)"),
+                ));
+            }
+            self.check_tags(&field("tags"), &input.tags)?;
+            let mut tags = input.tags;
+            tags.sort_unstable();
+            tags.dedup();
+            let fresh_until = now.saturating_add(ttl);
+            writes.push(Write {
+                key: input.key,
+                value: input.value,
+                fresh_until,
+                stale_until: fresh_until.saturating_add(stale),
+                tags,
+                condition: input.condition,
+                lease_token: input.lease_token.filter(|t| !t.is_empty()),
+            });
+        }
+        let stored = self.store.set(tenant, namespace, &writes, now).await?;
+        let n = stored.iter().filter(|s| **s).count() as u64;
+        stats.sets.fetch_add(n, Ordering::Relaxed);
+        Ok(stored)
+    }
+
+    /// Deletes keys (and their leases); how many existed.
+    pub async fn delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, Error> {
+        self.namespace(namespace)?;
+        self.check_batch("keys", keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.check_key(&format!("keys[{i}]"), key)?;
+        }
+        Ok(self.store.delete(tenant, namespace, keys).await?)
+    }
+
+    /// Deletes every key carrying any of `tags`; how many were deleted.
+    pub async fn invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, Error> {
+        self.namespace(namespace)?;
+        if tags.is_empty() {
+            return Err(Error::invalid("tags", "name at least one tag"));
+        }
+        self.check_tags("tags", tags)?;
+        Ok(self.store.invalidate_tags(tenant, namespace, tags).await?)
+    }
+
+    /// Invalidates the whole namespace in O(1).
+    pub async fn invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+    ) -> Result<(), Error> {
+        self.namespace(namespace)?;
+        // The generation must outlive every entry written under the previous one.
+        let keep = duration_ms(self.config.max_ttl)
+            .saturating_add(duration_ms(self.longest_stale()))
+            .saturating_add(duration_ms(self.config.lease_ttl))
+            .saturating_mul(2);
+        Ok(self
+            .store
+            .invalidate_namespace(tenant, namespace, keep)
+            .await?)
+    }
+
+    fn longest_stale(&self) -> std::time::Duration {
+        self.config
+            .namespaces
+            .values()
+            .map(|p| p.stale)
+            .chain(std::iter::once(self.config.default_policy.stale))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A lease token: 128 random bits, URL-safe.
+fn new_lease_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cache::{model::Condition, stats::MAX_TRACKED_UNKNOWN};
+    use crate::{cache::memory::MemoryCacheStore, store::memory::MemoryBackend};
+
+    #[tokio::test]
+    async fn hits_misses_and_stale_reads_are_counted_per_namespace() {
+        let store = Arc::new(MemoryCacheStore::new(
+            &MemoryBackend::new("t", Duration::from_secs(60)),
+            1 << 20,
+        ));
+        let mut config = CacheConfig::default();
+        config.namespaces.insert(
+            "known".into(),
+            NamespacePolicy {
+                ttl: Duration::from_millis(10),
+                stale: Duration::from_secs(60),
+                max_value_bytes: 100,
+            },
+        );
+        let caches = Caches::new(store, config);
+        let t = Tenant::default_tenant();
+        let set = |key: &str| SetInput {
+            key: key.into(),
+            value: Bytes::from_static(b"v"),
+            ttl_ms: None,
+            tags: vec![],
+            condition: Condition::Always,
+            lease_token: None,
+        };
+        // The memory store reclaims by the wall clock, so the test's times start from it.
+        let now = crate::time::now_ms();
+        caches
+            .get(&t, "known", "a", false, now)
+            .await
+            .expect("miss");
+        caches
+            .set(&t, "known", vec![set("a")], now, false)
+            .await
+            .expect("set");
+        caches
+            .get(&t, "known", "a", false, now + 5)
+            .await
+            .expect("fresh hit");
+        caches
+            .get(&t, "known", "a", true, now + 20)
+            .await
+            .expect("stale hit + lease");
+        let snapshot = caches.stats().snapshot();
+        assert_eq!(snapshot, vec![("known".to_owned(), [1, 1, 1, 1, 1])]);
+
+        for i in 0..(MAX_TRACKED_UNKNOWN + 10) {
+            caches
+                .get(&t, &format!("ns{i}"), "k", false, 0)
+                .await
+                .expect("miss");
+        }
+        let snapshot = caches.stats().snapshot();
+        assert!(
+            snapshot.len() <= MAX_TRACKED_UNKNOWN + 2,
+            "cardinality is bounded"
+        );
+        let other = snapshot
+            .iter()
+            .find(|(n, _)| n == "_other")
+            .expect("_other");
+        assert_eq!(other.1[1], 10);
+    }
+}

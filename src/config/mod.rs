@@ -1,0 +1,270 @@
+//! The one configuration scheme: built-in defaults < TOML file (`--config`) < environment.
+//!
+//! Environment variables are `FLOWSTATE_` + the key path in upper case with `__` between levels:
+//! `redis.url` is `FLOWSTATE_REDIS__URL`, `server.listen` is `FLOWSTATE_SERVER__LISTEN`.
+//! Variables starting with `FLOWSTATE_TEST_` belong to the test suite and are not configuration.
+//!
+//! Everything is checked once, at start-up: an unknown key or a bad value is an error that names
+//! the key and where it came from (the file or the environment variable), because a typo that is
+//! silently ignored is how the platform this service replaces ran on mocks for months.
+//!
+//! Each section lives with what it configures: the server's and the stores' here, each domain's
+//! in its own folder (`session/config.rs`, …), re-exported below.
+
+mod load;
+mod server;
+mod store;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    load::ENV_PREFIX,
+    server::{LogConfig, LogFormat, MetricsConfig, ServerConfig},
+    store::{MemoryConfig, RedisConfig, redact_url},
+};
+pub use crate::{
+    cache::config::{CacheConfig, NamespacePolicy},
+    ratelimit::config::{LimitConfig, RateLimitConfig},
+    session::config::SessionConfig,
+};
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// gRPC listener, deadlines, limits, shutdown.
+    pub server: ServerConfig,
+    /// Log format and filter.
+    pub log: LogConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+    /// Redis store; used when `redis.url` is set.
+    pub redis: RedisConfig,
+    /// Embedded in-memory store; used when `redis.url` is not set.
+    pub memory: MemoryConfig,
+    /// Session policy and input limits.
+    pub session: SessionConfig,
+    /// Cache namespaces, leases and input limits.
+    pub cache: CacheConfig,
+    /// Named rate limits and input limits.
+    pub ratelimit: RateLimitConfig,
+}
+
+/// A configuration problem, naming the key and the source it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// Keys that flowstate does not know (typos, or settings of another version).
+    #[error("unknown configuration key{}: {}", if .0.len() > 1 { "s" } else { "" }, .0.join(", "))]
+    UnknownKeys(Vec<String>),
+    /// Values that parsed but make no sense.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+const REDACTED: &str = "***";
+
+/// Adds "`key` must be greater than zero" to `bad` unless `ok`.
+pub(crate) fn require_positive(bad: &mut Vec<String>, key: &str, ok: bool) {
+    if !ok {
+        bad.push(format!("`{key}` must be greater than zero"));
+    }
+}
+
+impl Config {
+    /// Checks values that parse but cannot work, naming every bad key at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bad = Vec::new();
+        self.server.validate(&mut bad);
+        self.redis.validate(&mut bad);
+        self.memory.validate(&mut bad);
+        self.session.validate(&mut bad);
+        self.cache.validate(&mut bad);
+        self.ratelimit.validate(&mut bad);
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(bad))
+        }
+    }
+
+    /// The effective configuration as TOML with secrets replaced by `***` (the `config` command).
+    pub fn to_redacted_toml(&self) -> String {
+        let store = match &self.redis.url {
+            Some(_) => "# store: redis\n",
+            None => "# store: memory (redis.url is not set)\n",
+        };
+        let mut shown = self.clone();
+        shown.redis.url = shown.redis.url.as_deref().map(redact_url);
+        shown.redis.password = shown.redis.password.map(|_| REDACTED.to_owned());
+        match toml::to_string_pretty(&shown) {
+            Ok(text) => format!("{store}{text}"),
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::ratelimit::FailureMode;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_the_memory_store() {
+        let c = Config::load(None, env(&[])).expect("defaults load");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+        assert!(c.redis.url.is_none());
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[redis]\nurl = \"redis://127.0.0.1:7000\"\npool_size = 3\n[session]\nidle_timeout = \"10m\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("FLOWSTATE_REDIS__POOL_SIZE", "5"),
+                ("FLOWSTATE_TEST_REDIS_URL", "ignored"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:7000"));
+        assert_eq!(c.redis.pool_size, 5);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_source() {
+        let err = Config::load(None, env(&[("FLOWSTATE_REDIS__URLL", "redis://x")]))
+            .expect_err("typo must fail")
+            .to_string();
+        assert!(err.contains("redis.urll"), "{err}");
+        assert!(err.contains("FLOWSTATE_REDIS__URLL"), "{err}");
+        let err = Config::load(None, env(&[("FLOWSTATE_METRIX__LISTEN", "0.0.0.0:1")]))
+            .expect_err("unknown section")
+            .to_string();
+        assert!(
+            err.contains("`metrix`") && err.contains("FLOWSTATE_METRIX__LISTEN"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[sesion]\nidle_timeout = \"1h\"\n").expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("unknown section must fail")
+            .to_string();
+        assert!(err.contains("sesion"), "{err}");
+        assert!(err.contains("f.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load(None, env(&[("FLOWSTATE_REDIS__POOL_SIZE", "0")]))
+            .expect_err("zero pool")
+            .to_string();
+        assert!(err.contains("redis.pool_size"), "{err}");
+
+        let err = Config::load(None, env(&[("FLOWSTATE_SERVER__LISTEN", "nope")]))
+            .expect_err("bad address")
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+
+        let err = Config::load(None, env(&[("FLOWSTATE_REDIS__URL", "http://x")]))
+            .expect_err("bad scheme")
+            .to_string();
+        assert!(err.contains("redis.url"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/flowstate.toml"
+        ));
+        let c = Config::load(Some(path), env(&[])).expect("examples/flowstate.toml loads");
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn named_limits_load_from_file_and_env_and_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.api]\nalgorithm = \"gcra\"\nlimit = 100\nperiod = \"1m\"\nburst = 20\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            env(&[("FLOWSTATE_RATELIMIT__LIMITS__API__FAILURE_MODE", "open")]),
+        )
+        .expect("loads");
+        let api = c.ratelimit.limits["api"].policy();
+        assert_eq!((api.limit, api.period_ms, api.burst), (100, 60_000, 20));
+        assert_eq!(api.failure_mode, FailureMode::Open);
+
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.w]\nalgorithm = \"fixed_window\"\nlimit = 0\nperiod = \"1s\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("zero limit")
+            .to_string();
+        assert!(err.contains("ratelimit.limits.w.limit"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[ratelimit.limits.w]\nalgorithm = \"leaky\"\nlimit = 1\nperiod = \"1s\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("bad algorithm")
+            .to_string();
+        assert!(err.contains("leaky"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://hunter2@host"), "rediss://***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_REDIS__URL", "redis://:hunter2@localhost:6379"),
+                ("FLOWSTATE_REDIS__PASSWORD", "hunter3"),
+            ]),
+        )
+        .expect("loads");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(shown.contains("***"), "{shown}");
+        assert!(!format!("{c:?}").contains("hunter"));
+    }
+}

@@ -1,0 +1,109 @@
+//! The server's own sections: `[server]` (listener, deadlines, limits, shutdown), `[log]` and
+//! `[metrics]`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::require_positive;
+
+/// gRPC server settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address the gRPC server listens on. Loopback by default; containers bind `0.0.0.0:50051`.
+    pub listen: SocketAddr,
+    /// Deadline for a call that sends no `grpc-timeout`, and the cap for one that does.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests in progress across all connections; beyond it calls get RESOURCE_EXHAUSTED at once.
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM/SIGINT: how long in-flight calls may take to finish before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Tenant every request acts for while authentication is off.
+    pub tenant: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            request_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 4096,
+            shutdown_grace: Duration::from_secs(10),
+            max_message_bytes: 4 * 1024 * 1024,
+            tenant: "default".to_owned(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `flowstate=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// The Prometheus endpoint (an admin HTTP listener, apart from gRPC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address of the metrics listener (containers: `0.0.0.0:9464`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl ServerConfig {
+    /// Adds a message per bad value to `bad`.
+    pub fn validate(&self, bad: &mut Vec<String>) {
+        require_positive(
+            bad,
+            "server.request_timeout",
+            !self.request_timeout.is_zero(),
+        );
+        require_positive(
+            bad,
+            "server.max_concurrent_requests",
+            self.max_concurrent_requests > 0,
+        );
+        require_positive(bad, "server.max_message_bytes", self.max_message_bytes > 0);
+        if !crate::tenant::is_key_safe_name(&self.tenant) {
+            bad.push("`server.tenant` must be 1-64 characters of A-Z a-z 0-9 _ . -".to_owned());
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The in-memory rate-limit store: every check is one critical section, deciding with the same
+//! pure functions ([`super::algorithm::decide`]) the Lua script mirrors.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{
+    algorithm::{Decision, State as RateState, decide},
+    model::{Counter, CounterId},
+    store::RateLimitStore,
+};
+use crate::{
+    store::{StoreError, keys::Keys, memory::MemoryBackend},
+    tenant::Tenant,
+    time::Millis,
+};
+
+/// Counters in process memory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct MemoryRateLimitStore {
+    state: Arc<Mutex<State>>,
+    keys: Keys,
+}
+
+#[derive(Default)]
+struct State {
+    /// Counters: key → (state, expires_at).
+    counters: HashMap<String, (RateState, Millis)>,
+    /// (expires_at, counter key), for the sweeper.
+    counter_expiry: BTreeSet<(Millis, String)>,
+}
+
+impl State {
+    fn counter(&mut self, key: &str, now: Millis) -> Option<RateState> {
+        match self.counters.get(key) {
+            Some((state, expires)) if *expires > now => Some(*state),
+            Some((_, expires)) => {
+                let expires = *expires;
+                self.counters.remove(key);
+                self.counter_expiry.remove(&(expires, key.to_owned()));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
+        if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
+            self.counter_expiry.remove(&(old, key.clone()));
+        }
+        self.counter_expiry.insert((expires, key));
+    }
+
+    fn sweep(&mut self, now: Millis) -> usize {
+        let due: Vec<(Millis, String)> = self
+            .counter_expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
+        for entry in &due {
+            self.counter_expiry.remove(entry);
+            self.counters.remove(&entry.1);
+        }
+        due.len()
+    }
+}
+
+impl MemoryRateLimitStore {
+    /// An empty store whose sweeper runs until the store is dropped (inside a Tokio runtime).
+    pub fn new(backend: &MemoryBackend) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        backend.spawn_sweeper("rate-limit counters", Arc::downgrade(&state), State::sweep);
+        Self {
+            state,
+            keys: backend.keys().clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        crate::store::memory::lock(&self.state)
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitStore for MemoryRateLimitStore {
+    async fn check(
+        &self,
+        tenant: &Tenant,
+        counters: &[Counter],
+        now: Millis,
+        cost: u64,
+        commit: bool,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let keys: Vec<String> = counters
+            .iter()
+            .map(|c| self.keys.counter(tenant, &c.id))
+            .collect();
+        let mut state = self.lock();
+        let mut decisions = Vec::with_capacity(counters.len());
+        let mut updates = Vec::with_capacity(counters.len());
+        for (counter, key) in counters.iter().zip(&keys) {
+            let (decision, update) = decide(&counter.policy, state.counter(key, now), now, cost);
+            decisions.push(decision);
+            updates.push(update);
+        }
+        if commit && decisions.iter().all(|d| d.allowed) {
+            for (key, update) in keys.into_iter().zip(updates) {
+                state.set_counter(key, update.state, now.saturating_add(update.ttl_ms));
+            }
+        }
+        Ok(decisions)
+    }
+
+    async fn reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
+        let key = self.keys.counter(tenant, id);
+        let mut state = self.lock();
+        if let Some((_, expires)) = state.counters.remove(&key) {
+            state.counter_expiry.remove(&(expires, key));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Sessions: policy and validation in front of the store, free of gRPC and Redis types.
+
+use std::sync::Arc;
+
+use super::{
+    config::SessionConfig,
+    id::{SessionId, UserTag},
+    model::{
+        CreateSession, DataLimits, DeleteTarget, LimitExceeded, Session, SessionRecord,
+        SessionUpdate, UpdateOutcome, UpdateRefused, expiry,
+    },
+    store::SessionStore,
+    validate::{check_fields, check_user_id, parse_handle, parse_id, validate_create},
+};
+use crate::{
+    error::{Error, Violation},
+    tenant::Tenant,
+    time::Millis,
+};
+
+/// Session event counters, registered once.
+#[derive(Clone)]
+struct SessionMetrics {
+    created: metrics::Counter,
+    rotated: metrics::Counter,
+    deleted: metrics::Counter,
+    missed: metrics::Counter,
+}
+
+impl SessionMetrics {
+    fn new() -> Self {
+        let counter =
+            |event: &'static str| metrics::counter!("flowstate_sessions_total", "event" => event);
+        Self {
+            created: counter("created"),
+            rotated: counter("rotated"),
+            deleted: counter("deleted"),
+            missed: counter("missed"),
+        }
+    }
+}
+
+/// Session operations for a tenant: policy and validation in front of the store.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    policy: Arc<SessionConfig>,
+    metrics: SessionMetrics,
+}
+
+impl Sessions {
+    /// Sessions over `store` with `policy`.
+    pub fn new(store: Arc<dyn SessionStore>, policy: SessionConfig) -> Self {
+        Self {
+            store,
+            policy: Arc::new(policy),
+            metrics: SessionMetrics::new(),
+        }
+    }
+
+    fn limits(&self) -> DataLimits {
+        DataLimits {
+            max_fields: self.policy.max_fields,
+            max_bytes: self.policy.max_data_bytes,
+        }
+    }
+
+    /// Creates a session; evicts the user's oldest when over `max_per_user`.
+    pub async fn create(
+        &self,
+        tenant: &Tenant,
+        req: CreateSession,
+        now: Millis,
+    ) -> Result<Session, Error> {
+        let p = &self.policy;
+        let (idle, absolute) = validate_create(p, &req)?;
+        let absolute_expires_at = now.saturating_add(absolute);
+        let record = SessionRecord {
+            user_id: req.user_id,
+            data: req.data,
+            metadata: req.metadata,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: expiry(now, idle, absolute_expires_at),
+            absolute_expires_at,
+            idle_timeout: idle,
+            version: 1,
+        };
+        let id = SessionId::generate(UserTag::for_user(tenant, &record.user_id));
+        let key = id.key();
+        let evicted = self
+            .store
+            .create(tenant, &key, &record, p.max_per_user)
+            .await?;
+        self.metrics.created.increment(1);
+        if evicted > 0 {
+            self.metrics.deleted.increment(u64::from(evicted));
+            tracing::debug!(evicted, "evicted oldest sessions over max_per_user");
+        }
+        Ok(Session {
+            id: Some(id),
+            key,
+            record,
+        })
+    }
+
+    /// Reads a live session; with `touch`, slides its idle expiry.
+    pub async fn get(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        touch: bool,
+        now: Millis,
+    ) -> Result<Session, Error> {
+        let key = parse_id(id)?.key();
+        let record = self
+            .store
+            .get(tenant, &key, now, touch)
+            .await?
+            .ok_or_else(|| self.missed())?;
+        Ok(Session {
+            id: None,
+            key,
+            record,
+        })
+    }
+
+    /// Field-level update with optional compare-and-set.
+    pub async fn update(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        update: SessionUpdate,
+        now: Millis,
+    ) -> Result<Session, Error> {
+        let p = &self.policy;
+        let mut bad = Vec::new();
+        let key = parse_id(id)
+            .map_err(|e| bad.push(e))
+            .ok()
+            .map(|id| id.key());
+        if update.set.is_empty() && update.remove.is_empty() {
+            bad.push(Violation::new(
+                "set",
+                "set or remove must name at least one field",
+            ));
+        }
+        check_fields(
+            "set",
+            update.set.iter().map(|(k, v)| (k.as_str(), v.len())),
+            p.max_fields,
+            p.max_field_name_bytes,
+            p.max_data_bytes,
+            &mut bad,
+        );
+        check_fields(
+            "remove",
+            update.remove.iter().map(|k| (k.as_str(), 0)),
+            p.max_fields,
+            p.max_field_name_bytes,
+            usize::MAX,
+            &mut bad,
+        );
+        if let Some(name) = update
+            .remove
+            .iter()
+            .find(|r| update.set.iter().any(|(s, _)| s == *r))
+        {
+            bad.push(Violation::new(
+                "remove",
+                format!("field {name:?} is both set and removed"),
+            ));
+        }
+        let Some(key) = key.filter(|_| bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        match self
+            .store
+            .update(tenant, &key, now, &update, self.limits())
+            .await?
+        {
+            UpdateOutcome::Updated(record) => Ok(Session {
+                id: None,
+                key,
+                record,
+            }),
+            UpdateOutcome::NotFound => Err(self.missed()),
+            UpdateOutcome::Refused(UpdateRefused::Conflict { current }) => {
+                Err(Error::VersionConflict {
+                    expected: update.expected_version,
+                    current,
+                })
+            }
+            UpdateOutcome::Refused(UpdateRefused::TooLarge(LimitExceeded::Fields)) => {
+                Err(Error::invalid(
+                    "set",
+                    format!(
+                        "the session would have more than {} data fields",
+                        p.max_fields
+                    ),
+                ))
+            }
+            UpdateOutcome::Refused(UpdateRefused::TooLarge(LimitExceeded::Bytes)) => {
+                Err(Error::invalid(
+                    "set",
+                    format!("the session's data would exceed {} bytes", p.max_data_bytes),
+                ))
+            }
+        }
+    }
+
+    /// Replaces the id; the old one is dead when this returns.
+    pub async fn rotate(&self, tenant: &Tenant, id: &str, now: Millis) -> Result<Session, Error> {
+        let old = parse_id(id)?;
+        let new = SessionId::generate(old.tag());
+        let key = new.key();
+        let record = self
+            .store
+            .rotate(tenant, &old.key(), &key, now)
+            .await?
+            .ok_or_else(|| self.missed())?;
+        self.metrics.rotated.increment(1);
+        Ok(Session {
+            id: Some(new),
+            key,
+            record,
+        })
+    }
+
+    /// Deletes a session by id or handle; false when it was already gone.
+    pub async fn delete(
+        &self,
+        tenant: &Tenant,
+        target: DeleteTarget<'_>,
+        now: Millis,
+    ) -> Result<bool, Error> {
+        let key = match target {
+            DeleteTarget::Id(id) => parse_id(id)?.key(),
+            DeleteTarget::Handle(h) => parse_handle("handle", h)?,
+        };
+        let deleted = self.store.delete(tenant, &key, now).await?;
+        if deleted {
+            self.metrics.deleted.increment(1);
+        }
+        Ok(deleted)
+    }
+
+    /// The user's live sessions, oldest first.
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        now: Millis,
+    ) -> Result<Vec<Session>, Error> {
+        self.check_user_id_only(user_id)?;
+        let tag = UserTag::for_user(tenant, user_id);
+        let mut sessions: Vec<Session> = self
+            .store
+            .list(tenant, tag, user_id, now)
+            .await?
+            .into_iter()
+            .map(|(key, record)| Session {
+                id: None,
+                key,
+                record,
+            })
+            .collect();
+        sessions.sort_by_key(|s| (s.record.created_at, s.key.member()));
+        Ok(sessions)
+    }
+
+    /// Deletes all of the user's sessions but `keep_handle`; returns how many went.
+    pub async fn delete_user(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        keep_handle: Option<&str>,
+        now: Millis,
+    ) -> Result<u64, Error> {
+        self.check_user_id_only(user_id)?;
+        let keep = keep_handle
+            .map(|h| parse_handle("keep_handle", h))
+            .transpose()?;
+        let tag = UserTag::for_user(tenant, user_id);
+        let deleted = self
+            .store
+            .delete_user(tenant, tag, user_id, keep.as_ref(), now)
+            .await?;
+        self.metrics.deleted.increment(deleted);
+        Ok(deleted)
+    }
+
+    /// NOT_FOUND for a session that is absent or expired, counted.
+    fn missed(&self) -> Error {
+        self.metrics.missed.increment(1);
+        Error::NotFound("session".into())
+    }
+
+    fn check_user_id_only(&self, user_id: &str) -> Result<(), Error> {
+        let mut bad = Vec::new();
+        check_user_id(user_id, &self.policy, &mut bad);
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(bad))
+        }
+    }
+}

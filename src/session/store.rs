@@ -1,0 +1,79 @@
+//! The session store contract. Each operation is one atomic step in the store: one Lua script
+//! (one round trip) on Redis, one critical section in memory. Both implementations run the same
+//! contract suite (`tests/session_contract.rs`).
+
+use super::{
+    id::{SessionKey, UserTag},
+    model::{DataLimits, SessionRecord, SessionUpdate, UpdateOutcome},
+};
+use crate::{store::StoreError, tenant::Tenant, time::Millis};
+
+/// What a session store does.
+#[tonic::async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session and indexes it under its user, evicting the user's oldest sessions
+    /// beyond `max_per_user` (never the new one) and pruning dead index entries. Returns how
+    /// many were evicted.
+    async fn create(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+        record: &SessionRecord,
+        max_per_user: u32,
+    ) -> Result<u32, StoreError>;
+
+    /// Reads a live session; with `touch`, slides its expiry first.
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+        now: Millis,
+        touch: bool,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Applies a field-level update atomically (see [`SessionRecord::apply`]).
+    async fn update(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+        now: Millis,
+        update: &SessionUpdate,
+        limits: DataLimits,
+    ) -> Result<UpdateOutcome, StoreError>;
+
+    /// Moves a live session from `old` to `new` in one step; `None` when `old` is not live.
+    async fn rotate(
+        &self,
+        tenant: &Tenant,
+        old: &SessionKey,
+        new: &SessionKey,
+        now: Millis,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Deletes a session and its index entry; whether it existed.
+    async fn delete(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// The user's live sessions (any order), pruning dead index entries.
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        tag: UserTag,
+        user_id: &str,
+        now: Millis,
+    ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError>;
+
+    /// Deletes the user's sessions except `keep`; how many live ones were deleted.
+    async fn delete_user(
+        &self,
+        tenant: &Tenant,
+        tag: UserTag,
+        user_id: &str,
+        keep: Option<&SessionKey>,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+}
