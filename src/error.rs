@@ -95,6 +95,10 @@ impl From<Error> for Status {
                     tracing::error!(error = %e, "store protocol error");
                     Status::internal("internal error")
                 }
+                StoreError::Full => {
+                    tracing::warn!(error = %e, "memory store full");
+                    Status::resource_exhausted("the memory store is full")
+                }
             },
         }
     }

@@ -4,14 +4,98 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::{HeaderMap, Request, Response};
+use tokio::sync::Semaphore;
 use tonic::{Status, body::Body};
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
+
+/// Admits at most `limit` calls at once across all connections and answers the rest with
+/// RESOURCE_EXHAUSTED at once (a queue would only turn overload into timeouts for everyone).
+/// Health checks and reflection are never counted or refused: a probe that fails because the
+/// server is busy would make Kubernetes restart a healthy pod, and grpcurl must work on a busy
+/// server. (tonic's own concurrency limit is per HTTP/2 connection, hence this layer.)
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl AdmissionLayer {
+    /// At most `limit` calls in progress.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+        }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+/// See [`AdmissionLayer`].
+#[derive(Debug, Clone)]
+pub struct Admission<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+/// Whether `path` is a call that must be answered whatever the load.
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+impl<S, B> Service<Request<B>> for Admission<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if is_probe(req.uri().path()) {
+            let call = self.inner.call(req);
+            return Box::pin(async move { call.await.map_err(Into::into) });
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let call = self.inner.call(req);
+                Box::pin(async move {
+                    let response = call.await.map_err(Into::into);
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => Box::pin(async {
+                Ok(Status::resource_exhausted(
+                    "server is at its concurrency limit; retry with backoff",
+                )
+                .into_http())
+            }),
+        }
+    }
+}
 
 /// Gives every call a deadline: the client's `grpc-timeout`, capped by `server.request_timeout`
 /// (which is also the deadline of calls that send none). A call that runs out is answered with
@@ -106,16 +190,12 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Turns errors raised by layers (not by handlers, which answer with a `Status` themselves)
-/// into gRPC answers: load shedding becomes RESOURCE_EXHAUSTED, anything else INTERNAL.
+/// into gRPC answers (INTERNAL) instead of reset streams.
 pub fn layer_error_to_status(
     result: Result<Response<Body>, BoxError>,
 ) -> Result<Response<Body>, BoxError> {
     Ok(match result {
         Ok(response) => response,
-        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
-            Status::resource_exhausted("server is at its concurrency limit; retry with backoff")
-                .into_http()
-        }
         Err(e) => {
             tracing::error!(error = %e, "request failed in a server layer");
             Status::internal("internal error").into_http()
@@ -131,6 +211,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("grpc-timeout", v.parse().expect("header value"));
         h
+    }
+
+    #[test]
+    fn probes_are_recognised_by_path() {
+        assert!(is_probe("/grpc.health.v1.Health/Check"));
+        assert!(is_probe("/grpc.health.v1.Health/Watch"));
+        assert!(is_probe(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_probe("/flowstate.v1.SessionService/GetSession"));
+        assert!(!is_probe("/grpc.health.v1.HealthX/Check"));
     }
 
     #[test]

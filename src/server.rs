@@ -3,21 +3,18 @@
 //! [`run`] takes the listener and the shutdown signal as arguments so tests can bind
 //! `127.0.0.1:0` and stop the server when they like; `main` passes a real socket and SIGTERM/SIGINT.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-};
+use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
-use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tower::ServiceBuilder;
 
 use crate::{
     cache::{self, Caches, api::CacheApi},
     config::Config,
     health::{self, Health},
-    middleware::{DeadlineLayer, layer_error_to_status},
+    middleware::{AdmissionLayer, DeadlineLayer, layer_error_to_status},
     observe::{self, RpcMetricsLayer},
     proto::{
         self,
@@ -108,16 +105,12 @@ pub async fn run(
         // Count and time every call by service, method and final status code, including the
         // ones the layers below answer themselves (shed load, deadlines).
         .layer(RpcMetricsLayer::new())
-        // Errors raised by the layers below become proper gRPC statuses (RESOURCE_EXHAUSTED for
-        // shed load) instead of reset streams.
+        // Errors raised by the layers below become proper gRPC statuses instead of reset
+        // streams.
         .map_result(layer_error_to_status)
-        // Refuse at once when the limit below is reached: a queue would only turn overload
-        // into timeouts for everyone.
-        .load_shed()
-        // One limit across all connections (tonic's own limit is per HTTP/2 connection).
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
-            Semaphore::new(config.server.max_concurrent_requests),
-        )))
+        // At most max_concurrent_requests calls at once across all connections; the rest get
+        // RESOURCE_EXHAUSTED at once. Health checks and reflection are never counted or shed.
+        .layer(AdmissionLayer::new(config.server.max_concurrent_requests))
         // Every call gets a deadline (grpc-timeout capped by request_timeout) and a span.
         .layer(DeadlineLayer::new(config.server.request_timeout))
         .into_inner();

@@ -20,9 +20,10 @@ pub fn is_key_safe_name(name: &str) -> bool {
 pub struct Tenant(Arc<str>);
 
 impl Tenant {
-    /// Parses a tenant name, returning `None` when it is empty, too long or has other characters.
+    /// Parses a tenant name, returning `None` when it is empty, too long, has other characters
+    /// or starts with `_` (reserved for flowstate's own keys).
     pub fn new(name: &str) -> Option<Self> {
-        is_key_safe_name(name).then(|| Self(Arc::from(name)))
+        (is_key_safe_name(name) && !name.starts_with('_')).then(|| Self(Arc::from(name)))
     }
 
     /// The single tenant used while authentication is off.
@@ -43,7 +44,7 @@ mod tests {
     #[test]
     fn tenant_names_are_restricted_to_key_safe_characters() {
         assert!(Tenant::new("acme-corp_1.eu").is_some());
-        for bad in ["", "a:b", "a{b}", "a b", &"x".repeat(65)] {
+        for bad in ["", "a:b", "a{b}", "a b", "_", "_sys", &"x".repeat(65)] {
             assert!(Tenant::new(bad).is_none(), "{bad:?} accepted");
         }
     }

@@ -30,6 +30,7 @@ contract_tests! {
     stale_while_revalidate_serves_stale_to_all_but_the_lease_holder with super::namespaces,
     bad_input_is_rejected_and_stores_nothing with super::namespaces,
     unknown_namespaces_can_be_refused with super::closed_namespaces,
+    a_lease_from_a_miss_is_refused_once_its_tags_are_invalidated with super::namespaces,
 }
 
 fn policy(ttl: Duration, stale: Duration, max_value_bytes: usize) -> NamespacePolicy {
@@ -594,4 +595,47 @@ async fn unknown_namespaces_can_be_refused(b: Backend) {
         set(&mut c, "user_profile", "k", "v", None, &[]).await,
         "configured ones work"
     );
+}
+
+/// A lease granted on a miss knows no tags yet; the value computed under it is Set with tags.
+/// If any of those tags was invalidated after the lease was granted, the value may have been
+/// computed from data the invalidation was about: the Set is refused.
+async fn a_lease_from_a_miss_is_refused_once_its_tags_are_invalidated(b: Backend) {
+    let mut c = CacheServiceClient::new(b.server.channel.clone());
+    let leased_set = |key: &str, token: &str| pb::CacheSetRequest {
+        namespace: "campaign".into(),
+        key: key.into(),
+        value: Bytes::from_static(b"computed"),
+        tags: vec!["team:7".into(), "other".into()],
+        lease_token: token.into(),
+        ..Default::default()
+    };
+    let token = get(&mut c, "campaign", "report", true).await.lease_token;
+    assert!(!token.is_empty(), "a miss grants the lease");
+    c.invalidate_tags(pb::CacheInvalidateTagsRequest {
+        namespace: "campaign".into(),
+        tags: vec!["team:7".into()],
+    })
+    .await
+    .expect("invalidate");
+    let stored = c
+        .set(leased_set("report", &token))
+        .await
+        .expect("set")
+        .into_inner()
+        .stored;
+    assert!(!stored, "computed before its tag was invalidated: refused");
+    assert!(!get(&mut c, "campaign", "report", false).await.found);
+
+    // A lease granted after the invalidation is honoured.
+    let token = get(&mut c, "campaign", "report2", true).await.lease_token;
+    assert!(!token.is_empty());
+    let stored = c
+        .set(leased_set("report2", &token))
+        .await
+        .expect("set")
+        .into_inner()
+        .stored;
+    assert!(stored, "the lease postdates the invalidation");
+    assert!(get(&mut c, "campaign", "report2", false).await.found);
 }

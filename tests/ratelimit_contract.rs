@@ -29,6 +29,7 @@ contract_tests! {
     fixed_window_rolls_over with super::limits,
     inline_policies_share_counters_per_policy_and_key,
     bad_input_is_rejected with super::limits,
+    inline_periods_are_capped,
 }
 
 /// Thirty days: no exactness test straddles a window boundary or sees a meaningful refill.
@@ -428,4 +429,37 @@ async fn bad_input_is_rejected(b: Backend) {
         "no counters written: {:?}",
         b.redis_keys().await
     );
+}
+
+/// An inline policy's period is capped by configuration (`ratelimit.max_inline_period`): a
+/// caller cannot make the store keep a counter for a year.
+async fn inline_periods_are_capped(b: Backend) {
+    let mut c = RateLimitServiceClient::new(b.server.channel.clone());
+    let inline = |secs: i64| pb::CheckRequest {
+        checks: vec![pb::LimitCheck {
+            limit: Some(Limit::Policy(pb::LimitPolicy {
+                algorithm: pb::Algorithm::FixedWindow as i32,
+                limit: 1,
+                period: Some(prost_types::Duration {
+                    seconds: secs,
+                    nanos: 0,
+                }),
+                burst: 0,
+                failure_mode: 0,
+            })),
+            key: "k".into(),
+        }],
+        cost: None,
+        dry_run: false,
+    };
+    c.check(inline(86_400))
+        .await
+        .expect("a day is within the default cap");
+    let err = c
+        .check(inline(400 * 86_400))
+        .await
+        .expect_err("400 days is over the cap");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let details = err.get_details_bad_request().expect("field violations");
+    assert_eq!(details.field_violations[0].field, "checks[0].policy.period");
 }

@@ -1,133 +1,187 @@
-//! The Lua scripts mirror `src/ratelimit/algorithm.rs`: the same sequence of checks, at the same
-//! clock readings, must get identical decisions (allowed, remaining, reset_after, retry_after)
-//! from the Redis store and the in-memory store.
+//! The Lua script mirrors `src/ratelimit/algorithm.rs`: the same sequence of checks at the same
+//! store times must get identical decisions (allowed, remaining, reset_after, retry_after) from
+//! the script on a real Redis and from the memory store. proptest draws the sequences (bursts,
+//! gaps, clock steps backwards, costs, dry runs, pairs of counters decided all-or-nothing) and
+//! shrinks a difference to a minimal case.
+//!
+//! The script runs as production runs it (`clock.lua` + `algorithm.lua`), with a small driver
+//! in place of `check.lua` that takes the store time from the last argument instead of `TIME`
+//! and expires counters by that time alone (PERSIST drops the TTL the script set: Redis would
+//! expire them by its own clock, which the replayed times do not follow); the memory store's
+//! clock is set to the same time.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use common::RedisServer;
 use flowstate::{
-    config::RedisConfig,
     ratelimit::{
-        Algorithm, Counter, CounterId, FailureMode, Policy, RateLimitStore,
-        memory::MemoryRateLimitStore, redis::RedisRateLimitStore,
+        Algorithm, Counter, CounterId, Decision, FailureMode, Policy, RateLimitStore,
+        memory::MemoryRateLimitStore,
     },
-    store::{memory::MemoryBackend, redis::RedisBackend},
+    store::memory::MemoryBackend,
     tenant::Tenant,
 };
+use proptest::{prelude::*, test_runner::TestRunner};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_and_memory_decide_identically() {
-    let redis_server = RedisServer::start().await;
-    let config = RedisConfig {
-        url: Some(redis_server.url()),
-        key_prefix: common::unique_prefix(),
-        ..RedisConfig::default()
-    };
-    let redis = RedisRateLimitStore::new(RedisBackend::new(&config).expect("redis backend"))
-        .expect("redis store");
-    let memory = MemoryRateLimitStore::new(&MemoryBackend::new("parity", Duration::from_secs(60)));
-    let tenant = Tenant::default_tenant();
+const DRIVER: &str = concat!(
+    include_str!("../src/store/redis/lua/clock.lua"),
+    include_str!("../src/ratelimit/lua/algorithm.lua"),
+    r#"
+local now = tonumber(ARGV[#ARGV])
+for i = 1, #KEYS do
+  local x = redis.call('HGET', KEYS[i], 'x')
+  if x and tonumber(x) <= now then
+    redis.call('DEL', KEYS[i])
+  end
+end
+local out = run_check(now)
+if committed then
+  for i = 1, #KEYS do
+    redis.call('HSET', KEYS[i], 'x', int(now + tonumber(committed[i][4])))
+    redis.call('PERSIST', KEYS[i])
+  end
+end
+return out
+"#
+);
 
-    let policies: [(Algorithm, u64, i64, u64); 7] = [
-        (Algorithm::FixedWindow, 7, 1_000, 0),
-        (Algorithm::SlidingWindow, 7, 1_000, 0),
-        (Algorithm::SlidingWindow, 1_000_000, 86_400_000, 0),
-        (Algorithm::TokenBucket, 7, 1_000, 3),
-        (Algorithm::TokenBucket, 5, 60_000, 0),
-        (Algorithm::Gcra, 7, 1_000, 3),
-        (Algorithm::Gcra, 1_000_000, 86_400_000, 5_000),
-    ];
-    let start = 1_763_000_000_123_i64;
-    let mut compared = 0;
-    for (i, (algorithm, limit, period_ms, burst)) in policies.into_iter().enumerate() {
-        let policy = Policy {
+#[derive(Debug, Clone)]
+struct Step {
+    dt: i64,
+    cost: u64,
+    commit: bool,
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        prop_oneof![
+            Just(Algorithm::FixedWindow),
+            Just(Algorithm::SlidingWindow),
+            Just(Algorithm::TokenBucket),
+            Just(Algorithm::Gcra),
+        ],
+        prop_oneof![1u64..=10, Just(1_000_000u64)],
+        prop_oneof![1i64..=1000, Just(1000i64), Just(86_400_000i64)],
+        prop_oneof![Just(0u64), 1u64..=20, Just(5_000u64)],
+    )
+        .prop_map(|(algorithm, limit, period_ms, burst)| Policy {
             algorithm,
             limit,
             period_ms,
-            burst,
-            failure_mode: FailureMode::Closed,
-        };
-        policy.validate().expect("valid policy");
-        let counters = [Counter {
-            id: CounterId {
-                limit: format!("p{i}").into(),
-                algorithm: algorithm.code(),
-                key: "k".into(),
+            burst: match algorithm {
+                Algorithm::TokenBucket | Algorithm::Gcra => burst,
+                _ => 0,
             },
-            policy,
-        }];
-        // A pseudo-random but fixed walk: bursts, gaps shorter and longer than the period,
-        // varying cost, and peeks.
-        let mut now = start;
-        let mut seed = 0x9e37_79b9_u64 + i as u64;
-        for step in 0..400 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let gap = match seed >> 61 {
-                0..=3 => 0,
-                4 | 5 => (seed >> 20) as i64 % (period_ms / 3 + 1),
-                6 => (seed >> 20) as i64 % (period_ms + 1),
-                _ => period_ms * 2 + (seed >> 20) as i64 % 1_000,
-            };
-            now += gap;
-            let cost = ((seed >> 33) % (policy.capacity().min(3) + 1)).min(policy.capacity());
-            let commit = !(seed >> 40).is_multiple_of(5);
-            let a = redis
-                .check(&tenant, &counters, now, cost, commit)
-                .await
-                .expect("redis check");
-            let b = memory
-                .check(&tenant, &counters, now, cost, commit)
-                .await
-                .expect("memory check");
-            assert_eq!(
-                a, b,
-                "{algorithm:?} step {step}: now {now} cost {cost} commit {commit}"
-            );
-            compared += 1;
-        }
-    }
-    assert_eq!(compared, 7 * 400);
+            failure_mode: FailureMode::Closed,
+        })
+        .prop_filter("valid policy", |p| p.validate().is_ok())
+}
 
-    // All or nothing across counters: pairs of policies on one request.
-    let pair = |a: usize, b: usize| -> Vec<Counter> {
-        [a, b]
-            .into_iter()
-            .map(|i| {
-                let (algorithm, limit, period_ms, burst) = policies[i];
-                Counter {
-                    id: CounterId {
-                        limit: format!("pair{a}-{b}-{i}").into(),
-                        algorithm: algorithm.code(),
-                        key: "k".into(),
-                    },
-                    policy: Policy {
-                        algorithm,
-                        limit,
-                        period_ms,
-                        burst,
-                        failure_mode: FailureMode::Closed,
-                    },
-                }
+fn case() -> impl Strategy<Value = (Vec<Policy>, Vec<Step>)> {
+    prop::collection::vec(policy(), 1..=2).prop_flat_map(|policies| {
+        let period = policies.iter().map(|p| p.period_ms).max().unwrap_or(1);
+        let capacity = policies
+            .iter()
+            .map(Policy::capacity)
+            .min()
+            .unwrap_or(1)
+            .min(3);
+        let dt = prop_oneof![
+            4 => Just(0i64),
+            4 => 0..=period / 3 + 1,
+            2 => 0..=2 * period + 1000,
+            1 => -(period + 1000)..0,
+        ];
+        let steps = prop::collection::vec(
+            (dt, 0..=capacity, prop::bool::weighted(0.8)).prop_map(|(dt, cost, commit)| Step {
+                dt,
+                cost,
+                commit,
+            }),
+            1..60,
+        );
+        (Just(policies), steps)
+    })
+}
+
+fn decisions(reply: Vec<i64>) -> Vec<Decision> {
+    reply
+        .chunks_exact(4)
+        .map(|r| Decision {
+            allowed: r[0] == 1,
+            remaining: u64::try_from(r[1]).unwrap_or(0),
+            reset_after_ms: r[2],
+            retry_after_ms: r[3],
+        })
+        .collect()
+}
+
+#[test]
+fn the_script_and_the_memory_store_decide_identically() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = runtime.block_on(RedisServer::start());
+    let conn = runtime.block_on(redis.client());
+    let script = redis::Script::new(DRIVER);
+    let tenant = Tenant::default_tenant();
+    let seq = AtomicU32::new(0);
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(128));
+    let result = runner.run(&case(), |(policies, steps)| {
+        let n = seq.fetch_add(1, Ordering::Relaxed);
+        let backend = runtime
+            .block_on(async { MemoryBackend::new("parity", Duration::from_secs(3600), 1 << 20) });
+        let memory = runtime.block_on(async { MemoryRateLimitStore::new(&backend) });
+        let counters: Vec<Counter> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, policy)| Counter {
+                id: CounterId {
+                    limit: format!("c{n}-{i}").into(),
+                    algorithm: policy.algorithm.code(),
+                    key: "k".into(),
+                },
+                policy: *policy,
             })
-            .collect()
-    };
-    let mut now = start;
-    for (a, b) in [(0, 3), (1, 5), (3, 5), (0, 1)] {
-        let counters = pair(a, b);
-        for step in 0..200 {
-            now += [0, 0, 37, 120, 480, 1_100][step % 6];
-            let cost = 1 + (step as u64 % 2);
-            let x = redis
-                .check(&tenant, &counters, now, cost, true)
-                .await
-                .expect("redis check");
-            let y = memory
-                .check(&tenant, &counters, now, cost, true)
-                .await
+            .collect();
+        let keys: Vec<String> = counters
+            .iter()
+            .map(|c| format!("parity:{n}:{}", c.id.limit))
+            .collect();
+        let mut now = 1_763_000_000_123_i64;
+        for (i, step) in steps.iter().enumerate() {
+            now += step.dt;
+            let mut call = script.prepare_invoke();
+            for key in &keys {
+                call.key(key.as_str());
+            }
+            call.arg(step.cost).arg(if step.commit { "1" } else { "0" });
+            for c in &counters {
+                call.arg(c.policy.algorithm.code())
+                    .arg(c.policy.limit)
+                    .arg(c.policy.period_ms)
+                    .arg(c.policy.capacity());
+            }
+            call.arg(now);
+            let lua: Vec<i64> = runtime
+                .block_on(call.invoke_async(&mut conn.clone()))
+                .expect("script");
+            backend.clock().set(now);
+            let rust = runtime
+                .block_on(memory.check(&tenant, &counters, step.cost, step.commit))
                 .expect("memory check");
-            assert_eq!(x, y, "pair ({a}, {b}) step {step}");
+            prop_assert_eq!(decisions(lua), rust, "step {} at {}", i, now);
         }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -557,6 +557,13 @@ async fn every_key_flowstate_writes_has_a_ttl() {
         })
         .await
         .expect("invalidate");
+    cache
+        .invalidate_tags(pb::CacheInvalidateTagsRequest {
+            namespace: "ns".into(),
+            tags: vec!["gone".into()],
+        })
+        .await
+        .expect("invalidate tags");
     RateLimitServiceClient::new(server.channel.clone())
         .check(pb::CheckRequest {
             checks: vec![pb::LimitCheck {
@@ -584,8 +591,25 @@ async fn every_key_flowstate_writes_has_a_ttl() {
         .query_async(&mut conn)
         .await
         .expect("KEYS");
-    // Session hash + user index, cache entry + tag index + lease hash + generation, counter.
-    assert_eq!(keys.len(), 7, "{keys:?}");
+    // Session hash and user index; cache entry, lease, tag index, tag mark, two generations;
+    // a counter; flowstate's health probe key.
+    for kind in [
+        ":s:",
+        ":u:",
+        ":c:",
+        ":cl:",
+        ":ct:",
+        ":ci:",
+        ":cg:",
+        ":rl:",
+        ":_:health",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.contains(kind)),
+            "no {kind} key among {keys:?}"
+        );
+    }
+    assert_eq!(keys.len(), 10, "{keys:?}");
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -594,4 +618,445 @@ async fn every_key_flowstate_writes_has_a_ttl() {
             .expect("PTTL");
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
+}
+
+/// A Redis that is demoted to a replica (a failover elsewhere) answers PING but refuses writes
+/// with READONLY: readiness must turn NOT_SERVING, writes fail with UNAVAILABLE, and every
+/// connection to it is replaced, so none is reused once a writable server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_redis_is_not_ready_and_its_connections_are_replaced() {
+    let redis = RedisServer::start().await;
+    let other = RedisServer::start().await;
+    let server = TestServer::start(config(&redis.url())).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = server.sessions();
+    create(&mut c, "u").await;
+    let mut admin = redis.client().await;
+    let before = flowstate_client_ids(&mut admin).await;
+    assert!(!before.is_empty(), "flowstate holds connections");
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port)
+        .query_async(&mut admin)
+        .await
+        .expect("REPLICAOF");
+    let err = c
+        .create_session(create_req("u", Duration::from_secs(3)))
+        .await
+        .expect_err("a replica refuses writes");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::NotServing)
+            .await,
+        "readiness must follow the store's ability to take writes"
+    );
+    assert_eq!(server.health_status("").await, ServingStatus::Serving);
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut admin)
+        .await
+        .expect("REPLICAOF NO ONE");
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    create(&mut c, "u").await;
+    let after = flowstate_client_ids(&mut admin).await;
+    let reused: Vec<_> = before.iter().filter(|id| after.contains(id)).collect();
+    assert!(
+        reused.is_empty(),
+        "connections from before the demotion are still in use: {reused:?}"
+    );
+}
+
+/// Client ids of every connection to this Redis except the caller's own.
+async fn flowstate_client_ids(conn: &mut redis::aio::MultiplexedConnection) -> Vec<i64> {
+    let own: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(conn)
+        .await
+        .expect("CLIENT ID");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .filter(|id| *id != own)
+        .collect()
+}
+
+/// `failure_mode = open` is for an unreachable store only: a store that answers with an error
+/// (a script error, a wrong type, a CROSSSLOT) must not silently turn the limit off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_that_is_not_transient_never_fails_open() {
+    use flowstate::{
+        config::LimitConfig,
+        ratelimit::{Algorithm, FailureMode},
+    };
+    use pb::{limit_check::Limit, rate_limit_service_client::RateLimitServiceClient};
+
+    let redis = RedisServer::start().await;
+    let mut cfg = config(&redis.url());
+    cfg.ratelimit.limits.insert(
+        "open".into(),
+        LimitConfig {
+            algorithm: Algorithm::FixedWindow,
+            limit: 5,
+            period: Duration::from_secs(3600),
+            burst: 0,
+            failure_mode: FailureMode::Open,
+        },
+    );
+    let prefix = cfg.redis.key_prefix.clone();
+    let server = TestServer::start(cfg).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = RateLimitServiceClient::new(server.channel.clone());
+    let check = || pb::CheckRequest {
+        checks: vec![pb::LimitCheck {
+            limit: Some(Limit::Name("open".into())),
+            key: "k".into(),
+        }],
+        cost: None,
+        dry_run: false,
+    };
+    assert!(c.check(check()).await.expect("check").into_inner().allowed);
+    let mut conn = redis.client().await;
+    let counters: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:rl:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    // The counter now holds a string: every script reading it fails with WRONGTYPE.
+    let _: () = redis::cmd("SET")
+        .arg(&counters[0])
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let err = c
+        .check(check())
+        .await
+        .expect_err("a script error is an error, not an open limit");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+}
+
+/// An ACL user for flowstate whose key permissions a test can narrow and widen while it runs,
+/// so one step of a multi-step operation fails with NOPERM while the others succeed.
+async fn acl_user(redis: &RedisServer) -> (String, redis::aio::MultiplexedConnection) {
+    let mut admin = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fs")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    (format!("redis://fs:pw@127.0.0.1:{}", redis.port), admin)
+}
+
+/// Lets user `fs` touch only keys matching `patterns` (all keys when empty).
+async fn allow_keys(admin: &mut redis::aio::MultiplexedConnection, patterns: &[&str]) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("fs").arg("resetkeys");
+    if patterns.is_empty() {
+        cmd.arg("~*");
+    }
+    for p in patterns {
+        cmd.arg(format!("~{p}"));
+    }
+    let _: () = cmd.query_async(admin).await.expect("ACL SETUSER keys");
+}
+
+fn cache_set(
+    key: &str,
+    tags: &[&str],
+    condition: pb::SetCondition,
+    token: &str,
+) -> pb::CacheSetRequest {
+    pb::CacheSetRequest {
+        namespace: "ns".into(),
+        key: key.into(),
+        value: bytes::Bytes::from_static(b"v"),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        condition: condition.into(),
+        lease_token: token.into(),
+        ..Default::default()
+    }
+}
+
+fn cache_get(key: &str, lease: bool) -> pb::CacheGetRequest {
+    pb::CacheGetRequest {
+        namespace: "ns".into(),
+        key: key.into(),
+        lease,
+    }
+}
+
+/// InvalidateTags whose second step (deleting the entries) fails must leave every entry
+/// findable, so a retry completes the work instead of answering 0 over live entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tags_failing_between_its_steps_can_be_completed() {
+    use pb::cache_service_client::CacheServiceClient;
+    let redis = RedisServer::start().await;
+    let (url, mut admin) = acl_user(&redis).await;
+    let server = TestServer::start(config(&url)).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = CacheServiceClient::new(server.channel.clone());
+    for key in ["k1", "k2"] {
+        let stored = c
+            .set(cache_set(key, &["t"], pb::SetCondition::Always, ""))
+            .await
+            .expect("set")
+            .into_inner()
+            .stored;
+        assert!(stored);
+    }
+    // Tag keys (and generations, health) allowed; cache entries not: step two fails.
+    allow_keys(&mut admin, &["*:ct:*", "*:ci:*", "*:cg:*", "*:_:*"]).await;
+    let err = c
+        .invalidate_tags(pb::CacheInvalidateTagsRequest {
+            namespace: "ns".into(),
+            tags: vec!["t".into()],
+        })
+        .await
+        .expect_err("entries cannot be deleted");
+    assert_ne!(err.code(), Code::Ok);
+    allow_keys(&mut admin, &[]).await;
+    c.invalidate_tags(pb::CacheInvalidateTagsRequest {
+        namespace: "ns".into(),
+        tags: vec!["t".into()],
+    })
+    .await
+    .expect("the retry succeeds");
+    for key in ["k1", "k2"] {
+        let got = c
+            .get(cache_get(key, false))
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(!got.found, "{key} survived its tag's invalidation");
+    }
+}
+
+/// A tagged Set whose tag listing fails must not leave a value served but unlisted: after the
+/// failure, invalidating the tag leaves nothing behind (conditional and leased Sets alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_set_failing_midway_leaves_no_unlisted_value() {
+    use pb::cache_service_client::CacheServiceClient;
+    let redis = RedisServer::start().await;
+    let (url, mut admin) = acl_user(&redis).await;
+    let server = TestServer::start(config(&url)).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = CacheServiceClient::new(server.channel.clone());
+    let token = c
+        .get(cache_get("leased", true))
+        .await
+        .expect("lease")
+        .into_inner()
+        .lease_token;
+    assert!(!token.is_empty());
+    // Entries, leases, generations and health allowed; tag keys not.
+    allow_keys(&mut admin, &["*:c:*", "*:cl:*", "*:cg:*", "*:_:*"]).await;
+    let attempts = [
+        cache_set("cond", &["t"], pb::SetCondition::IfAbsent, ""),
+        cache_set("leased", &["t"], pb::SetCondition::Always, &token),
+        cache_set("plain", &["t"], pb::SetCondition::Always, ""),
+    ];
+    for set in attempts {
+        let key = set.key.clone();
+        let result = c.set(set).await;
+        assert!(
+            result.is_err(),
+            "{key}: the tag listing failed, so must the Set: {result:?}"
+        );
+    }
+    allow_keys(&mut admin, &[]).await;
+    c.invalidate_tags(pb::CacheInvalidateTagsRequest {
+        namespace: "ns".into(),
+        tags: vec!["t".into()],
+    })
+    .await
+    .expect("invalidate");
+    for key in ["cond", "leased", "plain"] {
+        let got = c
+            .get(cache_get(key, false))
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(!got.found, "{key}: served, but not listed under its tag");
+    }
+}
+
+/// A namespace generation counter lost from Redis (evicted, flushed by hand) must cause misses,
+/// never bring back entries of an older generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_generation_counter_causes_misses_not_old_entries() {
+    use pb::cache_service_client::CacheServiceClient;
+    let redis = RedisServer::start().await;
+    let cfg = config(&redis.url());
+    let prefix = cfg.redis.key_prefix.clone();
+    let server = TestServer::start(cfg).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let mut c = CacheServiceClient::new(server.channel.clone());
+    let found = |c: &mut CacheServiceClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .get(cache_get("k", false))
+                .await
+                .expect("get")
+                .into_inner();
+            r.found.then_some(r.value)
+        }
+    };
+    c.set(cache_set("k", &[], pb::SetCondition::Always, ""))
+        .await
+        .expect("set old");
+    c.invalidate_namespace(pb::CacheInvalidateNamespaceRequest {
+        namespace: "ns".into(),
+    })
+    .await
+    .expect("invalidate");
+    assert_eq!(found(&mut c).await, None, "invalidated");
+    let mut conn = redis.client().await;
+    let generations: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:cg:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(generations.len(), 1, "{generations:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&generations[0])
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert_eq!(
+        found(&mut c).await,
+        None,
+        "an invalidated entry came back after its generation counter was lost"
+    );
+    let mut fresh = cache_set("k", &[], pb::SetCondition::Always, "");
+    fresh.value = bytes::Bytes::from_static(b"new");
+    c.set(fresh).await.expect("set new");
+    assert_eq!(found(&mut c).await.as_deref(), Some(&b"new"[..]));
+}
+
+/// Probes and reflection are never shed: with the concurrency limit reached by real work,
+/// every health check answers SERVING and grpcurl-style reflection still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_while_load_is_shed() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let redis = RedisServer::start().await;
+    let mut cfg = config(&redis.url());
+    cfg.server.max_concurrent_requests = 2;
+    let server = TestServer::start(cfg).await;
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut load = Vec::new();
+    for i in 0..32 {
+        let mut c = server.sessions();
+        let (stop, shed) = (stop.clone(), shed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = c
+                    .create_session(create_req(&format!("u{i}"), Duration::from_secs(5)))
+                    .await
+                    && e.code() == Code::ResourceExhausted
+                {
+                    shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let shed = shed.clone();
+            async move { shed.load(std::sync::atomic::Ordering::Relaxed) > 0 }
+        })
+        .await,
+        "the load never reached the concurrency limit"
+    );
+    let shed_before = shed.load(std::sync::atomic::Ordering::Relaxed);
+    let mut serving = 0;
+    for i in 0..20 {
+        let service = if i % 2 == 0 { "" } else { "readiness" };
+        let answer = server
+            .health()
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await;
+        match answer {
+            Ok(r) if r.get_ref().status() == ServingStatus::Serving => serving += 1,
+            other => eprintln!("health check {i} ({service:?}): {other:?}"),
+        }
+    }
+    let mut reflection = ServerReflectionClient::new(server.channel.clone());
+    for _ in 0..5 {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection is not shed")
+            .into_inner();
+        let reply = replies
+            .message()
+            .await
+            .expect("reflection answers")
+            .expect("one reply");
+        assert!(reply.message_response.is_some());
+    }
+    let shed_during = shed.load(std::sync::atomic::Ordering::Relaxed) - shed_before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    assert!(shed_during > 0, "load was not being shed during the probes");
+    assert_eq!(
+        serving, 20,
+        "health checks answered SERVING while load was shed"
+    );
 }

@@ -30,6 +30,11 @@ contract_tests! {
     list_and_delete_user_sessions,
     oldest_sessions_are_evicted_over_the_per_user_limit with super::three_per_user,
     bad_input_is_rejected_and_stores_nothing with super::small_limits,
+    a_new_session_is_never_the_one_evicted with super::one_per_user,
+}
+
+fn one_per_user(c: &mut Config) {
+    c.session.max_per_user = 1;
 }
 
 fn small_limits(c: &mut Config) {
@@ -702,4 +707,32 @@ async fn redis_keys_hide_session_ids_and_all_expire() {
             );
         }
     }
+}
+
+/// At `max_per_user` a create evicts the oldest session, never the one it creates, even when
+/// several are created within the same millisecond (ties on the creation time).
+async fn a_new_session_is_never_the_one_evicted(b: Backend) {
+    let mut c = b.server.sessions();
+    for i in 0..300 {
+        let s = create(&mut c, "tied", &[]).await;
+        let got = c
+            .get_session(pb::GetSessionRequest {
+                id: s.id.clone(),
+                touch: false,
+            })
+            .await;
+        assert!(
+            got.is_ok(),
+            "create {i}: the new session was evicted: {got:?}"
+        );
+    }
+    let left = c
+        .list_user_sessions(pb::ListUserSessionsRequest {
+            user_id: "tied".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(left.len(), 1);
 }

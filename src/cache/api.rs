@@ -7,7 +7,7 @@ use crate::{
     error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
     tenant::Tenant,
-    time::{Millis, from_duration, now_ms, to_duration},
+    time::{from_duration, to_duration},
 };
 
 /// The CacheService handlers.
@@ -36,10 +36,10 @@ fn condition(field: &str, value: i32) -> Result<Condition, Error> {
     }
 }
 
-/// Time left in the fresh period, as a protobuf Duration (zero unless fresh).
-fn ttl_remaining(lookup: &Lookup, now: Millis) -> Option<prost_types::Duration> {
+/// Time left in the fresh period (the store's figure), as a protobuf Duration; zero unless fresh.
+fn ttl_remaining(lookup: &Lookup) -> Option<prost_types::Duration> {
     let ms = match lookup.freshness {
-        Freshness::Fresh => (lookup.fresh_until - now).max(0),
+        Freshness::Fresh => lookup.fresh_ms.max(0),
         Freshness::Stale | Freshness::Miss => 0,
     };
     Some(to_duration(ms))
@@ -52,12 +52,11 @@ impl CacheService for CacheApi {
         request: Request<pb::CacheGetRequest>,
     ) -> Result<Response<pb::CacheGetResponse>, Status> {
         let r = request.into_inner();
-        let now = now_ms();
         let lookup = self
             .caches
-            .get(&self.tenant, &r.namespace, &r.key, r.lease, now)
+            .get(&self.tenant, &r.namespace, &r.key, r.lease)
             .await?;
-        let ttl_remaining = ttl_remaining(&lookup, now);
+        let ttl_remaining = ttl_remaining(&lookup);
         Ok(Response::new(pb::CacheGetResponse {
             found: lookup.freshness != Freshness::Miss,
             stale: lookup.freshness == Freshness::Stale,
@@ -76,10 +75,9 @@ impl CacheService for CacheApi {
         request: Request<pb::CacheGetManyRequest>,
     ) -> Result<Response<pb::CacheGetManyResponse>, Status> {
         let r = request.into_inner();
-        let now = now_ms();
         let lookups = self
             .caches
-            .get_many(&self.tenant, &r.namespace, &r.keys, now)
+            .get_many(&self.tenant, &r.namespace, &r.keys)
             .await?;
         let entries = r
             .keys
@@ -89,7 +87,7 @@ impl CacheService for CacheApi {
                 key,
                 found: lookup.freshness != Freshness::Miss,
                 stale: lookup.freshness == Freshness::Stale,
-                ttl_remaining: ttl_remaining(&lookup, now),
+                ttl_remaining: ttl_remaining(&lookup),
                 value: lookup.value,
             })
             .collect();
@@ -111,7 +109,7 @@ impl CacheService for CacheApi {
         };
         let stored = self
             .caches
-            .set(&self.tenant, &r.namespace, vec![input], now_ms(), false)
+            .set(&self.tenant, &r.namespace, vec![input], false)
             .await?;
         Ok(Response::new(pb::CacheSetResponse {
             stored: stored.first().copied().unwrap_or(false),
@@ -140,7 +138,7 @@ impl CacheService for CacheApi {
             .collect::<Result<Vec<_>, Error>>()?;
         let stored = self
             .caches
-            .set(&self.tenant, &r.namespace, inputs, now_ms(), true)
+            .set(&self.tenant, &r.namespace, inputs, true)
             .await?;
         Ok(Response::new(pb::CacheSetManyResponse { stored }))
     }

@@ -1,9 +1,23 @@
-//! The in-memory cache store: a size-bounded moka cache (least recently used entries are
-//! evicted past `cache.memory_max_bytes`), with per-key atomic compute for leases and conditions.
+//! The in-memory cache store: one size-bounded moka cache holds everything the cache keeps
+//! (entries, namespace generations, tag invalidation marks), each weighed with its keys, its
+//! value and its tag listings, so `cache.memory_max_bytes` bounds all of it; least recently used
+//! items are evicted past it.
+//!
+//! Every time comes from the backend's clock (the store's clock). Writes (Set, Delete,
+//! InvalidateTags, InvalidateNamespace) are serialized by one lock, so listing a value under its
+//! tags and writing it, or invalidating a tag and deleting what it lists, are each atomic; reads
+//! and lease grants go straight to moka's per-key atomic compute.
+//!
+//! Losing state to eviction is always safe: an evicted generation makes its namespace miss (a
+//! new one is numbered from a process-wide counter, never reused), and an evicted invalidation
+//! mark raises a watermark that refuses every lease granted before it.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -12,13 +26,32 @@ use moka::{Expiry, notification::RemovalCause, ops::compute::Op, sync::Cache};
 
 use super::{
     model::{Condition, Freshness, Lease, Lookup, Write},
-    store::CacheStore,
+    store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
-    store::{StoreError, keys::Keys, memory::MemoryBackend},
+    store::{
+        StoreError,
+        keys::Keys,
+        memory::{Clock, MemoryBackend},
+    },
     tenant::Tenant,
-    time::{Millis, now_ms},
+    time::Millis,
 };
+
+/// Namespaces whose evictions are counted under their own name; the rest share `_other`.
+const MAX_EVICTION_LABELS: usize = 128;
+
+/// Fixed bytes charged per item and per tag listing for the containers holding them.
+const ITEM_OVERHEAD: usize = 128;
+const LISTING_OVERHEAD: usize = 48;
+
+/// A lease on a key: who holds it, since when, until when (store clock).
+#[derive(Debug, Clone)]
+struct LeaseHeld {
+    token: String,
+    granted_at: Millis,
+    until: Millis,
+}
 
 /// One cached key: a value (absent while only a lease exists) and an optional lease.
 #[derive(Debug, Clone)]
@@ -26,18 +59,13 @@ struct Entry {
     value: Option<Bytes>,
     fresh_until: Millis,
     stale_until: Millis,
-    lease: Option<(String, Millis)>,
-    /// Tag-index keys this entry is listed under, so eviction can unlist it.
+    lease: Option<LeaseHeld>,
+    /// Tag-index keys this entry is listed under, so its removal can unlist it.
     tags: Arc<[String]>,
     namespace: Arc<str>,
 }
 
 impl Entry {
-    fn expires_at(&self) -> Millis {
-        self.stale_until
-            .max(self.lease.as_ref().map_or(0, |(_, until)| *until))
-    }
-
     fn fresh(&self, now: Millis) -> bool {
         self.value.is_some() && now < self.fresh_until
     }
@@ -45,116 +73,206 @@ impl Entry {
     fn stale(&self, now: Millis) -> bool {
         self.value.is_some() && self.fresh_until <= now && now < self.stale_until
     }
+
+    fn servable(&self, now: Millis) -> bool {
+        self.value.is_some() && now < self.stale_until
+    }
 }
 
-/// Entries expire at their own deadline (end of stale window or lease), not a global TTL.
-struct ByDeadline;
+/// What the moka cache holds.
+#[derive(Debug, Clone)]
+enum Item {
+    Entry(Entry),
+    /// A namespace's generation.
+    Generation(u64),
+    /// When a tag was last invalidated, and until when that matters.
+    Mark {
+        at: Millis,
+        until: Millis,
+    },
+}
 
-impl Expiry<String, Arc<Entry>> for ByDeadline {
-    fn expire_after_create(&self, _: &String, v: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(remaining(v))
+impl Item {
+    /// When the item may go (store clock); `None`: only for space.
+    fn deadline(&self) -> Option<Millis> {
+        match self {
+            Item::Entry(e) => Some(e.stale_until.max(e.lease.as_ref().map_or(0, |l| l.until))),
+            Item::Generation(_) => None,
+            Item::Mark { until, .. } => Some(*until),
+        }
+    }
+}
+
+/// Items expire at their own deadline on the store clock (moka counts in `Instant`s).
+struct ByDeadline {
+    clock: Clock,
+}
+
+impl ByDeadline {
+    fn remaining(&self, item: &Item) -> Option<Duration> {
+        let deadline = item.deadline()?;
+        Some(Duration::from_millis(
+            u64::try_from(deadline - self.clock.now()).unwrap_or(0),
+        ))
+    }
+}
+
+impl Expiry<String, Arc<Item>> for ByDeadline {
+    fn expire_after_create(&self, _: &String, v: &Arc<Item>, _: Instant) -> Option<Duration> {
+        self.remaining(v)
     }
 
     fn expire_after_update(
         &self,
         _: &String,
-        v: &Arc<Entry>,
+        v: &Arc<Item>,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(remaining(v))
+        self.remaining(v)
     }
 }
 
-fn remaining(e: &Entry) -> Duration {
-    Duration::from_millis(u64::try_from(e.expires_at() - now_ms()).unwrap_or(0))
+/// Bytes an item costs: its key, its value, and for an entry each of its tag listings.
+fn weight(key: &str, item: &Item) -> u32 {
+    let bytes = match item {
+        Item::Entry(e) => {
+            key.len()
+                + e.value.as_ref().map_or(0, Bytes::len)
+                + e.lease.as_ref().map_or(0, |l| l.token.len())
+                + e.tags
+                    .iter()
+                    .map(|t| t.len() + key.len() + LISTING_OVERHEAD)
+                    .sum::<usize>()
+        }
+        Item::Generation(_) | Item::Mark { .. } => key.len() + 16,
+    } + ITEM_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+/// State beside the moka cache, shared with its eviction listener.
 #[derive(Default)]
 struct Shared {
-    /// Tag-index key → entry keys.
+    /// Tag-index key → entry keys listed under it.
     tags: HashMap<String, HashSet<String>>,
-    /// Namespace generation key → generation.
-    generations: HashMap<String, u64>,
     /// Namespace → entries evicted for space.
     evictions: HashMap<Arc<str>, u64>,
 }
 
-/// The moka-backed entries, tag lists and generations.
-struct MemoryCache {
-    entries: Cache<String, Arc<Entry>>,
+/// The cache in process memory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct MemoryCacheStore {
+    items: Cache<String, Arc<Item>>,
     shared: Arc<Mutex<Shared>>,
+    /// Serializes writes (see the module docs).
+    writes: Arc<Mutex<()>>,
+    /// The latest invalidation mark evicted for space: leases granted at or before it are refused.
+    evicted_marks: Arc<AtomicI64>,
+    /// Source of generation numbers (never reused in this process).
+    generations: Arc<AtomicU64>,
+    keys: Keys,
+    clock: Clock,
+    settings: CacheStoreSettings,
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Every update to Shared is a single map operation; a poisoned lock holds consistent data.
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single map operation; a poisoned lock holds
+    // consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl MemoryCache {
-    /// A cache holding at most `max_bytes` of keys and values.
-    fn new(max_bytes: u64) -> Self {
+impl MemoryCacheStore {
+    /// A cache holding at most `max_bytes` (entries, generations, marks and tag listings).
+    pub fn new(backend: &MemoryBackend, max_bytes: u64, settings: CacheStoreSettings) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let evicted_marks = Arc::new(AtomicI64::new(0));
         let listener_shared = Arc::downgrade(&shared);
-        let entries = Cache::builder()
+        let listener_marks = evicted_marks.clone();
+        let items = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &String, v: &Arc<Entry>| {
-                let bytes = k.len() + v.value.as_ref().map_or(0, Bytes::len) + 96;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
+            .weigher(|k: &String, v: &Arc<Item>| weight(k, v))
+            .expire_after(ByDeadline {
+                clock: backend.clock().clone(),
             })
-            .expire_after(ByDeadline)
-            .eviction_listener(move |key: Arc<String>, entry: Arc<Entry>, cause| {
-                let Some(shared) = listener_shared.upgrade() else {
-                    return;
-                };
-                let mut shared = lock(&shared);
-                if cause != RemovalCause::Replaced {
-                    for tag in entry.tags.iter() {
-                        if let Some(keys) = shared.tags.get_mut(tag) {
-                            keys.remove(key.as_str());
-                            if keys.is_empty() {
-                                shared.tags.remove(tag);
-                            }
+            .eviction_listener(
+                move |key: Arc<String>, item: Arc<Item>, cause| match &*item {
+                    Item::Entry(entry) => {
+                        let Some(shared) = listener_shared.upgrade() else {
+                            return;
+                        };
+                        let mut shared = lock(&shared);
+                        if cause != RemovalCause::Replaced {
+                            unlist(&mut shared, &key, &entry.tags);
+                        }
+                        if cause == RemovalCause::Size {
+                            let label = if shared.evictions.len() < MAX_EVICTION_LABELS
+                                || shared.evictions.contains_key(&entry.namespace)
+                            {
+                                entry.namespace.clone()
+                            } else {
+                                Arc::from("_other")
+                            };
+                            *shared.evictions.entry(label).or_default() += 1;
                         }
                     }
-                }
-                if cause == RemovalCause::Size {
-                    *shared.evictions.entry(entry.namespace.clone()).or_default() += 1;
-                }
-            })
+                    Item::Mark { at, .. } if cause == RemovalCause::Size => {
+                        listener_marks.fetch_max(*at, Ordering::AcqRel);
+                    }
+                    Item::Mark { .. } | Item::Generation(_) => {}
+                },
+            )
             .build();
-        Self { entries, shared }
+        Self {
+            items,
+            shared,
+            writes: Arc::new(Mutex::new(())),
+            evicted_marks,
+            generations: Arc::new(AtomicU64::new(0)),
+            keys: backend.keys().clone(),
+            clock: backend.clock().clone(),
+            settings,
+        }
     }
 
-    /// The current generation of a namespace.
-    fn generation(&self, generation_key: &str) -> u64 {
-        lock(&self.shared)
-            .generations
-            .get(generation_key)
-            .copied()
-            .unwrap_or(0)
+    /// The namespace's generation; with `create`, one is started when there is none.
+    fn generation(&self, tenant: &Tenant, namespace: &str, create: bool) -> Option<u64> {
+        let key = self.keys.cache_generation(tenant, namespace);
+        if !create {
+            return match self.items.get(&key).as_deref() {
+                Some(Item::Generation(g)) => Some(*g),
+                _ => None,
+            };
+        }
+        let entry = self.items.entry(key).or_insert_with(|| {
+            Arc::new(Item::Generation(
+                self.generations.fetch_add(1, Ordering::AcqRel) + 1,
+            ))
+        });
+        match &*entry.into_value() {
+            Item::Generation(g) => Some(*g),
+            _ => None,
+        }
     }
 
-    /// Entries evicted for space, by namespace.
-    fn evictions(&self) -> Vec<(String, u64)> {
-        lock(&self.shared)
-            .evictions
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect()
+    fn entry_key(&self, tenant: &Tenant, namespace: &str, generation: u64, key: &str) -> String {
+        self.keys.cache_entry(tenant, namespace, generation, key)
     }
 
-    /// Looks a key up; with `lease`, grants it to this caller when free.
-    fn get(&self, key: &str, now: Millis, lease: Option<(&str, Millis)>) -> Lookup {
+    /// Looks one key up in a generation; with `lease`, grants it when free.
+    fn lookup(&self, key: &str, now: Millis, lease: Option<&str>) -> Lookup {
         let mut out = Lookup::miss();
-        self.entries.entry_by_ref(key).and_compute_with(|current| {
+        self.items.entry_by_ref(key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
-            if let Some(e) = &current {
+            let entry = match current.as_deref() {
+                Some(Item::Entry(e)) => Some(e),
+                _ => None,
+            };
+            if let Some(e) = entry {
                 if e.fresh(now) {
                     out = Lookup {
                         freshness: Freshness::Fresh,
                         value: e.value.clone().unwrap_or_default(),
-                        fresh_until: e.fresh_until,
+                        fresh_ms: e.fresh_until - now,
                         lease: Lease::None,
                     };
                     return Op::Nop;
@@ -162,150 +280,155 @@ impl MemoryCache {
                 if e.stale(now) {
                     out.freshness = Freshness::Stale;
                     out.value = e.value.clone().unwrap_or_default();
-                    out.fresh_until = e.fresh_until;
                 }
             }
-            let Some((token, ttl)) = lease else {
+            let Some(token) = lease else {
                 return Op::Nop;
             };
-            if let Some((_, until)) = current.as_ref().and_then(|e| e.lease.as_ref())
-                && *until > now
+            if entry
+                .and_then(|e| e.lease.as_ref())
+                .is_some_and(|l| l.until > now)
             {
                 out.lease = Lease::Wait;
                 return Op::Nop;
             }
             out.lease = Lease::Granted(token.to_owned());
-            let mut next = current.map_or_else(
-                || Entry {
-                    value: None,
-                    fresh_until: 0,
-                    stale_until: 0,
-                    lease: None,
-                    tags: Arc::from([]),
-                    namespace: Arc::from(""),
-                },
-                |e| (*e).clone(),
-            );
-            next.lease = Some((token.to_owned(), now.saturating_add(ttl)));
-            Op::Put(Arc::new(next))
+            // A value past its stale window is dropped, but its tag listings are kept, so
+            // whatever replaces it unlists them.
+            let mut next = entry.cloned().unwrap_or(Entry {
+                value: None,
+                fresh_until: 0,
+                stale_until: 0,
+                lease: None,
+                tags: Arc::from([]),
+                namespace: Arc::from(""),
+            });
+            if !next.servable(now) {
+                next.value = None;
+            }
+            next.lease = Some(LeaseHeld {
+                token: token.to_owned(),
+                granted_at: now,
+                until: now.saturating_add(self.settings.lease_ttl_ms),
+            });
+            Op::Put(Arc::new(Item::Entry(next)))
         });
         out
     }
 
-    /// Writes one entry under `key` (already including the generation); whether it was stored.
-    fn set(
+    /// When any of `tag_keys` was last invalidated (or an eviction forgot when).
+    fn latest_mark(&self, tag_keys: &[String]) -> Millis {
+        let mut latest = self.evicted_marks.load(Ordering::Acquire);
+        for key in tag_keys {
+            if let Some(Item::Mark { at, .. }) = self.items.get(key).as_deref() {
+                latest = latest.max(*at);
+            }
+        }
+        latest
+    }
+
+    /// Writes one entry (under the writes lock); whether it was stored.
+    fn write(
         &self,
-        key: &str,
+        tenant: &Tenant,
         namespace: &str,
-        write: &Write,
-        tag_keys: Vec<String>,
+        generation: u64,
+        w: &Write,
         now: Millis,
     ) -> bool {
+        let key = self.entry_key(tenant, namespace, generation, &w.key);
+        let mark_keys: Vec<String> = w
+            .tags
+            .iter()
+            .map(|t| self.keys.cache_tag_mark(tenant, namespace, t))
+            .collect();
+        let invalidated = if w.lease_token.is_some() {
+            self.latest_mark(&mark_keys)
+        } else {
+            0
+        };
+        let tag_keys: Arc<[String]> = w
+            .tags
+            .iter()
+            .map(|t| self.keys.cache_tag(tenant, namespace, t))
+            .collect();
         let mut stored = false;
         let mut old_tags: Arc<[String]> = Arc::from([]);
-        let tag_keys: Arc<[String]> = tag_keys.into();
-        self.entries.entry_by_ref(key).and_compute_with(|current| {
+        self.items.entry_by_ref(&key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
-            if let Some(e) = &current {
+            let entry = match current.as_deref() {
+                Some(Item::Entry(e)) => Some(e),
+                _ => None,
+            };
+            if let Some(e) = entry {
                 old_tags = e.tags.clone();
             }
-            if let Some(token) = &write.lease_token {
-                let holds = current
-                    .as_ref()
-                    .and_then(|e| e.lease.as_ref())
-                    .is_some_and(|(t, until)| t == token && *until > now);
-                if !holds {
+            if let Some(token) = &w.lease_token {
+                let honoured = entry.and_then(|e| e.lease.as_ref()).is_some_and(|l| {
+                    l.token == *token && l.until > now && l.granted_at > invalidated
+                });
+                if !honoured {
                     return Op::Nop;
                 }
             }
-            let present = current.as_ref().is_some_and(|e| e.fresh(now));
-            match write.condition {
+            let present = entry.is_some_and(|e| e.fresh(now));
+            match w.condition {
                 Condition::IfAbsent if present => return Op::Nop,
                 Condition::IfPresent if !present => return Op::Nop,
                 _ => {}
             }
             stored = true;
-            Op::Put(Arc::new(Entry {
-                value: Some(write.value.clone()),
-                fresh_until: write.fresh_until,
-                stale_until: write.stale_until,
+            let fresh_until = now.saturating_add(w.ttl_ms);
+            Op::Put(Arc::new(Item::Entry(Entry {
+                value: Some(w.value.clone()),
+                fresh_until,
+                stale_until: fresh_until.saturating_add(w.stale_ms),
                 lease: None,
                 tags: tag_keys.clone(),
                 namespace: Arc::from(namespace),
-            }))
+            })))
         });
         if stored && !(tag_keys.is_empty() && old_tags.is_empty()) {
             let mut shared = lock(&self.shared);
             // The value replaced carried these tags; the new one is listed only under its own.
-            for tag in old_tags.iter().filter(|t| !tag_keys.contains(t)) {
-                if let Some(keys) = shared.tags.get_mut(tag) {
-                    keys.remove(key);
-                    if keys.is_empty() {
-                        shared.tags.remove(tag);
-                    }
-                }
-            }
+            let dropped: Vec<String> = old_tags
+                .iter()
+                .filter(|t| !tag_keys.contains(t))
+                .cloned()
+                .collect();
+            unlist(&mut shared, &key, &dropped);
             for tag in tag_keys.iter() {
                 shared
                     .tags
                     .entry(tag.clone())
                     .or_default()
-                    .insert(key.to_owned());
+                    .insert(key.clone());
             }
         }
         stored
     }
 
-    /// Removes a key; whether it held a value that was still servable.
+    /// Removes an entry key (under the writes lock); whether it held a servable value.
     fn remove(&self, key: &str, now: Millis) -> bool {
-        self.entries
+        self.items
             .remove(key)
-            .is_some_and(|e| e.value.is_some() && now < e.stale_until)
+            .is_some_and(|item| matches!(&*item, Item::Entry(e) if e.servable(now)))
     }
 
-    /// Removes every key listed under the tag-index keys; how many held a servable value.
-    fn invalidate_tags(&self, tag_keys: &[String], now: Millis) -> u64 {
-        let keys: HashSet<String> = {
-            let mut shared = lock(&self.shared);
-            tag_keys
-                .iter()
-                .filter_map(|t| shared.tags.remove(t))
-                .flatten()
-                .collect()
-        };
-        keys.iter().filter(|k| self.remove(k, now)).count() as u64
-    }
-
-    /// Starts a new generation of a namespace: its old entries are never seen again.
-    fn invalidate_namespace(&self, generation_key: &str) {
-        *lock(&self.shared)
-            .generations
-            .entry(generation_key.to_owned())
-            .or_default() += 1;
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        lock(&self.writes)
     }
 }
 
-/// The cache in process memory. Cheap to clone (shared state).
-#[derive(Clone)]
-pub struct MemoryCacheStore {
-    cache: Arc<MemoryCache>,
-    keys: Keys,
-}
-
-impl MemoryCacheStore {
-    /// A cache holding at most `max_bytes` of keys and values.
-    pub fn new(backend: &MemoryBackend, max_bytes: u64) -> Self {
-        Self {
-            cache: Arc::new(MemoryCache::new(max_bytes)),
-            keys: backend.keys().clone(),
+/// Removes `key` from the listings of `tags`.
+fn unlist(shared: &mut Shared, key: &str, tags: &[String]) {
+    for tag in tags {
+        if let Some(keys) = shared.tags.get_mut(tag) {
+            keys.remove(key);
+            if keys.is_empty() {
+                shared.tags.remove(tag);
+            }
         }
-    }
-
-    fn cache_key(&self, tenant: &Tenant, namespace: &str, key: &str) -> String {
-        let generation = self
-            .cache
-            .generation(&self.keys.cache_generation(tenant, namespace));
-        self.keys.cache_entry(tenant, namespace, generation, key)
     }
 }
 
@@ -316,12 +439,13 @@ impl CacheStore for MemoryCacheStore {
         tenant: &Tenant,
         namespace: &str,
         key: &str,
-        now: Millis,
-        lease: Option<(&str, Millis)>,
+        lease_token: Option<&str>,
     ) -> Result<Lookup, StoreError> {
-        Ok(self
-            .cache
-            .get(&self.cache_key(tenant, namespace, key), now, lease))
+        let Some(generation) = self.generation(tenant, namespace, lease_token.is_some()) else {
+            return Ok(Lookup::miss());
+        };
+        let key = self.entry_key(tenant, namespace, generation, key);
+        Ok(self.lookup(&key, self.clock.now(), lease_token))
     }
 
     async fn get_many(
@@ -329,14 +453,14 @@ impl CacheStore for MemoryCacheStore {
         tenant: &Tenant,
         namespace: &str,
         keys: &[String],
-        now: Millis,
     ) -> Result<Vec<Lookup>, StoreError> {
+        let Some(generation) = self.generation(tenant, namespace, false) else {
+            return Ok(keys.iter().map(|_| Lookup::miss()).collect());
+        };
+        let now = self.clock.now();
         Ok(keys
             .iter()
-            .map(|k| {
-                self.cache
-                    .get(&self.cache_key(tenant, namespace, k), now, None)
-            })
+            .map(|k| self.lookup(&self.entry_key(tenant, namespace, generation, k), now, None))
             .collect())
     }
 
@@ -345,19 +469,15 @@ impl CacheStore for MemoryCacheStore {
         tenant: &Tenant,
         namespace: &str,
         writes: &[Write],
-        now: Millis,
     ) -> Result<Vec<bool>, StoreError> {
+        let _writes = self.lock_writes();
+        let generation = self
+            .generation(tenant, namespace, true)
+            .ok_or_else(|| StoreError::Protocol("no generation after creating it".into()))?;
+        let now = self.clock.now();
         Ok(writes
             .iter()
-            .map(|w| {
-                let tags = w
-                    .tags
-                    .iter()
-                    .map(|t| self.keys.cache_tag(tenant, namespace, t))
-                    .collect();
-                let key = self.cache_key(tenant, namespace, &w.key);
-                self.cache.set(&key, namespace, w, tags, now)
-            })
+            .map(|w| self.write(tenant, namespace, generation, w, now))
             .collect())
     }
 
@@ -367,13 +487,14 @@ impl CacheStore for MemoryCacheStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<u64, StoreError> {
-        let now = now_ms();
+        let _writes = self.lock_writes();
+        let Some(generation) = self.generation(tenant, namespace, false) else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
         Ok(keys
             .iter()
-            .filter(|k| {
-                self.cache
-                    .remove(&self.cache_key(tenant, namespace, k), now)
-            })
+            .filter(|k| self.remove(&self.entry_key(tenant, namespace, generation, k), now))
             .count() as u64)
     }
 
@@ -383,26 +504,49 @@ impl CacheStore for MemoryCacheStore {
         namespace: &str,
         tags: &[String],
     ) -> Result<u64, StoreError> {
-        let tag_keys: Vec<String> = tags
-            .iter()
-            .map(|t| self.keys.cache_tag(tenant, namespace, t))
-            .collect();
-        Ok(self.cache.invalidate_tags(&tag_keys, now_ms()))
+        let _writes = self.lock_writes();
+        let now = self.clock.now();
+        let until = now.saturating_add(self.settings.lease_ttl_ms);
+        for tag in tags {
+            self.items.insert(
+                self.keys.cache_tag_mark(tenant, namespace, tag),
+                Arc::new(Item::Mark { at: now, until }),
+            );
+        }
+        let keys: HashSet<String> = {
+            let mut shared = lock(&self.shared);
+            tags.iter()
+                .filter_map(|t| {
+                    shared
+                        .tags
+                        .remove(&self.keys.cache_tag(tenant, namespace, t))
+                })
+                .flatten()
+                .collect()
+        };
+        Ok(keys.iter().filter(|k| self.remove(k, now)).count() as u64)
     }
 
     async fn invalidate_namespace(
         &self,
         tenant: &Tenant,
         namespace: &str,
-        _keep_ms: Millis,
     ) -> Result<(), StoreError> {
-        self.cache
-            .invalidate_namespace(&self.keys.cache_generation(tenant, namespace));
+        let _writes = self.lock_writes();
+        let next = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        self.items.insert(
+            self.keys.cache_generation(tenant, namespace),
+            Arc::new(Item::Generation(next)),
+        );
         Ok(())
     }
 
     fn evictions(&self) -> Vec<(String, u64)> {
-        self.cache.evictions()
+        lock(&self.shared)
+            .evictions
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
     }
 }
 
@@ -410,31 +554,90 @@ impl CacheStore for MemoryCacheStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_cache_stays_within_its_byte_budget_and_counts_evictions() {
-        let cache = MemoryCache::new(64 * 1024);
-        let now = now_ms();
-        let write = |key: &str| Write {
+    fn store(max_bytes: u64) -> MemoryCacheStore {
+        MemoryCacheStore::new(
+            &MemoryBackend::new("t", Duration::from_secs(60), 1 << 20),
+            max_bytes,
+            CacheStoreSettings {
+                lease_ttl_ms: 5_000,
+                generation_keep_ms: 600_000,
+            },
+        )
+    }
+
+    fn write(key: &str, value: usize, tags: &[String]) -> Write {
+        Write {
             key: key.to_owned(),
-            value: Bytes::from(vec![b'x'; 1000]),
-            fresh_until: now + 60_000,
-            stale_until: now + 60_000,
-            tags: vec![],
+            value: Bytes::from(vec![b'x'; value]),
+            ttl_ms: 60_000,
+            stale_ms: 0,
+            tags: tags.to_vec(),
             condition: Condition::Always,
             lease_token: None,
-        };
-        for i in 0..1000 {
-            let key = format!("k{i}");
-            assert!(cache.set(&key, "ns", &write(&key), vec![], now));
         }
-        cache.entries.run_pending_tasks();
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_tag_listings_and_bounds_eviction_labels() {
+        let budget = 256 * 1024;
+        let cache = store(budget);
+        let t = Tenant::default_tenant();
+        // Small values, many long tags: the listings, not the values, fill the budget.
+        let tags: Vec<String> = (0..16)
+            .map(|i| format!("{i}-{}", "t".repeat(100)))
+            .collect();
+        for i in 0..2_000 {
+            let ns = format!("ns{}", i % 300);
+            let stored = cache
+                .set(&t, &ns, &[write(&format!("k{i}"), 10, &tags)])
+                .await
+                .expect("set");
+            assert_eq!(stored, [true]);
+        }
+        cache.items.run_pending_tasks();
         assert!(
-            cache.entries.weighted_size() <= 64 * 1024,
+            cache.items.weighted_size() <= budget,
             "{} bytes held",
-            cache.entries.weighted_size()
+            cache.items.weighted_size()
         );
-        let evicted: u64 = cache.evictions().iter().map(|(_, n)| n).sum();
-        assert!(evicted >= 900, "only {evicted} evictions counted");
-        assert_eq!(cache.evictions()[0].0, "ns");
+        let listed: usize = lock(&cache.shared).tags.values().map(HashSet::len).sum();
+        let entries = cache
+            .items
+            .iter()
+            .filter(|(_, v)| matches!(&**v, Item::Entry(_)))
+            .count();
+        assert_eq!(
+            listed,
+            entries * tags.len(),
+            "listings follow the entries kept"
+        );
+        let evictions = cache.evictions();
+        assert!(evictions.iter().map(|(_, n)| n).sum::<u64>() > 1_000);
+        assert!(
+            evictions.len() <= MAX_EVICTION_LABELS + 1,
+            "{} eviction labels",
+            evictions.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_evicted_generation_means_misses_and_a_new_number() {
+        let cache = store(1 << 20);
+        let t = Tenant::default_tenant();
+        cache
+            .set(&t, "ns", &[write("k", 1, &[])])
+            .await
+            .expect("set");
+        let first = cache.generation(&t, "ns", false).expect("generation");
+        cache
+            .items
+            .invalidate(&cache.keys.cache_generation(&t, "ns"));
+        let miss = cache.get(&t, "ns", "k", None).await.expect("get");
+        assert_eq!(miss.freshness, Freshness::Miss);
+        cache
+            .set(&t, "ns", &[write("k", 1, &[])])
+            .await
+            .expect("set");
+        assert!(cache.generation(&t, "ns", false).expect("generation") > first);
     }
 }

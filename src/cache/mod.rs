@@ -32,11 +32,13 @@ use crate::{
 
 /// The cache store of `backend`.
 pub fn open_store(backend: &Backend, config: &Config) -> Result<Arc<dyn CacheStore>, StoreError> {
+    let settings = service::store_settings(&config.cache);
     Ok(match backend {
         Backend::Memory(m) => Arc::new(memory::MemoryCacheStore::new(
             m,
             config.cache.memory_max_bytes,
+            settings,
         )),
-        Backend::Redis(r) => Arc::new(redis::RedisCacheStore::new(r.clone())?),
+        Backend::Redis(r) => Arc::new(redis::RedisCacheStore::new(r.clone(), settings)?),
     })
 }

@@ -33,8 +33,8 @@ pub struct Lookup {
     pub freshness: Freshness,
     /// The value (empty on a miss).
     pub value: Bytes,
-    /// End of the fresh period (0 on a miss).
-    pub fresh_until: Millis,
+    /// Milliseconds left in the fresh period, by the store's clock (0 unless fresh).
+    pub fresh_ms: Millis,
     /// Lease outcome.
     pub lease: Lease,
 }
@@ -45,7 +45,7 @@ impl Lookup {
         Self {
             freshness: Freshness::Miss,
             value: Bytes::new(),
-            fresh_until: 0,
+            fresh_ms: 0,
             lease: Lease::None,
         }
     }
@@ -62,28 +62,17 @@ pub enum Condition {
     IfPresent,
 }
 
-impl Condition {
-    /// Code used by the Lua script.
-    pub fn code(self) -> u8 {
-        match self {
-            Condition::Always => 0,
-            Condition::IfAbsent => 1,
-            Condition::IfPresent => 2,
-        }
-    }
-}
-
-/// A validated write.
+/// A validated write. Its times are durations: the store starts them on its own clock.
 #[derive(Debug, Clone)]
 pub struct Write {
     /// Key within the namespace.
     pub key: String,
     /// Value.
     pub value: Bytes,
-    /// End of the fresh period.
-    pub fresh_until: Millis,
-    /// End of the stale window (≥ `fresh_until`); the entry is gone after it.
-    pub stale_until: Millis,
+    /// How long the value is fresh, in ms (at least 1).
+    pub ttl_ms: Millis,
+    /// How long past that it is still served, marked stale, in ms; the entry is gone after it.
+    pub stale_ms: Millis,
     /// Tags for InvalidateTags.
     pub tags: Vec<String>,
     /// Condition.

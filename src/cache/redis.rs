@@ -1,26 +1,32 @@
-//! The Redis store's cache operations.
+//! The cache in Redis.
 //!
-//! # One round trip, Cluster-ready
-//! An entry's key embeds its namespace's generation (`InvalidateNamespace` increments it, so old
-//! entries are never seen again and simply expire). Reading the generation and then the entry
-//! would be two round trips, and one script touching both would span two Cluster slots. So each
-//! call pipelines `GET generation` with the operation on the generation this process last saw;
-//! when Redis answers with another generation (after an invalidation) the operation is sent once
-//! more on the new one. Work sent to a stale generation is harmless: it lands on keys nobody
-//! reads, which expire.
+//! # Entries and time
+//! An entry is a hash (`v` value, `w` stale window) whose TTL is its fresh time plus its stale
+//! window, set relative with PEXPIRE: freshness is read from the entry's own remaining TTL, so no
+//! clock is ever compared and a replica's clock changes nothing. A lease is a separate key in
+//! the entry's slot, `<granted at>:<token>` with the lease TTL, so granting one never stretches
+//! the entry's life.
+//!
+//! # Generations, one round trip
+//! An entry's key embeds its namespace's generation (`InvalidateNamespace` starts a new one, so
+//! old entries are never seen again and simply expire). Each call pipelines the generation read
+//! (`GET`, or for writes `lua/generation.lua`, which creates a missing one) with its operation on
+//! the generation this process last saw; when Redis answers with another generation the
+//! operation is sent once more on the new one. Work sent to a stale generation lands on keys
+//! nobody reads, which expire. A missing generation reads as "nothing cached": a lost counter
+//! costs misses, never brings older entries back.
 //!
 //! # Tags
-//! A Set pipelines, after the entry's script, one small script per tag that lists the entry key
-//! in the tag's index (a sorted set pruned of dead members, same slot). Entry first, then index:
-//! an InvalidateTags running in between leaves the entry listed, so a later one still finds it.
-//! A write that its condition or lease may refuse lists its tags in a second round trip, only
-//! once stored, so a refused write never lists another writer's value. InvalidateTags takes
-//! each index (members and removal in one script), then deletes the entries. An entry set again
-//! with other tags stays listed under its old ones until they are pruned or invalidated: that
-//! can only cause an extra miss, never a stale read.
+//! A tagged Set lists the entry under each tag (`lua/tag.lua`, which also reads when the tag was
+//! last invalidated) in one round trip and writes it in a second, only once every listing
+//! succeeded: no value is ever served without being listed. (Untagged Sets take one round trip.)
+//! InvalidateTags marks each tag invalidated, then deletes what its index lists, chunk by chunk
+//! (`ZSCAN`), leaving the members in place until they expire: a Set listed but not yet written
+//! stays findable, and a call that fails half-way is completed by the next. A leased Set is
+//! refused if one of its tags was invalidated at or after its lease was granted.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -29,23 +35,31 @@ use redis::{Pipeline, Value};
 
 use super::{
     model::{Condition, Freshness, Lease, Lookup, Write},
-    store::CacheStore,
+    store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
     store::{
         StoreError,
         redis::{
-            RedisBackend,
+            RedisBackend, lua,
             reply::{self, int},
             scripts::LuaScript,
         },
     },
     tenant::Tenant,
-    time::{Millis, now_ms},
+    time::Millis,
 };
 
 /// Generations remembered per process before the memo is cleared (bounds unknown namespaces).
 const MAX_REMEMBERED_GENERATIONS: usize = 10_000;
+
+/// How much longer than its entry a tag index member is kept: room for the write that follows
+/// the listing (one pipeline, or at worst one more round trip within the call's deadline).
+const TAG_MARGIN_MS: Millis = 60_000;
+
+/// Tag index members read and deleted per round trip by InvalidateTags: bounds the work of
+/// every command, whatever the size of the index.
+pub const INVALIDATION_CHUNK: usize = 500;
 
 /// The cache scripts, registered by name.
 struct Scripts {
@@ -53,35 +67,45 @@ struct Scripts {
     set: LuaScript,
     tag: LuaScript,
     delete: LuaScript,
-    tag_take: LuaScript,
-    invalidate_namespace: LuaScript,
+    invalidate_tag: LuaScript,
+    generation: LuaScript,
 }
 
 /// The cache in Redis.
 pub struct RedisCacheStore {
     backend: RedisBackend,
     scripts: Scripts,
+    settings: CacheStoreSettings,
     /// Namespace generations last seen (see the module docs).
     generations: Arc<RwLock<HashMap<String, u64>>>,
 }
 
+/// How a pipeline starts: reading the generation, or making sure one exists (writes, leases).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GenerationRead {
+    Read,
+    Ensure,
+}
+
 impl RedisCacheStore {
     /// Registers the cache scripts with `backend`.
-    pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
+    pub fn new(backend: RedisBackend, settings: CacheStoreSettings) -> Result<Self, StoreError> {
         let scripts = Scripts {
-            get: backend.register("cache.get", include_str!("lua/get.lua"))?,
-            set: backend.register("cache.set", include_str!("lua/set.lua"))?,
-            tag: backend.register("cache.tag", include_str!("lua/tag.lua"))?,
-            delete: backend.register("cache.delete", include_str!("lua/delete.lua"))?,
-            tag_take: backend.register("cache.tag_take", include_str!("lua/tag_take.lua"))?,
-            invalidate_namespace: backend.register(
-                "cache.invalidate_namespace",
-                include_str!("lua/invalidate_namespace.lua"),
+            get: backend.register("cache.get", lua!("src/cache/lua/get.lua"))?,
+            set: backend.register("cache.set", lua!("src/cache/lua/set.lua"))?,
+            tag: backend.register("cache.tag", lua!("src/cache/lua/tag.lua"))?,
+            delete: backend.register("cache.delete", lua!("src/cache/lua/delete.lua"))?,
+            invalidate_tag: backend.register(
+                "cache.invalidate_tag",
+                lua!("src/cache/lua/invalidate_tag.lua"),
             )?,
+            generation: backend
+                .register("cache.generation", lua!("src/cache/lua/generation.lua"))?,
         };
         Ok(Self {
             backend,
             scripts,
+            settings,
             generations: Arc::new(RwLock::new(HashMap::new())),
         })
     }
@@ -103,37 +127,48 @@ impl RedisCacheStore {
         map.insert(key.to_owned(), generation);
     }
 
-    /// Runs `build`'s commands against the namespace's current generation (see the module docs);
-    /// returns their replies.
-    /// Returns the generation used and the replies.
+    /// Runs `build`'s commands against the namespace's current generation (see the module
+    /// docs). Returns the generation used (`None`: the namespace has none, so nothing is
+    /// cached; only for [`GenerationRead::Read`]) and the replies to `build`'s commands.
     async fn in_generation(
         &self,
         op: &'static str,
         tenant: &Tenant,
         namespace: &str,
+        read: GenerationRead,
         build: impl Fn(u64, &mut Pipeline),
-    ) -> Result<(u64, Vec<Value>), StoreError> {
+    ) -> Result<(Option<u64>, Vec<Value>), StoreError> {
         let generation_key = self.backend.keys().cache_generation(tenant, namespace);
         let mut generation = self.known_generation(&generation_key);
         for _ in 0..3 {
             let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(&generation_key);
+            match read {
+                GenerationRead::Read => {
+                    pipe.cmd("GET").arg(&generation_key);
+                }
+                GenerationRead::Ensure => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.generation.hash())
+                        .arg(1)
+                        .arg(&generation_key)
+                        .arg(self.settings.generation_keep_ms)
+                        .arg("0");
+                }
+            }
             build(generation, &mut pipe);
             let mut replies = self.backend.pipeline(op, &pipe).await?;
             if replies.is_empty() {
                 return Err(StoreError::Protocol("empty pipeline reply".into()));
             }
-            let current =
-                match replies.remove(0) {
-                    Value::Nil => 0,
-                    Value::BulkString(b) => std::str::from_utf8(&b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| StoreError::Protocol("non-numeric generation".into()))?,
-                    other => return Err(reply::unexpected("generation", "a number", &other)),
-                };
+            let current = match replies.remove(0) {
+                Value::Nil => return Ok((None, replies)),
+                Value::Int(g) => u64::try_from(g).ok(),
+                Value::BulkString(b) => reply::parse_int(&b).and_then(|g| u64::try_from(g).ok()),
+                other => return Err(reply::unexpected("generation", "a number", &other)),
+            }
+            .ok_or_else(|| StoreError::Protocol("generation: not a generation".into()))?;
             if current == generation {
-                return Ok((generation, replies));
+                return Ok((Some(generation), replies));
             }
             self.remember_generation(&generation_key, current);
             generation = current;
@@ -143,35 +178,138 @@ impl RedisCacheStore {
         ))
     }
 
-    /// Reads entries with `HMGET v e s` (no script: nothing to change), one round trip.
-    async fn read_entries(
+    /// Adds one `get.lua` call to `pipe`.
+    fn push_get(
         &self,
-        op: &'static str,
+        pipe: &mut Pipeline,
         tenant: &Tenant,
         namespace: &str,
-        keys: &[impl AsRef<str>],
-        now: Millis,
-    ) -> Result<Vec<Lookup>, StoreError> {
-        let (_, replies) = self
-            .in_generation(op, tenant, namespace, |generation, pipe| {
-                for key in keys {
-                    pipe.cmd("HMGET")
-                        .arg(self.backend.keys().cache_entry(
-                            tenant,
-                            namespace,
-                            generation,
-                            key.as_ref(),
-                        ))
-                        .arg("v")
-                        .arg("e")
-                        .arg("s");
-                }
-            })
+        generation: u64,
+        key: &str,
+        lease: Option<&str>,
+    ) {
+        let keys = self.backend.keys();
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.get.hash())
+            .arg(2)
+            .arg(keys.cache_entry(tenant, namespace, generation, key))
+            .arg(keys.cache_lease(tenant, namespace, generation, key))
+            .arg(lease.unwrap_or(""))
+            .arg(self.settings.lease_ttl_ms);
+    }
+
+    /// Adds the listing of `entry` under each of `tags` to `pipe`.
+    fn push_tags(
+        &self,
+        pipe: &mut Pipeline,
+        tenant: &Tenant,
+        namespace: &str,
+        entry: &str,
+        w: &Write,
+    ) {
+        let keys = self.backend.keys();
+        let keep = w
+            .ttl_ms
+            .saturating_add(w.stale_ms)
+            .saturating_add(TAG_MARGIN_MS);
+        for tag in &w.tags {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.tag.hash())
+                .arg(2)
+                .arg(keys.cache_tag(tenant, namespace, tag))
+                .arg(keys.cache_tag_mark(tenant, namespace, tag))
+                .arg(entry)
+                .arg(keep);
+        }
+    }
+
+    /// Adds one `set.lua` call to `pipe`; `invalidated` is the latest mark of its tags.
+    fn push_set(
+        &self,
+        pipe: &mut Pipeline,
+        tenant: &Tenant,
+        namespace: &str,
+        generation: u64,
+        w: &Write,
+        invalidated: Millis,
+    ) {
+        let keys = self.backend.keys();
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.set.hash())
+            .arg(2)
+            .arg(keys.cache_entry(tenant, namespace, generation, &w.key))
+            .arg(keys.cache_lease(tenant, namespace, generation, &w.key))
+            .arg(w.value.as_ref())
+            .arg(w.ttl_ms)
+            .arg(w.stale_ms)
+            .arg(w.condition.code())
+            .arg(w.lease_token.as_deref().unwrap_or(""))
+            .arg(invalidated);
+    }
+
+    /// Sets with tags: list every tagged write under its tags (and read the tags'
+    /// invalidation marks) in one round trip, then write in a second, only once every listing
+    /// succeeded. (In one pipeline a failed listing would not stop the write after it.)
+    async fn set_tagged(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+    ) -> Result<Vec<bool>, StoreError> {
+        let (generation, marks) = self
+            .in_generation(
+                "cache_set",
+                tenant,
+                namespace,
+                GenerationRead::Ensure,
+                |g, pipe| {
+                    for w in writes {
+                        let entry = self
+                            .backend
+                            .keys()
+                            .cache_entry(tenant, namespace, g, &w.key);
+                        self.push_tags(pipe, tenant, namespace, &entry, w);
+                    }
+                },
+            )
             .await?;
-        replies
-            .into_iter()
-            .map(|r| lookup_from_hash(r, now))
-            .collect()
+        let generation = generation
+            .ok_or_else(|| StoreError::Protocol("no generation after creating it".into()))?;
+        let mut marks = marks.iter();
+        let mut pipe = redis::pipe();
+        for w in writes {
+            let mut invalidated = 0;
+            for mark in marks.by_ref().take(w.tags.len()) {
+                invalidated = invalidated.max(int(mark)?);
+            }
+            self.push_set(&mut pipe, tenant, namespace, generation, w, invalidated);
+        }
+        let replies = self.backend.pipeline("cache_set", &pipe).await?;
+        stored(&replies, writes.len())
+    }
+
+    /// Adds the deletion of the entries `members` (entry keys from tag indexes) and their
+    /// leases to `pipe`, one script each (they live in different slots); returns the entries
+    /// it deletes, in order.
+    fn push_deletes<'m>(
+        &self,
+        pipe: &mut Pipeline,
+        tenant: &Tenant,
+        members: &'m [Vec<u8>],
+    ) -> Vec<&'m [u8]> {
+        let mut deleting = Vec::with_capacity(members.len());
+        for entry in members {
+            let Some(lease) = self.backend.keys().cache_lease_of(tenant, entry) else {
+                continue;
+            };
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.delete.hash())
+                .arg(2)
+                .arg(entry.as_slice())
+                .arg(lease);
+            deleting.push(entry.as_slice());
+        }
+        deleting
     }
 }
 
@@ -182,57 +320,26 @@ impl CacheStore for RedisCacheStore {
         tenant: &Tenant,
         namespace: &str,
         key: &str,
-        now: Millis,
-        lease: Option<(&str, Millis)>,
+        lease_token: Option<&str>,
     ) -> Result<Lookup, StoreError> {
-        // A plain read needs no script: HMGET is cheaper for Redis than running Lua.
-        let Some((token, lease_ttl)) = lease else {
-            let mut lookups = self
-                .read_entries("cache_get", tenant, namespace, &[key], now)
-                .await?;
-            return lookups
-                .pop()
-                .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()));
+        // A lease must live in a generation that exists, so a lease request creates one.
+        let read = match lease_token {
+            Some(_) => GenerationRead::Ensure,
+            None => GenerationRead::Read,
         };
-        let script = self.scripts.get.hash();
-        let (_, replies) = self
-            .in_generation("cache_get", tenant, namespace, |generation, pipe| {
-                pipe.cmd("EVALSHA")
-                    .arg(script)
-                    .arg(1)
-                    .arg(
-                        self.backend
-                            .keys()
-                            .cache_entry(tenant, namespace, generation, key),
-                    )
-                    .arg(now)
-                    .arg(token)
-                    .arg(lease_ttl);
+        let (generation, replies) = self
+            .in_generation("cache_get", tenant, namespace, read, |g, pipe| {
+                self.push_get(pipe, tenant, namespace, g, key, lease_token);
             })
             .await?;
-        let Some(Value::Array(reply)) = replies.into_iter().next() else {
-            return Err(StoreError::Protocol("cache_get: no reply".into()));
-        };
-        let [state, value, fresh_until, lease_state] = <[Value; 4]>::try_from(reply)
-            .map_err(|_| StoreError::Protocol("cache_get: expected four values".into()))?;
-        let freshness = match int(&state)? {
-            1 => Freshness::Fresh,
-            2 => Freshness::Stale,
-            _ => Freshness::Miss,
-        };
-        Ok(Lookup {
-            freshness,
-            value: match value {
-                Value::BulkString(b) => Bytes::from(b),
-                _ => Bytes::new(),
-            },
-            fresh_until: int(&fresh_until)?,
-            lease: match int(&lease_state)? {
-                1 => Lease::Granted(token.to_owned()),
-                2 => Lease::Wait,
-                _ => Lease::None,
-            },
-        })
+        if generation.is_none() {
+            return Ok(Lookup::miss());
+        }
+        let reply = replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()))?;
+        lookup(reply, lease_token)
     }
 
     async fn get_many(
@@ -240,10 +347,31 @@ impl CacheStore for RedisCacheStore {
         tenant: &Tenant,
         namespace: &str,
         keys: &[String],
-        now: Millis,
     ) -> Result<Vec<Lookup>, StoreError> {
-        self.read_entries("cache_get_many", tenant, namespace, keys, now)
-            .await
+        let (generation, replies) = self
+            .in_generation(
+                "cache_get_many",
+                tenant,
+                namespace,
+                GenerationRead::Read,
+                |g, pipe| {
+                    for key in keys {
+                        self.push_get(pipe, tenant, namespace, g, key, None);
+                    }
+                },
+            )
+            .await?;
+        if generation.is_none() {
+            return Ok(keys.iter().map(|_| Lookup::miss()).collect());
+        }
+        if replies.len() != keys.len() {
+            return Err(StoreError::Protocol(format!(
+                "cache_get_many: {} replies for {} keys",
+                replies.len(),
+                keys.len()
+            )));
+        }
+        replies.into_iter().map(|r| lookup(r, None)).collect()
     }
 
     async fn set(
@@ -251,77 +379,24 @@ impl CacheStore for RedisCacheStore {
         tenant: &Tenant,
         namespace: &str,
         writes: &[Write],
-        now: Millis,
     ) -> Result<Vec<bool>, StoreError> {
-        let set = self.scripts.set.hash();
-        let tag = self.scripts.tag.hash();
-        // A write that cannot be refused lists its tags in the same round trip.
-        let unconditional = |w: &Write| w.condition == Condition::Always && w.lease_token.is_none();
-        let list_tags = |pipe: &mut Pipeline, entry: &str, w: &Write| {
-            for t in &w.tags {
-                pipe.cmd("EVALSHA")
-                    .arg(tag)
-                    .arg(1)
-                    .arg(self.backend.keys().cache_tag(tenant, namespace, t))
-                    .arg(now)
-                    .arg(entry)
-                    .arg(w.stale_until)
-                    .ignore();
-            }
-        };
-        let (generation, replies) = self
-            .in_generation("cache_set", tenant, namespace, |generation, pipe| {
-                for w in writes {
-                    let entry = self
-                        .backend
-                        .keys()
-                        .cache_entry(tenant, namespace, generation, &w.key);
-                    pipe.cmd("EVALSHA")
-                        .arg(set)
-                        .arg(1)
-                        .arg(&entry)
-                        .arg(now)
-                        .arg(w.value.as_ref())
-                        .arg(w.fresh_until)
-                        .arg(w.stale_until)
-                        .arg(w.condition.code())
-                        .arg(w.lease_token.as_deref().unwrap_or(""));
-                    if unconditional(w) {
-                        list_tags(pipe, &entry, w);
+        if writes.iter().any(|w| !w.tags.is_empty()) {
+            return self.set_tagged(tenant, namespace, writes).await;
+        }
+        let (_, replies) = self
+            .in_generation(
+                "cache_set",
+                tenant,
+                namespace,
+                GenerationRead::Ensure,
+                |g, pipe| {
+                    for w in writes {
+                        self.push_set(pipe, tenant, namespace, g, w, 0);
                     }
-                }
-            })
+                },
+            )
             .await?;
-        if replies.len() != writes.len() {
-            return Err(StoreError::Protocol(format!(
-                "cache_set: {} replies for {} writes",
-                replies.len(),
-                writes.len()
-            )));
-        }
-        let stored = replies
-            .iter()
-            .map(|r| Ok(int(r)? == 1))
-            .collect::<Result<Vec<bool>, StoreError>>()?;
-        // Conditional or leased writes that were stored list their tags now.
-        let mut pipe = redis::pipe();
-        let mut pending = false;
-        for (w, _) in writes
-            .iter()
-            .zip(&stored)
-            .filter(|(w, ok)| **ok && !w.tags.is_empty() && !unconditional(w))
-        {
-            let entry = self
-                .backend
-                .keys()
-                .cache_entry(tenant, namespace, generation, &w.key);
-            list_tags(&mut pipe, &entry, w);
-            pending = true;
-        }
-        if pending {
-            self.backend.pipeline("cache_set_tags", &pipe).await?;
-        }
-        Ok(stored)
+        stored(&replies, writes.len())
     }
 
     async fn delete(
@@ -330,24 +405,27 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let script = self.scripts.delete.hash();
-        let (_, replies) = self
-            .in_generation("cache_delete", tenant, namespace, |generation, pipe| {
-                // One script per key: the keys live in different slots.
-                for key in keys {
-                    pipe.cmd("EVALSHA")
-                        .arg(script)
-                        .arg(1)
-                        .arg(
-                            self.backend
-                                .keys()
-                                .cache_entry(tenant, namespace, generation, key),
-                        )
-                        .arg(now);
-                }
-            })
+        let (generation, replies) = self
+            .in_generation(
+                "cache_delete",
+                tenant,
+                namespace,
+                GenerationRead::Read,
+                |g, pipe| {
+                    // One script per key: the keys live in different slots.
+                    for key in keys {
+                        pipe.cmd("EVALSHA")
+                            .arg(self.scripts.delete.hash())
+                            .arg(2)
+                            .arg(self.backend.keys().cache_entry(tenant, namespace, g, key))
+                            .arg(self.backend.keys().cache_lease(tenant, namespace, g, key));
+                    }
+                },
+            )
             .await?;
+        if generation.is_none() {
+            return Ok(0);
+        }
         count_ones(&replies)
     }
 
@@ -357,67 +435,129 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         tags: &[String],
     ) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let tag_keys: Vec<String> = tags
+        let keys = self.backend.keys();
+        let indexes: Vec<String> = tags
             .iter()
-            .map(|t| self.backend.keys().cache_tag(tenant, namespace, t))
+            .map(|t| keys.cache_tag(tenant, namespace, t))
             .collect();
-        // Round trip 1: take every tag index (live members read and index removed atomically).
-        let take = self.scripts.tag_take.hash();
+        // Round trip 1: the namespace's generation (only its entries count as deleted: older
+        // ones are invisible already), then mark every tag invalidated and read the first
+        // chunk of its index.
+        let mark_keep = self.settings.lease_ttl_ms.saturating_add(TAG_MARGIN_MS);
         let mut pipe = redis::pipe();
-        for key in &tag_keys {
-            pipe.cmd("EVALSHA").arg(take).arg(1).arg(key).arg(now);
+        pipe.cmd("GET")
+            .arg(keys.cache_generation(tenant, namespace));
+        for (tag, index) in tags.iter().zip(&indexes) {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.invalidate_tag.hash())
+                .arg(2)
+                .arg(index)
+                .arg(keys.cache_tag_mark(tenant, namespace, tag))
+                .arg(mark_keep)
+                .arg(INVALIDATION_CHUNK);
         }
-        let mut members: Vec<Vec<u8>> = Vec::new();
-        for reply in self
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        // Indexes still being scanned: (index, cursor, the store's time at the invalidation).
+        let mut scanning: Vec<(&String, u64, Millis)> = Vec::new();
+        let mut replies = self
             .backend
             .pipeline("cache_invalidate_tags", &pipe)
             .await?
-        {
-            if let Value::Array(items) = reply {
-                members.extend(items.into_iter().filter_map(|v| match v {
-                    Value::BulkString(b) => Some(b),
-                    _ => None,
-                }));
+            .into_iter();
+        let generation = match replies.next() {
+            Some(Value::BulkString(g)) => reply::parse_int(&g).and_then(|g| u64::try_from(g).ok()),
+            _ => None,
+        };
+        for (index, reply) in indexes.iter().zip(replies) {
+            let Value::Array(items) = reply else {
+                return Err(reply::unexpected("invalidate_tag", "an array", &reply));
+            };
+            let mut items = items.into_iter();
+            let (Some(now), Some(cursor)) = (items.next(), items.next()) else {
+                return Err(StoreError::Protocol("invalidate_tag: short reply".into()));
+            };
+            let cursor = u64::try_from(int(&cursor)?).unwrap_or(0);
+            if cursor != 0 {
+                scanning.push((index, cursor, int(&now)?));
+            }
+            for m in items {
+                if let Value::BulkString(m) = m
+                    && seen.insert(m.clone())
+                {
+                    pending.push(m);
+                }
             }
         }
-        members.sort_unstable();
-        members.dedup();
-        if members.is_empty() {
-            return Ok(0);
+        // Then chunk by chunk: delete what was read, read the next chunk, in one round trip.
+        let mut deleted = 0;
+        while !pending.is_empty() || !scanning.is_empty() {
+            let mut pipe = redis::pipe();
+            let deletes = self.push_deletes(&mut pipe, tenant, &pending);
+            for (index, cursor, _) in &scanning {
+                pipe.cmd("ZSCAN")
+                    .arg(*index)
+                    .arg(*cursor)
+                    .arg("COUNT")
+                    .arg(INVALIDATION_CHUNK);
+            }
+            let replies = self
+                .backend
+                .pipeline("cache_invalidate_tags", &pipe)
+                .await?;
+            if replies.len() != deletes.len() + scanning.len() {
+                return Err(StoreError::Protocol(
+                    "invalidate_tags: reply count mismatch".into(),
+                ));
+            }
+            let deleting = deletes.len();
+            for (entry, reply) in deletes.into_iter().zip(&replies) {
+                let current = generation.is_some()
+                    && keys.cache_entry_generation(tenant, namespace, entry) == generation;
+                if int(reply)? > 0 && current {
+                    deleted += 1;
+                }
+            }
+            pending.clear();
+            let mut next = Vec::new();
+            for ((index, _, now), reply) in scanning.iter().zip(&replies[deleting..]) {
+                let (cursor, items) = scan_reply(reply)?;
+                for pair in items.chunks_exact(2) {
+                    let live = match &pair[1] {
+                        Value::BulkString(score) => {
+                            reply::parse_int(score).is_none_or(|s| s > *now)
+                        }
+                        _ => true,
+                    };
+                    if let Value::BulkString(m) = &pair[0]
+                        && live
+                        && seen.insert(m.clone())
+                    {
+                        pending.push(m.clone());
+                    }
+                }
+                if cursor != 0 {
+                    next.push((*index, cursor, *now));
+                }
+            }
+            scanning = next;
         }
-        // Round trip 2: delete the entries, one script each (they live in different slots),
-        // counting those that still held a servable value.
-        let delete = self.scripts.delete.hash();
-        let mut pipe = redis::pipe();
-        for m in &members {
-            pipe.cmd("EVALSHA")
-                .arg(delete)
-                .arg(1)
-                .arg(m.as_slice())
-                .arg(now);
-        }
-        let replies = self
-            .backend
-            .pipeline("cache_invalidate_tags", &pipe)
-            .await?;
-        count_ones(&replies)
+        Ok(deleted)
     }
 
     async fn invalidate_namespace(
         &self,
         tenant: &Tenant,
         namespace: &str,
-        keep_ms: Millis,
     ) -> Result<(), StoreError> {
         let key = self.backend.keys().cache_generation(tenant, namespace);
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")
-            .arg(self.scripts.invalidate_namespace.hash())
+            .arg(self.scripts.generation.hash())
             .arg(1)
             .arg(&key)
-            .arg(now_ms())
-            .arg(keep_ms);
+            .arg(self.settings.generation_keep_ms)
+            .arg("1");
         let replies = self
             .backend
             .pipeline("cache_invalidate_namespace", &pipe)
@@ -433,6 +573,17 @@ impl CacheStore for RedisCacheStore {
     }
 }
 
+/// `set.lua` replies as `stored` flags.
+fn stored(replies: &[Value], writes: usize) -> Result<Vec<bool>, StoreError> {
+    if replies.len() != writes {
+        return Err(StoreError::Protocol(format!(
+            "cache_set: {} replies for {writes} writes",
+            replies.len()
+        )));
+    }
+    replies.iter().map(|r| Ok(int(r)? == 1)).collect()
+}
+
 fn count_ones(replies: &[Value]) -> Result<u64, StoreError> {
     let mut n = 0;
     for r in replies {
@@ -443,36 +594,56 @@ fn count_ones(replies: &[Value]) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-/// A GetMany answer from `HMGET v e s`.
-fn lookup_from_hash(reply: Value, now: Millis) -> Result<Lookup, StoreError> {
-    let Value::Array(fields) = reply else {
-        return Err(reply::unexpected("HMGET", "an array", &reply));
+/// A `ZSCAN` reply: the next cursor and the member/score pairs.
+fn scan_reply(reply: &Value) -> Result<(u64, &[Value]), StoreError> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::BulkString(cursor), Value::Array(items)] => Ok((
+                reply::parse_int(cursor)
+                    .and_then(|c| u64::try_from(c).ok())
+                    .unwrap_or(0),
+                items.as_slice(),
+            )),
+            _ => Err(StoreError::Protocol("ZSCAN: unexpected reply shape".into())),
+        },
+        other => Err(reply::unexpected("ZSCAN", "an array", other)),
+    }
+}
+
+/// A `get.lua` answer.
+fn lookup(reply: Value, lease_token: Option<&str>) -> Result<Lookup, StoreError> {
+    let Value::Array(reply) = reply else {
+        return Err(reply::unexpected("cache_get", "an array", &reply));
     };
-    let mut it = fields.into_iter();
-    let (Some(v), Some(e), Some(s)) = (it.next(), it.next(), it.next()) else {
-        return Err(StoreError::Protocol("HMGET: three fields expected".into()));
-    };
-    let num = |v: &Value| -> Option<Millis> {
-        match v {
-            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-            _ => None,
-        }
-    };
-    let (Value::BulkString(value), Some(fresh_until), Some(stale_until)) = (v, num(&e), num(&s))
-    else {
-        return Ok(Lookup::miss());
-    };
-    let freshness = if now < fresh_until {
-        Freshness::Fresh
-    } else if now < stale_until {
-        Freshness::Stale
-    } else {
-        return Ok(Lookup::miss());
+    let [state, value, fresh_ms, lease] = <[Value; 4]>::try_from(reply)
+        .map_err(|_| StoreError::Protocol("cache_get: expected four values".into()))?;
+    let freshness = match int(&state)? {
+        1 => Freshness::Fresh,
+        2 => Freshness::Stale,
+        _ => Freshness::Miss,
     };
     Ok(Lookup {
         freshness,
-        value: Bytes::from(value),
-        fresh_until,
-        lease: Lease::None,
+        value: match value {
+            Value::BulkString(b) => Bytes::from(b),
+            _ => Bytes::new(),
+        },
+        fresh_ms: int(&fresh_ms)?,
+        lease: match (int(&lease)?, lease_token) {
+            (1, Some(token)) => Lease::Granted(token.to_owned()),
+            (2, _) => Lease::Wait,
+            _ => Lease::None,
+        },
     })
+}
+
+impl Condition {
+    /// Code used by `lua/set.lua`.
+    fn code(self) -> u8 {
+        match self {
+            Condition::Always => 0,
+            Condition::IfAbsent => 1,
+            Condition::IfPresent => 2,
+        }
+    }
 }

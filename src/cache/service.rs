@@ -1,6 +1,6 @@
 //! The cache: namespace policies, validation, leases and hit/miss accounting, over a store.
 //!
-//! Times are computed here from `now` (fresh until, stale until); the stores only compare them.
+//! TTLs leave here as durations: the store starts them on its own clock.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -11,12 +11,12 @@ use super::{
     config::{CacheConfig, NamespacePolicy},
     model::{Freshness, Lease, Lookup, SetInput, Write},
     stats::{CacheStats, NamespaceStats},
-    store::CacheStore,
+    store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
     error::{Error, Violation},
     tenant::Tenant,
-    time::{Millis, duration_ms},
+    time::duration_ms,
 };
 
 /// Cache operations over a store.
@@ -132,21 +132,13 @@ impl Caches {
         namespace: &str,
         key: &str,
         lease: bool,
-        now: Millis,
     ) -> Result<Lookup, Error> {
         let (_, stats) = self.namespace(namespace)?;
         self.check_key("key", key)?;
         let token = lease.then(new_lease_token);
-        let lease_ttl = duration_ms(self.config.lease_ttl);
         let lookup = self
             .store
-            .get(
-                tenant,
-                namespace,
-                key,
-                now,
-                token.as_deref().map(|t| (t, lease_ttl)),
-            )
+            .get(tenant, namespace, key, token.as_deref())
             .await?;
         Self::count(&stats, &lookup);
         Ok(lookup)
@@ -158,14 +150,13 @@ impl Caches {
         tenant: &Tenant,
         namespace: &str,
         keys: &[String],
-        now: Millis,
     ) -> Result<Vec<Lookup>, Error> {
         let (_, stats) = self.namespace(namespace)?;
         self.check_batch("keys", keys.len())?;
         for (i, key) in keys.iter().enumerate() {
             self.check_key(&format!("keys[{i}]"), key)?;
         }
-        let lookups = self.store.get_many(tenant, namespace, keys, now).await?;
+        let lookups = self.store.get_many(tenant, namespace, keys).await?;
         for l in &lookups {
             Self::count(&stats, l);
         }
@@ -178,7 +169,6 @@ impl Caches {
         tenant: &Tenant,
         namespace: &str,
         inputs: Vec<SetInput>,
-        now: Millis,
         batch: bool,
     ) -> Result<Vec<bool>, Error> {
         let (policy, stats) = self.namespace(namespace)?;
@@ -218,18 +208,17 @@ impl Caches {
             let mut tags = input.tags;
             tags.sort_unstable();
             tags.dedup();
-            let fresh_until = now.saturating_add(ttl);
             writes.push(Write {
                 key: input.key,
                 value: input.value,
-                fresh_until,
-                stale_until: fresh_until.saturating_add(stale),
+                ttl_ms: ttl,
+                stale_ms: stale,
                 tags,
                 condition: input.condition,
                 lease_token: input.lease_token.filter(|t| !t.is_empty()),
             });
         }
-        let stored = self.store.set(tenant, namespace, &writes, now).await?;
+        let stored = self.store.set(tenant, namespace, &writes).await?;
         let n = stored.iter().filter(|s| **s).count() as u64;
         stats.sets.fetch_add(n, Ordering::Relaxed);
         Ok(stored)
@@ -272,25 +261,27 @@ impl Caches {
         namespace: &str,
     ) -> Result<(), Error> {
         self.namespace(namespace)?;
-        // The generation must outlive every entry written under the previous one.
-        let keep = duration_ms(self.config.max_ttl)
-            .saturating_add(duration_ms(self.longest_stale()))
-            .saturating_add(duration_ms(self.config.lease_ttl))
-            .saturating_mul(2);
-        Ok(self
-            .store
-            .invalidate_namespace(tenant, namespace, keep)
-            .await?)
+        Ok(self.store.invalidate_namespace(tenant, namespace).await?)
     }
+}
 
-    fn longest_stale(&self) -> std::time::Duration {
-        self.config
-            .namespaces
-            .values()
-            .map(|p| p.stale)
-            .chain(std::iter::once(self.config.default_policy.stale))
-            .max()
-            .unwrap_or_default()
+/// What a cache store must keep, and for how long, under `config`.
+pub fn store_settings(config: &CacheConfig) -> CacheStoreSettings {
+    let longest_stale = config
+        .namespaces
+        .values()
+        .map(|p| p.stale)
+        .chain(std::iter::once(config.default_policy.stale))
+        .max()
+        .unwrap_or_default();
+    // A generation must outlive every entry written under it (refreshed on every write).
+    let generation_keep_ms = duration_ms(config.max_ttl)
+        .saturating_add(duration_ms(longest_stale))
+        .saturating_add(duration_ms(config.lease_ttl))
+        .saturating_mul(2);
+    CacheStoreSettings {
+        lease_ttl_ms: duration_ms(config.lease_ttl),
+        generation_keep_ms,
     }
 }
 
@@ -313,19 +304,21 @@ mod tests {
 
     #[tokio::test]
     async fn hits_misses_and_stale_reads_are_counted_per_namespace() {
-        let store = Arc::new(MemoryCacheStore::new(
-            &MemoryBackend::new("t", Duration::from_secs(60)),
-            1 << 20,
-        ));
+        let backend = MemoryBackend::new("t", Duration::from_secs(60), 1 << 20);
         let mut config = CacheConfig::default();
         config.namespaces.insert(
             "known".into(),
             NamespacePolicy {
-                ttl: Duration::from_millis(10),
+                ttl: Duration::from_millis(100),
                 stale: Duration::from_secs(60),
                 max_value_bytes: 100,
             },
         );
+        let store = Arc::new(MemoryCacheStore::new(
+            &backend,
+            1 << 20,
+            store_settings(&config),
+        ));
         let caches = Caches::new(store, config);
         let t = Tenant::default_tenant();
         let set = |key: &str| SetInput {
@@ -336,30 +329,26 @@ mod tests {
             condition: Condition::Always,
             lease_token: None,
         };
-        // The memory store reclaims by the wall clock, so the test's times start from it.
-        let now = crate::time::now_ms();
+        caches.get(&t, "known", "a", false).await.expect("miss");
         caches
-            .get(&t, "known", "a", false, now)
-            .await
-            .expect("miss");
-        caches
-            .set(&t, "known", vec![set("a")], now, false)
+            .set(&t, "known", vec![set("a")], false)
             .await
             .expect("set");
         caches
-            .get(&t, "known", "a", false, now + 5)
+            .get(&t, "known", "a", false)
             .await
             .expect("fresh hit");
-        caches
-            .get(&t, "known", "a", true, now + 20)
-            .await
-            .expect("stale hit + lease");
+        // Past the 100 ms TTL, inside the stale window.
+        backend.clock().advance(200);
+        let stale = caches.get(&t, "known", "a", true).await.expect("stale hit");
+        assert_eq!(stale.freshness, Freshness::Stale);
+        assert!(matches!(stale.lease, Lease::Granted(_)));
         let snapshot = caches.stats().snapshot();
         assert_eq!(snapshot, vec![("known".to_owned(), [1, 1, 1, 1, 1])]);
 
         for i in 0..(MAX_TRACKED_UNKNOWN + 10) {
             caches
-                .get(&t, &format!("ns{i}"), "k", false, 0)
+                .get(&t, &format!("ns{i}"), "k", false)
                 .await
                 .expect("miss");
         }

@@ -102,8 +102,11 @@ impl ServerConfig {
             self.max_concurrent_requests > 0,
         );
         require_positive(bad, "server.max_message_bytes", self.max_message_bytes > 0);
-        if !crate::tenant::is_key_safe_name(&self.tenant) {
-            bad.push("`server.tenant` must be 1-64 characters of A-Z a-z 0-9 _ . -".to_owned());
+        if crate::tenant::Tenant::new(&self.tenant).is_none() {
+            bad.push(
+                "`server.tenant` must be 1-64 characters of A-Z a-z 0-9 _ . -, not starting with _"
+                    .to_owned(),
+            );
         }
     }
 }

@@ -65,12 +65,17 @@ pub struct MemoryConfig {
     /// How often expired entries are reclaimed.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Bytes of sessions, session indexes and rate-limit counters kept at most; past it, calls
+    /// that would add state fail with RESOURCE_EXHAUSTED (the cache has
+    /// `cache.memory_max_bytes` and evicts instead).
+    pub max_bytes: u64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
             sweep_interval: Duration::from_secs(5),
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -115,6 +120,7 @@ impl MemoryConfig {
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
         require_positive(bad, "memory.sweep_interval", !self.sweep_interval.is_zero());
+        require_positive(bad, "memory.max_bytes", self.max_bytes > 0);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The four rate-limit algorithms as pure functions of the stored state and `now`.
 //!
-//! `lua/ratelimit_check.lua` mirrors these line for line; the contract suite runs both. All math
+//! `now` is the store's clock (Redis `TIME` in the script, the memory store's clock), never a
+//! replica's. `lua/algorithm.lua` mirrors these functions line for line; the parity tests run
+//! both on the same sequences. All math
 //! is integer (milliseconds and scaled counts) so Rust and Lua agree exactly: Redis's Lua numbers
 //! are doubles, exact below 2^53, and [`Policy::validate`] keeps every intermediate below 2^52.
 //!
@@ -8,7 +10,12 @@
 //! - fixed window: `[window index, count, _]`
 //! - sliding window: `[window index, current count, previous count]`
 //! - token bucket: `[tokens × period_ms, last refill ms, 1 once written]`
-//! - GCRA: `[TAT ms (floor), TAT remainder in 1/limit ms, 1 once written]`
+//! - GCRA: `[TAT ms (floor), TAT remainder in 1/limit ms, latest now seen (≥ 1 once written)]`
+//!
+//! State never moves backwards: a store clock can step back (a failover to a replica whose
+//! clock is behind), and a reading earlier than the state's own time is taken as that time, so
+//! no window restarts and no bucket refills twice. (Older GCRA state holds `1` in its last
+//! slot, which reads as "no time seen yet": compatible.)
 
 use crate::time::Millis;
 
@@ -151,6 +158,13 @@ pub fn decide(policy: &Policy, state: Option<State>, now: Millis, cost: u64) -> 
     let l = policy.limit as i64;
     let cost = cost as i64;
     let s = state.unwrap_or([0, 0, 0]);
+    // Monotonic time: never earlier than the time the state was written at (see module docs).
+    let now = match policy.algorithm {
+        Algorithm::FixedWindow | Algorithm::SlidingWindow => now.max(s[0].saturating_mul(p)),
+        Algorithm::TokenBucket if s[2] == 1 => now.max(s[1]),
+        Algorithm::TokenBucket => now,
+        Algorithm::Gcra => now.max(s[2]),
+    };
     match policy.algorithm {
         Algorithm::FixedWindow => {
             let w = now.div_euclid(p);
@@ -239,7 +253,7 @@ pub fn decide(policy: &Policy, state: Option<State>, now: Millis, cost: u64) -> 
         Algorithm::Gcra => {
             let tolerance = policy.capacity() as i64 * p;
             // Distance from now to the theoretical arrival time, in units of 1/l ms.
-            let ahead = if s[2] == 1 {
+            let ahead = if s[2] >= 1 {
                 ((s[0] - now) * l + s[1]).max(0)
             } else {
                 0
@@ -260,7 +274,7 @@ pub fn decide(policy: &Policy, state: Option<State>, now: Millis, cost: u64) -> 
                     },
                 },
                 Update {
-                    state: [now + after.div_euclid(l), after.rem_euclid(l), 1],
+                    state: [now + after.div_euclid(l), after.rem_euclid(l), now.max(1)],
                     ttl_ms: reset.max(1),
                 },
             )
@@ -409,6 +423,23 @@ mod tests {
         assert!(decide(&p, s, 5_000 + 334, 1).0.allowed);
         assert!(!decide(&p, s, 5_000 + 333, 1).0.allowed);
         assert_eq!(admit(&p, &mut s, i64::MAX / 4, 1, 10), 3);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_restarts_no_window_and_refills_nothing() {
+        for alg in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::TokenBucket,
+            Algorithm::Gcra,
+        ] {
+            let p = policy(alg, 5, 1000, 0);
+            let mut s = None;
+            assert_eq!(admit(&p, &mut s, 10_500, 1, 10), 5, "{alg:?}");
+            // The store's clock steps back two seconds: nothing more is admitted.
+            assert_eq!(admit(&p, &mut s, 8_500, 1, 10), 0, "{alg:?}");
+            assert_eq!(admit(&p, &mut s, 10_600, 1, 10), 0, "{alg:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::{
     proto::v1::{self as pb, rate_limit_service_server::RateLimitService},
     ratelimit::{Algorithm, CheckInput, FailureMode, LimitRef, Policy, RateLimits},
     tenant::Tenant,
-    time::{from_duration, now_ms, to_duration},
+    time::{from_duration, to_duration},
 };
 
 /// The RateLimitService handlers.
@@ -43,13 +43,7 @@ impl RateLimitService for RateLimitApi {
             .collect::<Result<Vec<_>, Error>>()?;
         let outcome = self
             .limits
-            .check(
-                &self.tenant,
-                checks,
-                r.cost.unwrap_or(1),
-                r.dry_run,
-                now_ms(),
-            )
+            .check(&self.tenant, checks, r.cost.unwrap_or(1), r.dry_run)
             .await?;
         Ok(Response::new(pb::CheckResponse {
             allowed: outcome.allowed,

@@ -15,6 +15,9 @@ pub struct RateLimitConfig {
     pub max_checks: usize,
     /// Longest key, in bytes.
     pub max_key_bytes: usize,
+    /// Longest period an inline policy may have (a counter lives up to two periods).
+    #[serde(with = "humantime_serde")]
+    pub max_inline_period: Duration,
     /// The named limits requests refer to by name.
     pub limits: BTreeMap<String, LimitConfig>,
 }
@@ -24,6 +27,7 @@ impl Default for RateLimitConfig {
         Self {
             max_checks: 8,
             max_key_bytes: 256,
+            max_inline_period: Duration::from_secs(24 * 3600),
             limits: BTreeMap::new(),
         }
     }
@@ -65,6 +69,11 @@ impl RateLimitConfig {
     pub fn validate(&self, bad: &mut Vec<String>) {
         require_positive(bad, "ratelimit.max_checks", self.max_checks > 0);
         require_positive(bad, "ratelimit.max_key_bytes", self.max_key_bytes > 0);
+        require_positive(
+            bad,
+            "ratelimit.max_inline_period",
+            !self.max_inline_period.is_zero(),
+        );
         for (name, limit) in &self.limits {
             if !crate::tenant::is_key_safe_name(name) {
                 bad.push(format!(

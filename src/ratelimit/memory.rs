@@ -12,7 +12,11 @@ use super::{
     store::RateLimitStore,
 };
 use crate::{
-    store::{StoreError, keys::Keys, memory::MemoryBackend},
+    store::{
+        StoreError,
+        keys::Keys,
+        memory::{Budget, Clock, MemoryBackend},
+    },
     tenant::Tenant,
     time::Millis,
 };
@@ -22,30 +26,35 @@ use crate::{
 pub struct MemoryRateLimitStore {
     state: Arc<Mutex<State>>,
     keys: Keys,
+    clock: Clock,
 }
 
-#[derive(Default)]
 struct State {
     /// Counters: key → (state, expires_at).
     counters: HashMap<String, (RateState, Millis)>,
     /// (expires_at, counter key), for the sweeper.
     counter_expiry: BTreeSet<(Millis, String)>,
+    budget: Budget,
+}
+
+/// Bytes a counter costs: its key twice (map and expiry queue) plus the containers' overhead.
+fn footprint(key: &str) -> usize {
+    2 * key.len() + 96
 }
 
 impl State {
     fn counter(&mut self, key: &str, now: Millis) -> Option<RateState> {
         match self.counters.get(key) {
             Some((state, expires)) if *expires > now => Some(*state),
-            Some((_, expires)) => {
-                let expires = *expires;
-                self.counters.remove(key);
-                self.counter_expiry.remove(&(expires, key.to_owned()));
+            Some(_) => {
+                self.remove(key);
                 None
             }
             None => None,
         }
     }
 
+    /// Writes a counter; a new one must already be charged to the budget.
     fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
         if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
             self.counter_expiry.remove(&(old, key.clone()));
@@ -53,16 +62,22 @@ impl State {
         self.counter_expiry.insert((expires, key));
     }
 
+    fn remove(&mut self, key: &str) {
+        if let Some((_, expires)) = self.counters.remove(key) {
+            self.counter_expiry.remove(&(expires, key.to_owned()));
+            self.budget.release(footprint(key));
+        }
+    }
+
     fn sweep(&mut self, now: Millis) -> usize {
-        let due: Vec<(Millis, String)> = self
+        let due: Vec<String> = self
             .counter_expiry
             .iter()
             .take_while(|(at, _)| *at <= now)
-            .cloned()
+            .map(|(_, k)| k.clone())
             .collect();
-        for entry in &due {
-            self.counter_expiry.remove(entry);
-            self.counters.remove(&entry.1);
+        for key in &due {
+            self.remove(key);
         }
         due.len()
     }
@@ -71,11 +86,16 @@ impl State {
 impl MemoryRateLimitStore {
     /// An empty store whose sweeper runs until the store is dropped (inside a Tokio runtime).
     pub fn new(backend: &MemoryBackend) -> Self {
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            counters: HashMap::new(),
+            counter_expiry: BTreeSet::new(),
+            budget: backend.budget().clone(),
+        }));
         backend.spawn_sweeper("rate-limit counters", Arc::downgrade(&state), State::sweep);
         Self {
             state,
             keys: backend.keys().clone(),
+            clock: backend.clock().clone(),
         }
     }
 
@@ -90,7 +110,6 @@ impl RateLimitStore for MemoryRateLimitStore {
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        now: Millis,
         cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
@@ -99,6 +118,7 @@ impl RateLimitStore for MemoryRateLimitStore {
             .map(|c| self.keys.counter(tenant, &c.id))
             .collect();
         let mut state = self.lock();
+        let now = self.clock.now();
         let mut decisions = Vec::with_capacity(counters.len());
         let mut updates = Vec::with_capacity(counters.len());
         for (counter, key) in counters.iter().zip(&keys) {
@@ -107,6 +127,13 @@ impl RateLimitStore for MemoryRateLimitStore {
             updates.push(update);
         }
         if commit && decisions.iter().all(|d| d.allowed) {
+            // New counters are charged first, together: a full store consumes from none.
+            let new: usize = keys
+                .iter()
+                .filter(|k| !state.counters.contains_key(*k))
+                .map(|k| footprint(k))
+                .sum();
+            state.budget.charge(new)?;
             for (key, update) in keys.into_iter().zip(updates) {
                 state.set_counter(key, update.state, now.saturating_add(update.ttl_ms));
             }
@@ -116,10 +143,7 @@ impl RateLimitStore for MemoryRateLimitStore {
 
     async fn reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
         let key = self.keys.counter(tenant, id);
-        let mut state = self.lock();
-        if let Some((_, expires)) = state.counters.remove(&key) {
-            state.counter_expiry.remove(&(expires, key));
-        }
+        self.lock().remove(&key);
         Ok(())
     }
 }

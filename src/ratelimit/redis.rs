@@ -1,5 +1,5 @@
-//! The Redis rate-limit store: one script (`lua/check.lua`) decides every counter of a request
-//! and consumes from all or none.
+//! The Redis rate-limit store: one script (`lua/algorithm.lua` + `lua/check.lua`, on Redis's
+//! clock) decides every counter of a request and consumes from all or none.
 
 use super::{
     algorithm::Decision,
@@ -9,10 +9,9 @@ use super::{
 use crate::{
     store::{
         StoreError,
-        redis::{RedisBackend, scripts::LuaScript},
+        redis::{RedisBackend, lua, scripts::LuaScript},
     },
     tenant::Tenant,
-    time::Millis,
 };
 
 /// Rate-limit counters in Redis.
@@ -24,7 +23,13 @@ pub struct RedisRateLimitStore {
 impl RedisRateLimitStore {
     /// Registers the check script with `backend`.
     pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
-        let check = backend.register("ratelimit.check", include_str!("lua/check.lua"))?;
+        let check = backend.register(
+            "ratelimit.check",
+            lua!(
+                "src/ratelimit/lua/algorithm.lua",
+                "src/ratelimit/lua/check.lua"
+            ),
+        )?;
         Ok(Self { backend, check })
     }
 }
@@ -37,12 +42,11 @@ impl RateLimitStore for RedisRateLimitStore {
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        now: Millis,
         cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
         let mut call = self.check.prepare_invoke();
-        call.arg(now).arg(cost).arg(if commit { "1" } else { "0" });
+        call.arg(cost).arg(if commit { "1" } else { "0" });
         for c in counters {
             call.key(self.backend.keys().counter(tenant, &c.id))
                 .arg(c.policy.algorithm.code())

@@ -12,7 +12,7 @@ use super::{
 use crate::{
     error::{Error, Violation},
     tenant::Tenant,
-    time::Millis,
+    time::{Millis, duration_ms},
 };
 
 /// Decision counts of one limit (labelled by limit name, or `inline`), registered once so the
@@ -64,6 +64,7 @@ pub struct RateLimits {
     inline_metrics: DecisionMetrics,
     max_checks: usize,
     max_key_bytes: usize,
+    max_inline_period_ms: Millis,
 }
 
 impl RateLimits {
@@ -84,6 +85,7 @@ impl RateLimits {
             inline_metrics: DecisionMetrics::new("inline"),
             max_checks: config.max_checks,
             max_key_bytes: config.max_key_bytes,
+            max_inline_period_ms: duration_ms(config.max_inline_period),
         }
     }
 
@@ -109,6 +111,15 @@ impl RateLimits {
                 policy
                     .validate()
                     .map_err(|(f, why)| Error::invalid(field(&format!("policy.{f}")), why))?;
+                if policy.period_ms > self.max_inline_period_ms {
+                    return Err(Error::invalid(
+                        field("policy.period"),
+                        format!(
+                            "longer than ratelimit.max_inline_period ({} ms)",
+                            self.max_inline_period_ms
+                        ),
+                    ));
+                }
                 (
                     Arc::from(format!(
                         "i.{}.{}.{}",
@@ -144,7 +155,6 @@ impl RateLimits {
         checks: Vec<CheckInput>,
         cost: u64,
         dry_run: bool,
-        now: Millis,
     ) -> Result<CheckOutcome, Error> {
         if checks.is_empty() || checks.len() > self.max_checks {
             return Err(Error::invalid(
@@ -173,7 +183,7 @@ impl RateLimits {
             counters.push(counter);
         }
         let commit = !dry_run && cost > 0;
-        let outcome = self.decide(tenant, &counters, now, cost, commit).await?;
+        let outcome = self.decide(tenant, &counters, cost, commit).await?;
         if !dry_run {
             for (check, result) in checks.iter().zip(&outcome.results) {
                 let metrics = match &check.limit {
@@ -186,16 +196,17 @@ impl RateLimits {
         Ok(outcome)
     }
 
-    /// Asks the store, applying the failure modes when it cannot answer.
+    /// Asks the store, applying the failure modes when it cannot be reached. Only a transient
+    /// failure (timeout, unreachable) fails open: a store that answers with an error (a script
+    /// error, a wrong type, a CROSSSLOT) is a fault to fix, never a reason to stop limiting.
     async fn decide(
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        now: Millis,
         cost: u64,
         commit: bool,
     ) -> Result<CheckOutcome, Error> {
-        match self.store.check(tenant, counters, now, cost, commit).await {
+        match self.store.check(tenant, counters, cost, commit).await {
             Ok(decisions) => {
                 let allowed = decisions.iter().all(|d| d.allowed);
                 let results = decisions
@@ -210,9 +221,10 @@ impl RateLimits {
                 Ok(CheckOutcome { allowed, results })
             }
             Err(e)
-                if counters
-                    .iter()
-                    .all(|c| c.policy.failure_mode == FailureMode::Open) =>
+                if e.is_transient()
+                    && counters
+                        .iter()
+                        .all(|c| c.policy.failure_mode == FailureMode::Open) =>
             {
                 tracing::warn!(error = %e, "store failed; rate limits fail open (not enforced)");
                 let results = counters

@@ -6,18 +6,17 @@ use super::{
     algorithm::Decision,
     model::{Counter, CounterId},
 };
-use crate::{store::StoreError, tenant::Tenant, time::Millis};
+use crate::{store::StoreError, tenant::Tenant};
 
 /// What a rate-limit store does.
 #[tonic::async_trait]
 pub trait RateLimitStore: Send + Sync + 'static {
-    /// Decides every counter at `now` for `cost`; when all allow and `commit`, consumes from all
-    /// in the same atomic step. Denied requests consume nothing.
+    /// Decides every counter for `cost` at the store's now; when all allow and `commit`,
+    /// consumes from all in the same atomic step. Denied requests consume nothing.
     async fn check(
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        now: Millis,
         cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError>;

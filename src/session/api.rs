@@ -6,7 +6,7 @@ use crate::{
     proto::v1::{self as pb, session_service_server::SessionService},
     session::{CreateSession, Session, SessionUpdate, Sessions, model::DeleteTarget},
     tenant::Tenant,
-    time::{from_duration, now_ms, to_timestamp},
+    time::{from_duration, to_timestamp},
 };
 
 /// The SessionService handlers.
@@ -36,7 +36,7 @@ impl SessionService for SessionApi {
             idle_timeout: r.idle_timeout.as_ref().map(from_duration),
             absolute_timeout: r.absolute_timeout.as_ref().map(from_duration),
         };
-        let session = self.sessions.create(&self.tenant, input, now_ms()).await?;
+        let session = self.sessions.create(&self.tenant, input).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -45,10 +45,7 @@ impl SessionService for SessionApi {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let r = request.into_inner();
-        let session = self
-            .sessions
-            .get(&self.tenant, &r.id, r.touch, now_ms())
-            .await?;
+        let session = self.sessions.get(&self.tenant, &r.id, r.touch).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -62,10 +59,7 @@ impl SessionService for SessionApi {
             remove: r.remove,
             expected_version: r.expected_version,
         };
-        let session = self
-            .sessions
-            .update(&self.tenant, &r.id, update, now_ms())
-            .await?;
+        let session = self.sessions.update(&self.tenant, &r.id, update).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -74,10 +68,7 @@ impl SessionService for SessionApi {
         request: Request<pb::TouchSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let r = request.into_inner();
-        let session = self
-            .sessions
-            .get(&self.tenant, &r.id, true, now_ms())
-            .await?;
+        let session = self.sessions.get(&self.tenant, &r.id, true).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -86,7 +77,7 @@ impl SessionService for SessionApi {
         request: Request<pb::RotateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let r = request.into_inner();
-        let session = self.sessions.rotate(&self.tenant, &r.id, now_ms()).await?;
+        let session = self.sessions.rotate(&self.tenant, &r.id).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -100,7 +91,7 @@ impl SessionService for SessionApi {
             Some(Target::Handle(handle)) => DeleteTarget::Handle(handle),
             None => DeleteTarget::Id(""),
         };
-        let deleted = self.sessions.delete(&self.tenant, target, now_ms()).await?;
+        let deleted = self.sessions.delete(&self.tenant, target).await?;
         Ok(Response::new(pb::DeleteSessionResponse { deleted }))
     }
 
@@ -109,10 +100,7 @@ impl SessionService for SessionApi {
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
         let r = request.into_inner();
-        let sessions = self
-            .sessions
-            .list(&self.tenant, &r.user_id, now_ms())
-            .await?;
+        let sessions = self.sessions.list(&self.tenant, &r.user_id).await?;
         Ok(Response::new(pb::ListUserSessionsResponse {
             sessions: sessions.into_iter().map(Into::into).collect(),
         }))
@@ -125,7 +113,7 @@ impl SessionService for SessionApi {
         let r = request.into_inner();
         let deleted = self
             .sessions
-            .delete_user(&self.tenant, &r.user_id, r.keep_handle.as_deref(), now_ms())
+            .delete_user(&self.tenant, &r.user_id, r.keep_handle.as_deref())
             .await?;
         Ok(Response::new(pb::DeleteUserSessionsResponse { deleted }))
     }

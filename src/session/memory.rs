@@ -1,6 +1,8 @@
 //! The in-memory session store: every operation is one critical section under one mutex, the
-//! atomicity the Redis store gets from Lua. A background sweeper reclaims expired sessions so
-//! memory does not grow without bound; reads also treat expired sessions as absent.
+//! atomicity the Redis store gets from Lua, and every time comes from the backend's clock (the
+//! store's clock, as Redis `TIME` is for Redis). A background sweeper reclaims expired sessions
+//! so memory does not grow without bound; reads also treat expired sessions as absent. What a
+//! session keeps (its record, index entries, expiry entry) is charged to the backend's budget.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -9,11 +11,15 @@ use std::{
 
 use super::{
     id::{SessionKey, UserTag},
-    model::{DataLimits, SessionRecord, SessionUpdate, UpdateOutcome},
+    model::{DataLimits, NewSession, SessionRecord, SessionUpdate, UpdateOutcome},
     store::SessionStore,
 };
 use crate::{
-    store::{StoreError, keys::Keys, memory::MemoryBackend},
+    store::{
+        StoreError,
+        keys::Keys,
+        memory::{Budget, Clock, MemoryBackend},
+    },
     tenant::Tenant,
     time::Millis,
 };
@@ -23,39 +29,86 @@ use crate::{
 pub struct MemorySessionStore {
     state: Arc<Mutex<State>>,
     keys: Keys,
+    clock: Clock,
 }
 
-#[derive(Default)]
 struct State {
     sessions: HashMap<String, Entry>,
-    /// User index key → (created_at, member), oldest first.
-    indexes: HashMap<String, BTreeSet<(Millis, String)>>,
+    /// User index key → (created_at, insertion number, member), oldest first. The insertion
+    /// number breaks ties between sessions created in the same millisecond.
+    indexes: HashMap<String, BTreeSet<IndexEntry>>,
     /// (expires_at, session key) for every session, so the sweeper pops only what is due.
     expiry: BTreeSet<(Millis, String)>,
+    /// Insertion counter for index entries.
+    inserted: u64,
+    budget: Budget,
 }
+
+type IndexEntry = (Millis, u64, String);
 
 struct Entry {
     record: SessionRecord,
     index: String,
     member: String,
+    seq: u64,
+    /// Bytes charged to the budget for this session.
+    charged: usize,
+}
+
+/// Bytes a session costs: its key (held twice: map and expiry queue), index key and member (map
+/// and index), the record's strings and a fixed overhead for the containers.
+fn footprint(key: &str, index: &str, member: &str, r: &SessionRecord) -> usize {
+    const OVERHEAD: usize = 256;
+    2 * key.len()
+        + index.len()
+        + 2 * member.len()
+        + r.user_id.len()
+        + r.data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + r.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + OVERHEAD
 }
 
 impl State {
-    fn insert(&mut self, key: String, entry: Entry) {
-        self.expiry.insert((entry.record.expires_at, key.clone()));
-        self.indexes
-            .entry(entry.index.clone())
-            .or_default()
-            .insert((entry.record.created_at, entry.member.clone()));
-        self.sessions.insert(key, entry);
+    fn insert(
+        &mut self,
+        key: String,
+        record: SessionRecord,
+        index: String,
+        member: String,
+    ) -> Result<(), StoreError> {
+        let charged = footprint(&key, &index, &member, &record);
+        self.budget.charge(charged)?;
+        self.inserted += 1;
+        let seq = self.inserted;
+        self.expiry.insert((record.expires_at, key.clone()));
+        self.indexes.entry(index.clone()).or_default().insert((
+            record.created_at,
+            seq,
+            member.clone(),
+        ));
+        self.sessions.insert(
+            key,
+            Entry {
+                record,
+                index,
+                member,
+                seq,
+                charged,
+            },
+        );
+        Ok(())
     }
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
+        self.budget.release(entry.charged);
         self.expiry
             .remove(&(entry.record.expires_at, key.to_owned()));
         if let Some(index) = self.indexes.get_mut(&entry.index) {
-            index.remove(&(entry.record.created_at, entry.member.clone()));
+            index.remove(&(entry.record.created_at, entry.seq, entry.member.clone()));
             if index.is_empty() {
                 self.indexes.remove(&entry.index);
             }
@@ -72,22 +125,49 @@ impl State {
         self.sessions.get_mut(key)
     }
 
-    /// Runs `f` on a live session and keeps the expiry queue in step with any change it makes.
+    /// Runs `f` on a live session and keeps the expiry queue and the budget in step with any
+    /// change it makes. A change whose growth does not fit the budget is undone.
     fn modify<T>(
         &mut self,
         key: &str,
         now: Millis,
         f: impl FnOnce(&mut SessionRecord) -> T,
-    ) -> Option<T> {
-        let entry = self.live(key, now)?;
-        let before = entry.record.expires_at;
+    ) -> Result<Option<T>, StoreError> {
+        let Some(entry) = self.live(key, now) else {
+            return Ok(None);
+        };
+        let before = entry.record.clone();
         let out = f(&mut entry.record);
+        let charged = footprint(key, &entry.index, &entry.member, &entry.record);
+        let previous = entry.charged;
+        if charged > previous {
+            if let Err(e) = self.budget.charge(charged - previous) {
+                if let Some(entry) = self.sessions.get_mut(key) {
+                    entry.record = before;
+                }
+                return Err(e);
+            }
+        } else {
+            self.budget.release(previous - charged);
+        }
+        let Some(entry) = self.sessions.get_mut(key) else {
+            return Ok(None);
+        };
+        entry.charged = charged;
         let after = entry.record.expires_at;
-        if before != after {
-            self.expiry.remove(&(before, key.to_owned()));
+        if before.expires_at != after {
+            self.expiry.remove(&(before.expires_at, key.to_owned()));
             self.expiry.insert((after, key.to_owned()));
         }
-        Some(out)
+        Ok(Some(out))
+    }
+
+    /// The members listed in an index, oldest first.
+    fn members(&self, index: &str) -> Vec<String> {
+        self.indexes
+            .get(index)
+            .map(|set| set.iter().map(|(_, _, m)| m.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn sweep(&mut self, now: Millis) -> usize {
@@ -108,11 +188,18 @@ impl MemorySessionStore {
     /// An empty store whose sweeper runs until the store is dropped. Must be called inside a
     /// Tokio runtime.
     pub fn new(backend: &MemoryBackend) -> Self {
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            sessions: HashMap::new(),
+            indexes: HashMap::new(),
+            expiry: BTreeSet::new(),
+            inserted: 0,
+            budget: backend.budget().clone(),
+        }));
         backend.spawn_sweeper("sessions", Arc::downgrade(&state), State::sweep);
         Self {
             state,
             keys: backend.keys().clone(),
+            clock: backend.clock().clone(),
         }
     }
 
@@ -137,76 +224,76 @@ impl SessionStore for MemorySessionStore {
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        record: &SessionRecord,
+        new: NewSession,
         max_per_user: u32,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<(SessionRecord, u32), StoreError> {
         let index = self.keys.user_index(tenant, key.tag());
         let base = self.keys.session_base(tenant, key.tag());
-        let now = record.created_at;
+        let member = key.member();
         let mut state = self.lock();
+        let now = self.clock.now();
+        let record = new.created_at(now);
         // Lazy pruning: members whose session expired leave the index before counting.
-        let members: Vec<String> = state
-            .indexes
-            .get(&index)
-            .map(|set| set.iter().map(|(_, m)| m.clone()).collect())
-            .unwrap_or_default();
-        for member in members {
-            let _ = state.live(&format!("{base}{member}"), now);
+        for m in state.members(&index) {
+            let _ = state.live(&format!("{base}{m}"), now);
         }
         state.insert(
             self.keys.session(tenant, key),
-            Entry {
-                record: record.clone(),
-                index: index.clone(),
-                member: key.member(),
-            },
-        );
+            record.clone(),
+            index.clone(),
+            member.clone(),
+        )?;
         let mut evicted = 0;
-        loop {
-            let oldest = match state.indexes.get(&index) {
-                Some(set) if set.len() > max_per_user as usize => {
-                    set.first().map(|(_, m)| m.clone())
-                }
-                _ => None,
-            };
-            let Some(member) = oldest else { break };
-            state.remove(&format!("{base}{member}"));
+        while state
+            .indexes
+            .get(&index)
+            .is_some_and(|set| set.len() > max_per_user as usize)
+        {
+            // The oldest, never the session being created (it can tie on the millisecond).
+            let victim = state.indexes.get(&index).and_then(|set| {
+                set.iter()
+                    .map(|(_, _, m)| m)
+                    .find(|m| **m != member)
+                    .cloned()
+            });
+            let Some(victim) = victim else { break };
+            state.remove(&format!("{base}{victim}"));
             evicted += 1;
         }
-        Ok(evicted)
+        Ok((record, evicted))
     }
 
     async fn get(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         touch: bool,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let k = self.keys.session(tenant, key);
-        Ok(self.lock().modify(&k, now, |r| {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.modify(&k, now, |r| {
             if touch {
                 r.touch(now);
             }
             r.clone()
-        }))
+        })
     }
 
     async fn update(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         update: &SessionUpdate,
         limits: DataLimits,
     ) -> Result<UpdateOutcome, StoreError> {
         let k = self.keys.session(tenant, key);
-        let outcome = self
-            .lock()
-            .modify(&k, now, |r| match r.apply(update, limits, now) {
-                Ok(()) => UpdateOutcome::Updated(r.clone()),
-                Err(refused) => UpdateOutcome::Refused(refused),
-            });
+        let mut state = self.lock();
+        let now = self.clock.now();
+        let outcome = state.modify(&k, now, |r| match r.apply(update, limits, now) {
+            Ok(()) => UpdateOutcome::Updated(r.clone()),
+            Err(refused) => UpdateOutcome::Refused(refused),
+        })?;
         Ok(outcome.unwrap_or(UpdateOutcome::NotFound))
     }
 
@@ -215,10 +302,10 @@ impl SessionStore for MemorySessionStore {
         tenant: &Tenant,
         old: &SessionKey,
         new: &SessionKey,
-        now: Millis,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let old_key = self.keys.session(tenant, old);
         let mut state = self.lock();
+        let now = self.clock.now();
         if state.live(&old_key, now).is_none() {
             return Ok(None);
         }
@@ -228,22 +315,17 @@ impl SessionStore for MemorySessionStore {
         let record = entry.record.clone();
         state.insert(
             self.keys.session(tenant, new),
-            Entry {
-                member: new.member(),
-                ..entry
-            },
-        );
+            entry.record,
+            entry.index,
+            new.member(),
+        )?;
         Ok(Some(record))
     }
 
-    async fn delete(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
+    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError> {
         let k = self.keys.session(tenant, key);
         let mut state = self.lock();
+        let now = self.clock.now();
         let live = state.live(&k, now).is_some();
         state.remove(&k);
         Ok(live)
@@ -254,16 +336,12 @@ impl SessionStore for MemorySessionStore {
         tenant: &Tenant,
         tag: UserTag,
         user_id: &str,
-        now: Millis,
     ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
         let index = self.keys.user_index(tenant, tag);
         let base = self.keys.session_base(tenant, tag);
         let mut state = self.lock();
-        let members: Vec<String> = state
-            .indexes
-            .get(&index)
-            .map(|set| set.iter().map(|(_, m)| m.clone()).collect())
-            .unwrap_or_default();
+        let now = self.clock.now();
+        let members = state.members(&index);
         let mut out = Vec::with_capacity(members.len());
         for member in members {
             let Some(entry) = state.live(&format!("{base}{member}"), now) else {
@@ -285,19 +363,14 @@ impl SessionStore for MemorySessionStore {
         tag: UserTag,
         user_id: &str,
         keep: Option<&SessionKey>,
-        now: Millis,
     ) -> Result<u64, StoreError> {
         let index = self.keys.user_index(tenant, tag);
         let base = self.keys.session_base(tenant, tag);
         let keep = keep.map(SessionKey::member);
         let mut state = self.lock();
-        let members: Vec<String> = state
-            .indexes
-            .get(&index)
-            .map(|set| set.iter().map(|(_, m)| m.clone()).collect())
-            .unwrap_or_default();
+        let now = self.clock.now();
         let mut deleted = 0;
-        for member in members {
+        for member in state.members(&index) {
             if keep.as_deref() == Some(member.as_str()) {
                 continue;
             }
@@ -316,38 +389,34 @@ impl SessionStore for MemorySessionStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
 
-    use crate::{
-        session::{SessionId, model::expiry},
-        time::now_ms,
-    };
+    use super::*;
+    use crate::session::SessionId;
 
-    fn record(user: &str, now: Millis, idle: Millis) -> SessionRecord {
-        SessionRecord {
+    fn new_session(user: &str, idle: Millis) -> NewSession {
+        NewSession {
             user_id: user.into(),
             data: HashMap::new(),
             metadata: HashMap::new(),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: expiry(now, idle, now + 10 * idle),
-            absolute_expires_at: now + 10 * idle,
             idle_timeout: idle,
-            version: 1,
+            absolute_timeout: 10 * idle,
         }
+    }
+
+    fn backend(sweep: Duration, max_bytes: u64) -> MemoryBackend {
+        MemoryBackend::new("t", sweep, max_bytes)
     }
 
     #[tokio::test]
     async fn sweeper_reclaims_expired_sessions() {
-        let store = MemorySessionStore::new(&MemoryBackend::new("t", Duration::from_millis(10)));
+        let store = MemorySessionStore::new(&backend(Duration::from_millis(10), 1 << 20));
         let tenant = Tenant::default_tenant();
-        let now = now_ms();
         for i in 0..50 {
             let tag = UserTag::for_user(&tenant, &format!("u{i}"));
             let key = SessionId::generate(tag).key();
             store
-                .create(&tenant, &key, &record(&format!("u{i}"), now, 20), 10)
+                .create(&tenant, &key, new_session(&format!("u{i}"), 20), 10)
                 .await
                 .expect("create");
         }
@@ -360,5 +429,52 @@ mod tests {
         assert!(store.is_empty(), "{} sessions left", store.len());
         let state = store.lock();
         assert!(state.indexes.is_empty() && state.expiry.is_empty());
+        assert_eq!(state.budget.used(), 0, "everything charged was given back");
+    }
+
+    #[tokio::test]
+    async fn a_create_never_evicts_the_session_it_creates() {
+        let backend = backend(Duration::from_secs(60), 1 << 20);
+        let store = MemorySessionStore::new(&backend);
+        let tenant = Tenant::default_tenant();
+        let tag = UserTag::for_user(&tenant, "u");
+        // Creates a few microseconds apart: most share their millisecond with the one before.
+        for i in 0..200 {
+            let key = SessionId::generate(tag).key();
+            store
+                .create(&tenant, &key, new_session("u", 600_000), 1)
+                .await
+                .expect("create");
+            let got = store.get(&tenant, &key, false).await.expect("get");
+            assert!(got.is_some(), "create {i} evicted the session it created");
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_are_refused_once_the_budget_is_spent_and_fit_again_after_deletes() {
+        let store = MemorySessionStore::new(&backend(Duration::from_secs(60), 4096));
+        let tenant = Tenant::default_tenant();
+        let mut created = Vec::new();
+        let full = loop {
+            let tag = UserTag::for_user(&tenant, &format!("u{}", created.len()));
+            let key = SessionId::generate(tag).key();
+            match store
+                .create(&tenant, &key, new_session("u", 60_000), 10)
+                .await
+            {
+                Ok(_) => created.push(key),
+                Err(e) => break e,
+            }
+            assert!(created.len() < 100, "the budget never filled");
+        };
+        assert!(matches!(full, StoreError::Full), "{full:?}");
+        assert!(!created.is_empty());
+        assert!(store.delete(&tenant, &created[0]).await.expect("delete"));
+        let tag = UserTag::for_user(&tenant, "again");
+        let key = SessionId::generate(tag).key();
+        store
+            .create(&tenant, &key, new_session("again", 60_000), 10)
+            .await
+            .expect("room again after a delete");
     }
 }

@@ -2,8 +2,9 @@
 //! (it imports nothing of the session service or the stores), so imports point one way.
 //!
 //! Time math is done by pure functions of `now` ([`expiry`], [`SessionRecord::touch`],
-//! [`SessionRecord::apply`]) so boundaries are unit-tested here; the Redis store mirrors the same
-//! rules in Lua and the contract suite checks both stores agree.
+//! [`SessionRecord::apply`]) so boundaries are unit-tested here. `now` is always the store's
+//! clock (Redis `TIME` inside the scripts, which mirror these rules; the memory store's own
+//! clock), never the clock of the replica that took the call.
 
 use std::collections::HashMap;
 
@@ -38,6 +39,39 @@ pub struct SessionRecord {
 /// A session's expiry after activity at `now`: the idle timeout slides, the absolute end does not.
 pub fn expiry(now: Millis, idle_timeout: Millis, absolute_expires_at: Millis) -> Millis {
     now.saturating_add(idle_timeout).min(absolute_expires_at)
+}
+
+/// A validated session to create. The store stamps it with its own clock.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Owner.
+    pub user_id: String,
+    /// Initial data.
+    pub data: HashMap<String, Bytes>,
+    /// Metadata.
+    pub metadata: HashMap<String, String>,
+    /// Idle timeout in ms.
+    pub idle_timeout: Millis,
+    /// Absolute lifetime in ms.
+    pub absolute_timeout: Millis,
+}
+
+impl NewSession {
+    /// The session as created at `now` (store clock).
+    pub fn created_at(self, now: Millis) -> SessionRecord {
+        let absolute_expires_at = now.saturating_add(self.absolute_timeout);
+        SessionRecord {
+            user_id: self.user_id,
+            data: self.data,
+            metadata: self.metadata,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: expiry(now, self.idle_timeout, absolute_expires_at),
+            absolute_expires_at,
+            idle_timeout: self.idle_timeout,
+            version: 1,
+        }
+    }
 }
 
 /// A validated request to change a session's data.

@@ -1,5 +1,5 @@
 //! The Redis session store: one Lua script per operation (`lua/*.lua`, each prefixed with
-//! `lua/prelude.lua`). Every key a script touches carries the user's hash tag, so the scripts
+//! the store clock and `lua/prelude.lua`); every timestamp is Redis's `TIME`. Every key a script touches carries the user's hash tag, so the scripts
 //! run unchanged on Redis Cluster.
 
 use std::collections::HashMap;
@@ -10,8 +10,8 @@ use redis::{ScriptInvocation, Value};
 use super::{
     id::{SessionKey, UserTag},
     model::{
-        DataLimits, LimitExceeded, SessionRecord, SessionUpdate, UpdateOutcome, UpdateRefused,
-        data_size,
+        DataLimits, LimitExceeded, NewSession, SessionRecord, SessionUpdate, UpdateOutcome,
+        UpdateRefused, data_size,
     },
     store::SessionStore,
 };
@@ -19,22 +19,18 @@ use crate::{
     store::{
         StoreError,
         redis::{
-            RedisBackend,
+            RedisBackend, lua,
             reply::{self, int, string, utf8},
             scripts::LuaScript,
         },
     },
     tenant::Tenant,
-    time::Millis,
 };
 
-/// A session script: the shared prelude followed by the script's own file.
+/// A session script: the store clock, the session prelude, then the script's own file.
 macro_rules! session_lua {
     ($file:literal) => {
-        concat!(
-            include_str!("lua/prelude.lua"),
-            include_str!(concat!("lua/", $file))
-        )
+        lua!("src/session/lua/prelude.lua", $file)
     };
 }
 
@@ -59,14 +55,20 @@ impl RedisSessionStore {
     /// Registers the session scripts with `backend`.
     pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
         let scripts = Scripts {
-            create: backend.register("session.create", session_lua!("create.lua"))?,
-            get: backend.register("session.get", session_lua!("get.lua"))?,
-            update: backend.register("session.update", session_lua!("update.lua"))?,
-            rotate: backend.register("session.rotate", session_lua!("rotate.lua"))?,
-            delete: backend.register("session.delete", session_lua!("delete.lua"))?,
-            list: backend.register("session.list", session_lua!("list.lua"))?,
-            delete_user: backend
-                .register("session.delete_user", session_lua!("delete_user.lua"))?,
+            create: backend
+                .register("session.create", session_lua!("src/session/lua/create.lua"))?,
+            get: backend.register("session.get", session_lua!("src/session/lua/get.lua"))?,
+            update: backend
+                .register("session.update", session_lua!("src/session/lua/update.lua"))?,
+            rotate: backend
+                .register("session.rotate", session_lua!("src/session/lua/rotate.lua"))?,
+            delete: backend
+                .register("session.delete", session_lua!("src/session/lua/delete.lua"))?,
+            list: backend.register("session.list", session_lua!("src/session/lua/list.lua"))?,
+            delete_user: backend.register(
+                "session.delete_user",
+                session_lua!("src/session/lua/delete_user.lua"),
+            )?,
         };
         Ok(Self { backend, scripts })
     }
@@ -78,33 +80,40 @@ impl SessionStore for RedisSessionStore {
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        record: &SessionRecord,
+        new: NewSession,
         max_per_user: u32,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<(SessionRecord, u32), StoreError> {
         let mut call = self.scripts.create.prepare_invoke();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
-            .arg(record.created_at)
             .arg(max_per_user)
             .arg(self.backend.keys().session_base(tenant, key.tag()))
             .arg(key.member())
-            .arg(record.created_at)
-            .arg(record.expires_at);
-        encode_record(&mut call, record);
-        self.backend.invoke("session_create", &call).await
+            .arg(new.user_id.as_str())
+            .arg(new.idle_timeout)
+            .arg(new.absolute_timeout)
+            .arg(new.data.len())
+            .arg(data_size(&new.data));
+        encode_fields(&mut call, &new);
+        let reply: Vec<i64> = self.backend.invoke("session_create", &call).await?;
+        let [evicted, created_at, expires_at, absolute_expires_at] = <[i64; 4]>::try_from(reply)
+            .map_err(|_| StoreError::Protocol("session_create: expected four integers".into()))?;
+        let mut record = new.created_at(created_at);
+        // The store computed the same expiries from the same clock reading; its figures win.
+        record.expires_at = expires_at;
+        record.absolute_expires_at = absolute_expires_at;
+        Ok((record, u32::try_from(evicted).unwrap_or(0)))
     }
 
     async fn get(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         touch: bool,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let mut call = self.scripts.get.prepare_invoke();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
-            .arg(now)
             .arg(if touch { "1" } else { "0" });
         let reply: Value = if touch {
             self.backend.invoke("session_get", &call).await?
@@ -121,14 +130,12 @@ impl SessionStore for RedisSessionStore {
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         update: &SessionUpdate,
         limits: DataLimits,
     ) -> Result<UpdateOutcome, StoreError> {
         let mut call = self.scripts.update.prepare_invoke();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
-            .arg(now)
             .arg(update.expected_version)
             .arg(limits.max_fields)
             .arg(limits.max_bytes)
@@ -169,13 +176,11 @@ impl SessionStore for RedisSessionStore {
         tenant: &Tenant,
         old: &SessionKey,
         new: &SessionKey,
-        now: Millis,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let mut call = self.scripts.rotate.prepare_invoke();
         call.key(self.backend.keys().session(tenant, old))
             .key(self.backend.keys().session(tenant, new))
             .key(self.backend.keys().user_index(tenant, old.tag()))
-            .arg(now)
             .arg(old.member())
             .arg(new.member());
         match self
@@ -188,16 +193,10 @@ impl SessionStore for RedisSessionStore {
         }
     }
 
-    async fn delete(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
+    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError> {
         let mut call = self.scripts.delete.prepare_invoke();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
-            .arg(now)
             .arg(key.member());
         // Not retried: deleting twice ends in the same state, but the second answer ("already
         // gone") would hide that the first attempt deleted it.
@@ -209,11 +208,9 @@ impl SessionStore for RedisSessionStore {
         tenant: &Tenant,
         tag: UserTag,
         user_id: &str,
-        now: Millis,
     ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
         let mut call = self.scripts.list.prepare_invoke();
         call.key(self.backend.keys().user_index(tenant, tag))
-            .arg(now)
             .arg(self.backend.keys().session_base(tenant, tag));
         let reply: Vec<Value> = self
             .backend
@@ -240,11 +237,9 @@ impl SessionStore for RedisSessionStore {
         tag: UserTag,
         user_id: &str,
         keep: Option<&SessionKey>,
-        now: Millis,
     ) -> Result<u64, StoreError> {
         let mut call = self.scripts.delete_user.prepare_invoke();
         call.key(self.backend.keys().user_index(tenant, tag))
-            .arg(now)
             .arg(self.backend.keys().session_base(tenant, tag))
             .arg(user_id)
             .arg(keep.map(SessionKey::member).unwrap_or_default());
@@ -253,34 +248,16 @@ impl SessionStore for RedisSessionStore {
     }
 }
 
-/// HSET arguments for a new session (see the field list in `lua/session_prelude.lua`).
-fn encode_record(call: &mut ScriptInvocation<'_>, r: &SessionRecord) {
-    call.arg("_u")
-        .arg(r.user_id.as_str())
-        .arg("_c")
-        .arg(r.created_at)
-        .arg("_l")
-        .arg(r.last_seen_at)
-        .arg("_e")
-        .arg(r.expires_at)
-        .arg("_a")
-        .arg(r.absolute_expires_at)
-        .arg("_i")
-        .arg(r.idle_timeout)
-        .arg("_v")
-        .arg(r.version)
-        .arg("_n")
-        .arg(r.data.len())
-        .arg("_z")
-        .arg(data_size(&r.data));
+/// HSET arguments for a new session's data and metadata (see `lua/prelude.lua`).
+fn encode_fields(call: &mut ScriptInvocation<'_>, new: &NewSession) {
     let mut name = String::new();
-    for (k, v) in &r.data {
+    for (k, v) in &new.data {
         name.clear();
         name.push_str("d:");
         name.push_str(k);
         call.arg(name.as_str()).arg(v.as_ref());
     }
-    for (k, v) in &r.metadata {
+    for (k, v) in &new.metadata {
         name.clear();
         name.push_str("m:");
         name.push_str(k);

@@ -6,8 +6,8 @@ use super::{
     config::SessionConfig,
     id::{SessionId, UserTag},
     model::{
-        CreateSession, DataLimits, DeleteTarget, LimitExceeded, Session, SessionRecord,
-        SessionUpdate, UpdateOutcome, UpdateRefused, expiry,
+        CreateSession, DataLimits, DeleteTarget, LimitExceeded, NewSession, Session, SessionUpdate,
+        UpdateOutcome, UpdateRefused,
     },
     store::SessionStore,
     validate::{check_fields, check_user_id, parse_handle, parse_id, validate_create},
@@ -15,7 +15,6 @@ use super::{
 use crate::{
     error::{Error, Violation},
     tenant::Tenant,
-    time::Millis,
 };
 
 /// Session event counters, registered once.
@@ -66,32 +65,19 @@ impl Sessions {
     }
 
     /// Creates a session; evicts the user's oldest when over `max_per_user`.
-    pub async fn create(
-        &self,
-        tenant: &Tenant,
-        req: CreateSession,
-        now: Millis,
-    ) -> Result<Session, Error> {
+    pub async fn create(&self, tenant: &Tenant, req: CreateSession) -> Result<Session, Error> {
         let p = &self.policy;
-        let (idle, absolute) = validate_create(p, &req)?;
-        let absolute_expires_at = now.saturating_add(absolute);
-        let record = SessionRecord {
+        let (idle_timeout, absolute_timeout) = validate_create(p, &req)?;
+        let id = SessionId::generate(UserTag::for_user(tenant, &req.user_id));
+        let key = id.key();
+        let new = NewSession {
             user_id: req.user_id,
             data: req.data,
             metadata: req.metadata,
-            created_at: now,
-            last_seen_at: now,
-            expires_at: expiry(now, idle, absolute_expires_at),
-            absolute_expires_at,
-            idle_timeout: idle,
-            version: 1,
+            idle_timeout,
+            absolute_timeout,
         };
-        let id = SessionId::generate(UserTag::for_user(tenant, &record.user_id));
-        let key = id.key();
-        let evicted = self
-            .store
-            .create(tenant, &key, &record, p.max_per_user)
-            .await?;
+        let (record, evicted) = self.store.create(tenant, &key, new, p.max_per_user).await?;
         self.metrics.created.increment(1);
         if evicted > 0 {
             self.metrics.deleted.increment(u64::from(evicted));
@@ -105,17 +91,11 @@ impl Sessions {
     }
 
     /// Reads a live session; with `touch`, slides its idle expiry.
-    pub async fn get(
-        &self,
-        tenant: &Tenant,
-        id: &str,
-        touch: bool,
-        now: Millis,
-    ) -> Result<Session, Error> {
+    pub async fn get(&self, tenant: &Tenant, id: &str, touch: bool) -> Result<Session, Error> {
         let key = parse_id(id)?.key();
         let record = self
             .store
-            .get(tenant, &key, now, touch)
+            .get(tenant, &key, touch)
             .await?
             .ok_or_else(|| self.missed())?;
         Ok(Session {
@@ -131,7 +111,6 @@ impl Sessions {
         tenant: &Tenant,
         id: &str,
         update: SessionUpdate,
-        now: Millis,
     ) -> Result<Session, Error> {
         let p = &self.policy;
         let mut bad = Vec::new();
@@ -176,7 +155,7 @@ impl Sessions {
         };
         match self
             .store
-            .update(tenant, &key, now, &update, self.limits())
+            .update(tenant, &key, &update, self.limits())
             .await?
         {
             UpdateOutcome::Updated(record) => Ok(Session {
@@ -210,13 +189,13 @@ impl Sessions {
     }
 
     /// Replaces the id; the old one is dead when this returns.
-    pub async fn rotate(&self, tenant: &Tenant, id: &str, now: Millis) -> Result<Session, Error> {
+    pub async fn rotate(&self, tenant: &Tenant, id: &str) -> Result<Session, Error> {
         let old = parse_id(id)?;
         let new = SessionId::generate(old.tag());
         let key = new.key();
         let record = self
             .store
-            .rotate(tenant, &old.key(), &key, now)
+            .rotate(tenant, &old.key(), &key)
             .await?
             .ok_or_else(|| self.missed())?;
         self.metrics.rotated.increment(1);
@@ -228,17 +207,12 @@ impl Sessions {
     }
 
     /// Deletes a session by id or handle; false when it was already gone.
-    pub async fn delete(
-        &self,
-        tenant: &Tenant,
-        target: DeleteTarget<'_>,
-        now: Millis,
-    ) -> Result<bool, Error> {
+    pub async fn delete(&self, tenant: &Tenant, target: DeleteTarget<'_>) -> Result<bool, Error> {
         let key = match target {
             DeleteTarget::Id(id) => parse_id(id)?.key(),
             DeleteTarget::Handle(h) => parse_handle("handle", h)?,
         };
-        let deleted = self.store.delete(tenant, &key, now).await?;
+        let deleted = self.store.delete(tenant, &key).await?;
         if deleted {
             self.metrics.deleted.increment(1);
         }
@@ -246,17 +220,12 @@ impl Sessions {
     }
 
     /// The user's live sessions, oldest first.
-    pub async fn list(
-        &self,
-        tenant: &Tenant,
-        user_id: &str,
-        now: Millis,
-    ) -> Result<Vec<Session>, Error> {
+    pub async fn list(&self, tenant: &Tenant, user_id: &str) -> Result<Vec<Session>, Error> {
         self.check_user_id_only(user_id)?;
         let tag = UserTag::for_user(tenant, user_id);
         let mut sessions: Vec<Session> = self
             .store
-            .list(tenant, tag, user_id, now)
+            .list(tenant, tag, user_id)
             .await?
             .into_iter()
             .map(|(key, record)| Session {
@@ -275,7 +244,6 @@ impl Sessions {
         tenant: &Tenant,
         user_id: &str,
         keep_handle: Option<&str>,
-        now: Millis,
     ) -> Result<u64, Error> {
         self.check_user_id_only(user_id)?;
         let keep = keep_handle
@@ -284,7 +252,7 @@ impl Sessions {
         let tag = UserTag::for_user(tenant, user_id);
         let deleted = self
             .store
-            .delete_user(tenant, tag, user_id, keep.as_ref(), now)
+            .delete_user(tenant, tag, user_id, keep.as_ref())
             .await?;
         self.metrics.deleted.increment(deleted);
         Ok(deleted)

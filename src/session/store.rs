@@ -1,33 +1,35 @@
 //! The session store contract. Each operation is one atomic step in the store: one Lua script
 //! (one round trip) on Redis, one critical section in memory. Both implementations run the same
 //! contract suite (`tests/session_contract.rs`).
+//!
+//! No operation takes a time: every timestamp and expiry is decided by the store's own clock,
+//! so replicas whose clocks disagree still agree on when a session dies.
 
 use super::{
     id::{SessionKey, UserTag},
-    model::{DataLimits, SessionRecord, SessionUpdate, UpdateOutcome},
+    model::{DataLimits, NewSession, SessionRecord, SessionUpdate, UpdateOutcome},
 };
-use crate::{store::StoreError, tenant::Tenant, time::Millis};
+use crate::{store::StoreError, tenant::Tenant};
 
 /// What a session store does.
 #[tonic::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Stores a new session and indexes it under its user, evicting the user's oldest sessions
-    /// beyond `max_per_user` (never the new one) and pruning dead index entries. Returns how
-    /// many were evicted.
+    /// Stores a new session (created now, by the store's clock) and indexes it under its user,
+    /// evicting the user's oldest sessions beyond `max_per_user` (never the new one) and pruning
+    /// dead index entries. Returns the session as stored and how many were evicted.
     async fn create(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        record: &SessionRecord,
+        new: NewSession,
         max_per_user: u32,
-    ) -> Result<u32, StoreError>;
+    ) -> Result<(SessionRecord, u32), StoreError>;
 
     /// Reads a live session; with `touch`, slides its expiry first.
     async fn get(
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         touch: bool,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
@@ -36,7 +38,6 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         tenant: &Tenant,
         key: &SessionKey,
-        now: Millis,
         update: &SessionUpdate,
         limits: DataLimits,
     ) -> Result<UpdateOutcome, StoreError>;
@@ -47,16 +48,10 @@ pub trait SessionStore: Send + Sync + 'static {
         tenant: &Tenant,
         old: &SessionKey,
         new: &SessionKey,
-        now: Millis,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Deletes a session and its index entry; whether it existed.
-    async fn delete(
-        &self,
-        tenant: &Tenant,
-        key: &SessionKey,
-        now: Millis,
-    ) -> Result<bool, StoreError>;
+    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError>;
 
     /// The user's live sessions (any order), pruning dead index entries.
     async fn list(
@@ -64,7 +59,6 @@ pub trait SessionStore: Send + Sync + 'static {
         tenant: &Tenant,
         tag: UserTag,
         user_id: &str,
-        now: Millis,
     ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError>;
 
     /// Deletes the user's sessions except `keep`; how many live ones were deleted.
@@ -74,6 +68,5 @@ pub trait SessionStore: Send + Sync + 'static {
         tag: UserTag,
         user_id: &str,
         keep: Option<&SessionKey>,
-        now: Millis,
     ) -> Result<u64, StoreError>;
 }

@@ -20,6 +20,11 @@ impl Keys {
         }
     }
 
+    /// `{prefix}:_:{name}`: a key of flowstate's own (tenant names never start with `_`).
+    pub fn system(&self, name: &str) -> String {
+        format!("{}:_:{name}", self.prefix)
+    }
+
     /// `{prefix}:{tenant}:{kind}:`, the start of every key of one kind for one tenant.
     pub fn scope(&self, tenant: &Tenant, kind: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + tenant.as_str().len() + 48);

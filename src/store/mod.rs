@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The store answered something this version does not understand (a bug or a foreign key).
     #[error("unexpected store reply: {0}")]
     Protocol(String),
+    /// The memory store's byte budget (`memory.max_bytes`) is spent.
+    #[error("the memory store is full (memory.max_bytes)")]
+    Full,
 }
 
 impl StoreError {
@@ -34,7 +37,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Timeout(_) | StoreError::Unavailable(_) => true,
-            StoreError::Protocol(_) => false,
+            StoreError::Protocol(_) | StoreError::Full => false,
         }
     }
 }
@@ -76,6 +79,7 @@ impl Backend {
             None => Backend::Memory(MemoryBackend::new(
                 &config.redis.key_prefix,
                 config.memory.sweep_interval,
+                config.memory.max_bytes,
             )),
         })
     }

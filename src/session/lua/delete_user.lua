@@ -1,15 +1,14 @@
 -- Delete all of a user's sessions except one ("log out everywhere else").
--- KEYS[1] user index; ARGV[1] now, ARGV[2] session key base, ARGV[3] user id,
--- ARGV[4] member to keep ('' for none)
+-- KEYS[1] user index; ARGV[1] session key base, ARGV[2] user id, ARGV[3] member to keep ('' none)
 -- Returns the number of live sessions deleted. The user id is compared because two users'
 -- 64-bit tags could, with negligible probability, collide and share an index.
-local now = tonumber(ARGV[1])
+local now = store_now()
 local deleted = 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if m ~= ARGV[4] then
-    local key = ARGV[2] .. m
+  if m ~= ARGV[3] then
+    local key = ARGV[1] .. m
     local user = redis.call('HGET', key, '_u')
-    if user == ARGV[3] then
+    if user == ARGV[2] then
       if live(key, now) then
         deleted = deleted + 1
       end

@@ -1,10 +1,10 @@
 -- List a user's live sessions, pruning dead index entries on the way.
--- KEYS[1] user index; ARGV[1] now, ARGV[2] session key base
+-- KEYS[1] user index; ARGV[1] session key base
 -- Returns a flat array: member, hash (as a field/value array), member, hash, ...
-local now = tonumber(ARGV[1])
+local now = store_now()
 local out = {}
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local key = ARGV[2] .. m
+  local key = ARGV[1] .. m
   if live(key, now) then
     out[#out + 1] = m
     out[#out + 1] = redis.call('HGETALL', key)

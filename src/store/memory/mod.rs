@@ -2,32 +2,150 @@
 //!
 //! State is process-local and lost on restart; the server says so with a WARN at start-up.
 //! Each domain keeps its own state behind its own lock (one critical section per operation,
-//! the atomicity the Redis store gets from Lua); this backend holds what they share: the key
-//! scheme and the sweeper period.
+//! the atomicity the Redis store gets from Lua); this backend holds what they share: the clock,
+//! the key scheme and the sweeper period.
 
 use std::{
-    sync::{Mutex, MutexGuard, Weak},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
-use super::keys::Keys;
-use crate::time::now_ms;
+use super::{StoreError, keys::Keys};
+use crate::time::{Millis, now_ms};
+
+/// The memory stores' clock, the one every expiry and window of this backend follows (as
+/// Redis's `TIME` is for the Redis store): wall-clock milliseconds that never move backwards,
+/// so a clock step on the host cannot shrink a window or refill a bucket twice.
+#[derive(Clone)]
+pub struct Clock {
+    latest: Arc<AtomicI64>,
+    offset: Arc<AtomicI64>,
+    /// A reading set by a test (`NOT_SET` in the service).
+    fixed: Arc<AtomicI64>,
+}
+
+const NOT_SET: i64 = i64::MIN;
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self {
+            latest: Arc::default(),
+            offset: Arc::default(),
+            fixed: Arc::new(AtomicI64::new(NOT_SET)),
+        }
+    }
+}
+
+impl Clock {
+    /// Now, in Unix milliseconds: the wall clock, or the latest reading if that was later.
+    pub fn now(&self) -> Millis {
+        let fixed = self.fixed.load(Ordering::Relaxed);
+        if fixed != NOT_SET {
+            return fixed;
+        }
+        let wall = now_ms().saturating_add(self.offset.load(Ordering::Relaxed));
+        self.latest.fetch_max(wall, Ordering::AcqRel).max(wall)
+    }
+
+    /// Moves this clock `ms` ahead of the wall clock. For tests that need time to pass faster
+    /// than it does; nothing in the service calls it.
+    #[doc(hidden)]
+    pub fn advance(&self, ms: Millis) {
+        self.offset.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Makes every reading `at` (even an earlier one than before), so a test can replay a
+    /// sequence of store times exactly; nothing in the service calls it.
+    #[doc(hidden)]
+    pub fn set(&self, at: Millis) {
+        self.fixed.store(at, Ordering::Relaxed);
+    }
+}
+
+/// The byte budget of the memory stores' state (sessions, indexes, counters): each store
+/// charges what it keeps, estimated from the sizes of its keys and values plus a fixed overhead
+/// per entry, and refuses new state once the budget is spent (the cache has its own budget and
+/// evicts instead).
+#[derive(Clone)]
+pub struct Budget {
+    used: Arc<AtomicI64>,
+    max: i64,
+}
+
+impl Budget {
+    /// A budget of `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            used: Arc::new(AtomicI64::new(0)),
+            max: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Takes `bytes` from the budget; `Full` (and nothing taken) when they do not fit.
+    pub fn charge(&self, bytes: usize) -> Result<(), StoreError> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used.saturating_add(bytes) > self.max {
+                return Err(StoreError::Full);
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Gives `bytes` back.
+    pub fn release(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        u64::try_from(self.used.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
 
 /// Shared settings of the memory stores. Cheap to clone.
 #[derive(Clone)]
 pub struct MemoryBackend {
     keys: Keys,
     sweep_interval: Duration,
+    clock: Clock,
+    budget: Budget,
 }
 
 impl MemoryBackend {
-    /// A backend whose stores key their state under `key_prefix` and reclaim expired state
-    /// every `sweep_interval`.
-    pub fn new(key_prefix: &str, sweep_interval: Duration) -> Self {
+    /// A backend whose stores key their state under `key_prefix`, reclaim expired state
+    /// every `sweep_interval`
+    /// and keep at most `max_bytes` of state (the cache excepted).
+    pub fn new(key_prefix: &str, sweep_interval: Duration, max_bytes: u64) -> Self {
         Self {
             keys: Keys::new(key_prefix),
             sweep_interval,
+            clock: Clock::default(),
+            budget: Budget::new(max_bytes),
         }
+    }
+
+    /// The budget sessions and counters are charged to.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// The clock every memory store of this backend decides by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The key scheme (the memory stores key their maps like Redis, so the two agree on what
@@ -42,9 +160,10 @@ impl MemoryBackend {
         &self,
         what: &'static str,
         state: Weak<Mutex<S>>,
-        sweep: fn(&mut S, i64) -> usize,
+        sweep: fn(&mut S, Millis) -> usize,
     ) {
         let every = self.sweep_interval;
+        let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,7 +171,7 @@ impl MemoryBackend {
                 tick.tick().await;
                 // The store is gone: stop instead of leaking a task per dropped store.
                 let Some(state) = state.upgrade() else { return };
-                let swept = sweep(&mut lock(&state), now_ms());
+                let swept = sweep(&mut lock(&state), clock.now());
                 if swept > 0 {
                     tracing::debug!(swept, what, "reclaimed expired state");
                 }
@@ -68,4 +187,30 @@ pub fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit() {
+        let budget = Budget::new(100);
+        budget.charge(60).expect("fits");
+        assert!(matches!(budget.charge(41), Err(StoreError::Full)));
+        budget.charge(40).expect("exactly fits");
+        budget.release(50);
+        assert_eq!(budget.used(), 50);
+    }
+
+    #[test]
+    fn the_clock_never_moves_backwards() {
+        let clock = Clock::default();
+        let a = clock.now();
+        clock.advance(10_000);
+        let b = clock.now();
+        assert!(b >= a + 10_000);
+        clock.advance(-20_000);
+        assert!(clock.now() >= b, "a step back is not seen");
+    }
 }

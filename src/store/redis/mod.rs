@@ -14,6 +14,18 @@ pub mod pool;
 pub mod reply;
 pub mod scripts;
 
+/// A script's source: `src/store/redis/lua/clock.lua` (the store's clock, `store_now()`, and
+/// `int()`) followed by the given files, named from the crate root.
+macro_rules! lua {
+    ($($file:literal),+ $(,)?) => {
+        concat!(
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/redis/lua/clock.lua")),
+            $(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $file))),+
+        )
+    };
+}
+pub(crate) use lua;
+
 use std::{
     sync::{
         Arc,
@@ -160,6 +172,13 @@ impl RedisBackend {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() {
                     broken.store(true, Ordering::Release);
                 }
+                if server_changed_role(&e) {
+                    // The server behind this address is not (or no longer) the writable master:
+                    // a failover demoted it, or it is still loading. No connection to it is
+                    // reused; new ones go wherever the address (DNS, Service) points now.
+                    broken.store(true, Ordering::Release);
+                    self.invalidate_connections();
+                }
                 classify(&e, self.command_timeout)
             })
         }
@@ -170,7 +189,7 @@ impl RedisBackend {
             let kind = match e {
                 StoreError::Timeout(_) => "timeout",
                 StoreError::Unavailable(_) => "unavailable",
-                StoreError::Protocol(_) => "protocol",
+                StoreError::Protocol(_) | StoreError::Full => "protocol",
             };
             metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => kind)
                 .increment(1);
@@ -227,11 +246,20 @@ impl RedisBackend {
         .await
     }
 
-    /// Checks Redis answers; on failure, every pooled connection is replaced.
+    /// Checks Redis answers and takes writes (a replica answers PING but refuses writes: not
+    /// ready), with a write of flowstate's own health key; on failure, every pooled connection
+    /// is replaced.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let key = self.keys.system("health");
         let result = self
             .with_connection("ping", |mut conn| async move {
-                redis::cmd("PING").query_async::<()>(&mut conn).await
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async::<()>(&mut conn)
+                    .await
             })
             .await;
         if result.is_err() {
@@ -239,6 +267,11 @@ impl RedisBackend {
         }
         result
     }
+}
+
+/// Whether `e` says the server cannot take writes as a master right now.
+fn server_changed_role(e: &RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
 }
 
 /// Sorts a Redis error into the store's failure kinds.

@@ -1,0 +1,18 @@
+-- A namespace's generation: every entry key embeds it, so a new generation hides every older
+-- entry at once (InvalidateNamespace), and old entries simply expire.
+-- KEYS[1] generation; ARGV[1] ms it is kept, ARGV[2] '1' to start a new generation
+-- Returns the generation in force. A new one (and one created because the key was missing,
+-- e.g. evicted) is max(current + 1, now in microseconds), so no generation number is ever
+-- used twice and a lost counter causes misses, never old entries coming back.
+local current = redis.call('GET', KEYS[1])
+if current and ARGV[2] ~= '1' then
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) / 2 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  end
+  return tonumber(current)
+end
+local t = redis.call('TIME')
+local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next = math.max(tonumber(current or '0') + 1, micros)
+redis.call('SET', KEYS[1], int(next), 'PX', ARGV[1])
+return next

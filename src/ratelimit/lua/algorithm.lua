@@ -1,0 +1,140 @@
+-- The four rate-limit algorithms and the all-or-nothing check over several counters.
+-- Mirrors src/ratelimit/algorithm.rs line for line: integer math on doubles, exact because
+-- policies keep every product below 2^52. Prepended (after the store clock) to check.lua, and
+-- to the parity tests' driver, which calls run_check with chosen times.
+-- Algorithm codes: 1 fixed window, 2 sliding window, 3 token bucket, 4 GCRA.
+
+local function ceil_div(a, b)
+  return math.floor((a + b - 1) / b)
+end
+
+local function decide(alg, l, p, cap, s0, s1, s2, now, cost)
+  -- returns allowed, remaining, reset, retry, n0, n1, n2, ttl
+  -- Monotonic time: never earlier than the time the state was written at.
+  if alg == 1 or alg == 2 then
+    now = math.max(now, s0 * p)
+  elseif alg == 3 and s2 == 1 then
+    now = math.max(now, s1)
+  elseif alg == 4 then
+    now = math.max(now, s2)
+  end
+  if alg == 1 then
+    local w = math.floor(now / p)
+    local count = 0
+    if s0 == w then count = s1 end
+    local reset = (w + 1) * p - now
+    local allowed = count + cost <= l
+    local after = count
+    if allowed then after = count + cost end
+    local retry = reset
+    if allowed then retry = 0 end
+    return allowed, math.max(l - after, 0), reset, retry, w, after, 0, math.max(reset, 1)
+  elseif alg == 2 then
+    local w = math.floor(now / p)
+    local e = now - w * p
+    local prev, curr = 0, 0
+    if s0 == w then
+      prev, curr = s2, s1
+    elseif s0 == w - 1 then
+      prev, curr = s1, 0
+    end
+    local estimate = prev * (p - e) + curr * p
+    local allowed = estimate + cost * p <= l * p
+    local after, curr_after = estimate, curr
+    if allowed then
+      after = estimate + cost * p
+      curr_after = curr + cost
+    end
+    local reset = p - e
+    if curr_after > 0 then reset = 2 * p - e end
+    local retry = 0
+    if not allowed then
+      local found = false
+      local room = (l - curr - cost) * p
+      if room >= 0 and prev > 0 then
+        local t = math.max(ceil_div(prev * (p - e) - room, prev), 0)
+        if t < p - e then
+          retry = t
+          found = true
+        end
+      end
+      if not found then
+        local room2 = (l - cost) * p
+        local t = 0
+        if curr > 0 then t = math.max(ceil_div(curr * p - room2, curr), 0) end
+        retry = (p - e) + t
+      end
+    end
+    return allowed, math.max(math.floor((l * p - after) / p), 0), reset, retry,
+      w, curr_after, prev, math.max(2 * p - e, 1)
+  elseif alg == 3 then
+    local full = cap * p
+    local tokens, last = full, now
+    if s2 == 1 then tokens, last = s0, s1 end
+    local idle = math.min(math.max(now - last, 0), ceil_div(full, l))
+    tokens = math.min(tokens + idle * l, full)
+    local need = cost * p
+    local allowed = tokens >= need
+    local after = tokens
+    if allowed then after = tokens - need end
+    local reset = ceil_div(full - after, l)
+    local retry = 0
+    if not allowed then retry = ceil_div(need - tokens, l) end
+    return allowed, math.floor(after / p), reset, retry, after, now, 1, math.max(reset, 1)
+  else
+    local tolerance = cap * p
+    local ahead = 0
+    if s2 >= 1 then ahead = math.max((s0 - now) * l + s1, 0) end
+    local next = ahead + cost * p
+    local allowed = next <= tolerance
+    local after = ahead
+    if allowed then after = next end
+    local reset = ceil_div(after, l)
+    local retry = 0
+    if not allowed then retry = ceil_div(next - tolerance, l) end
+    local q = math.floor(after / l)
+    return allowed, math.max(math.floor((tolerance - after) / p), 0), reset, retry,
+      now + q, after - q * l, math.max(now, 1), math.max(reset, 1)
+  end
+end
+
+-- What the last run_check wrote, per counter {a, b, c, ttl} (nil if nothing): read by the
+-- parity tests' driver, which expires keys by its own replayed clock.
+local committed = nil
+
+-- Decides every counter at `now`; when all allow and ARGV[2] is '1', consumes from all.
+-- KEYS[i]  counter i (a hash: a, b, c = the three state integers)
+-- ARGV[1] cost, ARGV[2] commit ('1' or '0'),
+-- ARGV[3 + 4(i-1) ..]: algorithm code, limit, period ms, capacity of counter i
+-- Returns per counter: allowed (0/1), remaining, reset_after ms, retry_after ms.
+local function run_check(now)
+  local cost = tonumber(ARGV[1])
+  local out = {}
+  local writes = {}
+  local all = true
+  for i = 1, #KEYS do
+    local base = 2 + (i - 1) * 4
+    local st = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
+    local allowed, remaining, reset, retry, n0, n1, n2, ttl = decide(
+      tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
+      tonumber(ARGV[base + 4]), tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0,
+      now, cost)
+    all = all and allowed
+    local flag = 0
+    if allowed then flag = 1 end
+    out[#out + 1] = flag
+    out[#out + 1] = remaining
+    out[#out + 1] = reset
+    out[#out + 1] = retry
+    writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
+  end
+  if all and ARGV[2] == '1' then
+    committed = writes
+    for i = 1, #KEYS do
+      local w = writes[i]
+      redis.call('HSET', KEYS[i], 'a', w[1], 'b', w[2], 'c', w[3])
+      redis.call('PEXPIRE', KEYS[i], w[4])
+    end
+  end
+  return out
+end
