@@ -244,6 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_redacted_whatever_characters_they_hold() {
+        for (url, secret) in [
+            ("redis://user:pa/ss@host:6379/0", "pa/ss"),
+            ("redis://:p@ss@host:6379", "p@ss"),
+            ("rediss://u:a?b#c@host", "a?b#c"),
+            ("redis://u:x%2Fy@host/1", "x%2Fy"),
+            ("redis://s3cr/et@host", "s3cr/et"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+            assert!(shown.contains("host"), "{shown}");
+        }
+        // Nor does a URL that does not parse leak its password through the error.
+        for url in ["redis://u:hunter/2@host:notaport", "redis://u:hunter/2@", "http://:hunter/2@h"] {
+            let err = Config::load(None, env(&[("FLOWSTATE_REDIS__URL", url)]))
+                .expect_err("bad url")
+                .to_string();
+            assert!(!err.contains("hunter"), "{err}");
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         assert_eq!(
             redact_url("redis://user:hunter2@host:6379/0"),

@@ -124,23 +124,23 @@ impl MemoryConfig {
     }
 }
 
-/// Replaces the password in a Redis URL's user-info with `***`.
+/// Replaces the password in a Redis URL's user-info with `***`, whatever characters it holds:
+/// everything between `://` and the last `@` is user-info (a password may hold `/`, `?`, `#`
+/// or `@` unescaped; a host or path never holds `@`), so nothing of it is ever shown but the
+/// user name.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or_default();
-    let hidden = if userinfo.contains(':') {
-        format!("{user}:{REDACTED}")
-    } else {
+    let hidden = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
         // `redis://secret@host` puts the password where the user goes.
-        REDACTED.to_owned()
+        None => REDACTED.to_owned(),
     };
     format!("{}{hidden}{}", &url[..scheme_end + 3], &rest[at..])
 }

@@ -30,6 +30,10 @@ stale = "1m"
 """
 
 
+METRICS: dict[str, str] = {}
+"""Metrics URL of each flowstate the fixtures started, by its gRPC address."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +84,7 @@ def target(redis_server):
     if not binary.exists():
         pytest.fail(f"{binary} is missing: run `cargo build` first (or set FLOWSTATE_BIN)")
     port = free_port()
+    metrics_port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(SERVER_CONFIG)
     config.close()
@@ -87,7 +92,7 @@ def target(redis_server):
     env.update(
         FLOWSTATE_REDIS__URL=redis_url,
         FLOWSTATE_SERVER__LISTEN=f"127.0.0.1:{port}",
-        FLOWSTATE_METRICS__ENABLED="false",
+        FLOWSTATE_METRICS__LISTEN=f"127.0.0.1:{metrics_port}",
         FLOWSTATE_LOG__LEVEL="warn",
     )
     proc = subprocess.Popen([str(binary), "--config", config.name], env=env)
@@ -106,6 +111,7 @@ def target(redis_server):
     if not wait_until(ready, 20):
         proc.kill()
         pytest.fail("flowstate did not become ready")
+    METRICS[address] = f"http://127.0.0.1:{metrics_port}/metrics"
     yield address
     proc.terminate()
     proc.wait(timeout=15)

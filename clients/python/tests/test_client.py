@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import flowstate
 from flowstate import CacheItem, Check, Limit
-from conftest import ev, free_port
+from conftest import METRICS, ev, free_port
 
 
 def unique(prefix: str) -> str:
@@ -224,3 +224,44 @@ async def test_bearer_token_is_sent(target):
     fs.cache.get("ns", "k")
     assert seen and seen[0].get("authorization") == "Bearer secret-key"
     fs.close()
+
+
+def rpc_attempts(target: str, method: str, code: str) -> int:
+    """How many calls of `method` the server answered with `code`, from its metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(METRICS[target], timeout=5).read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("flowstate_rpc_requests_total{") and f'method="{method}"' in line and f'code="{code}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def test_only_calls_idempotent_in_effect_are_retried(target, redis_server):
+    """With the store hung, every call fails UNAVAILABLE; the server's own count of attempts
+    shows which ones the client repeated (gRPC retries them up to 3 times)."""
+    _, redis = redis_server
+    calls = {
+        "InvalidateTags": (lambda fs: fs.cache.invalidate_tags("ns", ["t"]), 3),
+        "GetMany": (lambda fs: fs.cache.get_many("ns", ["k"]), 3),
+        "DeleteUserSessions": (lambda fs: fs.sessions.delete_user("u"), 1),
+        "Reset": (lambda fs: fs.ratelimit.reset("api", "k"), 1),
+        "Set": (lambda fs: fs.cache.set("ns", "k", b"v"), 1),
+    }
+    before = {m: rpc_attempts(target, m, "UNAVAILABLE") for m in calls}
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        with flowstate.Client(target, timeout=5.0) as fs:
+            for method, (call, _) in calls.items():
+                with pytest.raises(flowstate.Unavailable):
+                    call(fs)
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    for method, (_, attempts) in calls.items():
+        assert rpc_attempts(target, method, "UNAVAILABLE") - before[method] == attempts, method
+    with flowstate.Client(target) as fs:
+        deadline = time.monotonic() + 10
+        while not fs.health("readiness"):
+            assert time.monotonic() < deadline, "flowstate did not recover"
+            time.sleep(0.05)

@@ -122,6 +122,11 @@ impl RedisBackend {
         self.scripts.register(name, source)
     }
 
+    /// Every registered script as (name, SHA1), sorted by name.
+    pub fn scripts(&self) -> Vec<(&'static str, String)> {
+        self.scripts.list()
+    }
+
     /// The Redis URL with any password replaced by `***`.
     pub fn display_url(&self) -> &str {
         &self.display_url

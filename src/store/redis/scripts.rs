@@ -92,13 +92,13 @@ impl Scripts {
         pipe.query_async::<()>(conn).await
     }
 
-    /// Names of every registered script, sorted.
-    pub fn names(&self) -> Vec<&'static str> {
+    /// Every registered script as (name, SHA1), sorted by name.
+    pub fn list(&self) -> Vec<(&'static str, String)> {
         self.by_name
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
+            .iter()
+            .map(|(name, s)| (*name, s.hash().to_owned()))
             .collect()
     }
 }
@@ -115,6 +115,7 @@ mod tests {
         assert_eq!(a.hash(), again.hash());
         assert!(scripts.register("t.a", "return 2").is_err());
         scripts.register("t.b", "return 2").expect("register");
-        assert_eq!(scripts.names(), ["t.a", "t.b"]);
+        let names: Vec<_> = scripts.list().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["t.a", "t.b"]);
     }
 }

@@ -10,13 +10,20 @@ import grpc
 DEFAULT_TIMEOUT = 2.0
 """Seconds: every call gets a deadline; flowstate answers in well under a millisecond."""
 
-# Retried by gRPC itself on UNAVAILABLE (with backoff): only calls that are safe to repeat.
-# CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may grant a lease),
-# Set and rate-limit Check are never retried: a repeat could act twice.
+# Retried by gRPC itself on UNAVAILABLE (with backoff): only calls idempotent in effect, whose
+# repetition (after a first attempt that may have succeeded) cannot undo or change what another
+# caller did in between beyond what a cache may always do (miss):
+# - reads: GetSession (a touch only slides that session again), ListUserSessions, GetMany;
+# - DeleteSession: one session, by its id or handle, which no other session will ever have;
+# - cache Delete, InvalidateTags, InvalidateNamespace: a repeat can only cause extra misses, and
+#   completes an InvalidateTags that failed half-way (the server keeps every entry findable).
+# Never retried: CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may
+# grant a lease), Set, SetMany, rate-limit Check (each could act twice); DeleteUserSessions (a
+# repeat would also log out a session created in between); rate-limit Reset (a repeat would
+# forget hits counted in between, admitting more than the limit).
 _IDEMPOTENT = {
-    "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession", "DeleteUserSessions"],
+    "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession"],
     "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
-    "flowstate.v1.RateLimitService": ["Reset"],
     "grpc.health.v1.Health": ["Check"],
 }
 
