@@ -67,7 +67,7 @@ fn describe() {
     );
     describe_gauge!(
         "flowstate_store_up",
-        "1 while the store answers its health pings."
+        "1 while the store answers its health probes and takes writes."
     );
     describe_gauge!(
         "flowstate_store_pool_connections",

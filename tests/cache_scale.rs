@@ -19,7 +19,11 @@ async fn invalidating_a_tag_of_100k_entries_is_done_in_bounded_steps() {
     config.redis.url = Some(redis.url());
     config.cache.max_batch = 500;
     let server = TestServer::start(config).await;
-    assert!(server.wait_health("readiness", ServingStatus::Serving).await);
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
     let mut c = pb::cache_service_client::CacheServiceClient::new(server.channel.clone());
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -60,7 +64,10 @@ async fn invalidating_a_tag_of_100k_entries_is_done_in_bounded_steps() {
         )
         .await
         .expect("admin connection");
-    for (name, value) in [("slowlog-log-slower-than", "0"), ("slowlog-max-len", "1000000")] {
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000000"),
+    ] {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg(name)
@@ -97,7 +104,9 @@ async fn invalidating_a_tag_of_100k_entries_is_done_in_bounded_steps() {
     let mut longest = (0i64, String::new());
     let mut commands = 0;
     for entry in &log {
-        let redis::Value::Array(fields) = entry else { continue };
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
         let (Some(redis::Value::Int(micros)), Some(redis::Value::Array(words))) =
             (fields.get(2), fields.get(3))
         else {

@@ -24,8 +24,17 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// Where Debian's `libfaketime` package puts the preload library.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// Where Debian's `libfaketime` package puts the preload library (per architecture).
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
+        .chain(std::iter::once("/usr/lib/faketime/libfaketime.so.1".into()))
+        .find(|p| p.exists())
+        .expect("libfaketime.so.1 not found: apt-get install faketime")
+}
 
 /// A flowstate process, killed on drop.
 struct Replica {
@@ -37,10 +46,6 @@ impl Replica {
     /// Starts the binary on a free port against `redis_url`, its wall clock shifted by
     /// `skew_ms` (libfaketime; the monotonic clock stays real).
     async fn start(redis_url: &str, prefix: &str, skew_ms: i64, tweak: &[(&str, &str)]) -> Self {
-        assert!(
-            std::path::Path::new(LIBFAKETIME).exists(),
-            "{LIBFAKETIME} is missing: apt-get install faketime"
-        );
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowstate"));
         cmd.env_clear()
@@ -54,7 +59,7 @@ impl Replica {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if skew_ms != 0 {
-            cmd.env("LD_PRELOAD", LIBFAKETIME)
+            cmd.env("LD_PRELOAD", libfaketime())
                 .env("FAKETIME", format!("{:+.3}", skew_ms as f64 / 1000.0))
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }

@@ -14,7 +14,9 @@ use std::{collections::HashSet, time::Duration};
 use bytes::Bytes;
 use common::{RedisServer, TestServer, test_config};
 use flowstate::{
-    cache, proto::v1 as pb, ratelimit, session,
+    cache,
+    proto::v1 as pb,
+    ratelimit, session,
     store::{Backend, keys::slot, redis::RedisBackend},
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -68,9 +70,9 @@ fn keys_of(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
         "TIME" => Vec::new(),
         "DEL" | "UNLINK" | "EXISTS" => words[1..].to_vec(),
         "RENAME" => words[1..3].to_vec(),
-        "GET" | "SET" | "HGET" | "HSET" | "HMGET" | "HGETALL" | "HDEL" | "HEXISTS"
-        | "HSTRLEN" | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE"
-        | "ZRANGEBYSCORE" | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" => vec![words[1].clone()],
+        "GET" | "SET" | "HGET" | "HSET" | "HMGET" | "HGETALL" | "HDEL" | "HEXISTS" | "HSTRLEN"
+        | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE" | "ZRANGEBYSCORE"
+        | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" => vec![words[1].clone()],
         other => panic!("a script ran {other}: add it to keys_of"),
     }
 }
@@ -156,7 +158,9 @@ async fn workload(server: &TestServer) {
         .expect("lease")
         .into_inner()
         .lease_token;
-    c.set(set("leased", &["t1"], &token)).await.expect("leased set");
+    c.set(set("leased", &["t1"], &token))
+        .await
+        .expect("leased set");
     c.get_many(pb::CacheGetManyRequest {
         namespace: "ns".into(),
         keys: vec!["a".into(), "b".into(), "c".into()],
@@ -242,14 +246,21 @@ async fn every_script_touches_one_slot() {
     };
 
     let server = TestServer::start(config).await;
-    assert!(server.wait_health("readiness", ServingStatus::Serving).await);
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
     let monitor = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
         .await
         .expect("connect");
     let (read, mut write) = monitor.into_split();
     write.write_all(b"MONITOR\r\n").await.expect("MONITOR");
     let mut lines = BufReader::new(read).lines();
-    assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("+OK"));
+    assert_eq!(
+        lines.next_line().await.expect("read").as_deref(),
+        Some("+OK")
+    );
 
     workload(&server).await;
     let mut admin = redis.client().await;
@@ -296,7 +307,9 @@ async fn every_script_touches_one_slot() {
         }
         if name == "EVALSHA" || name == "EVAL" {
             let script = name_of(&seen.words[1]);
-            let numkeys: usize = String::from_utf8_lossy(&seen.words[2]).parse().expect("numkeys");
+            let numkeys: usize = String::from_utf8_lossy(&seen.words[2])
+                .parse()
+                .expect("numkeys");
             let declared = seen.words[3..3 + numkeys].to_vec();
             seen_scripts.insert(script);
             invocations += 1;
@@ -311,13 +324,18 @@ async fn every_script_touches_one_slot() {
         .iter()
         .filter(|(name, declared, _)| !(*name == "ratelimit.check" && *declared > 1))
         .map(|(name, _, keys)| {
-            let keys: Vec<_> = keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
             format!("{name}: {keys:?}")
         })
         .collect();
     assert!(spanning.is_empty(), "scripts spanning slots: {spanning:#?}");
     assert!(
-        multi_slot.iter().any(|(name, _, _)| *name == "ratelimit.check"),
+        multi_slot
+            .iter()
+            .any(|(name, _, _)| *name == "ratelimit.check"),
         "the two-counter check should have spanned two slots (the test would not see a violation)"
     );
     eprintln!(

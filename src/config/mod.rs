@@ -257,7 +257,11 @@ mod tests {
             assert!(shown.contains("host"), "{shown}");
         }
         // Nor does a URL that does not parse leak its password through the error.
-        for url in ["redis://u:hunter/2@host:notaport", "redis://u:hunter/2@", "http://:hunter/2@h"] {
+        for url in [
+            "redis://u:hunter/2@host:notaport",
+            "redis://u:hunter/2@",
+            "http://:hunter/2@h",
+        ] {
             let err = Config::load(None, env(&[("FLOWSTATE_REDIS__URL", url)]))
                 .expect_err("bad url")
                 .to_string();
