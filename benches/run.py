@@ -128,25 +128,42 @@ def h2load(port: int, path: str, body: pathlib.Path, conc: int, seconds: float) 
     return float(m.group(1))
 
 
+def check_script(driver: str) -> str:
+    """flowstate's rate-limit script as the server loads it (clock + algorithm + driver)."""
+    lua = ROOT / "src"
+    return "".join([
+        (lua / "store/redis/lua/clock.lua").read_text(),
+        (lua / "ratelimit/lua/algorithm.lua").read_text(),
+        driver,
+    ])
+
+
 def redis_benchmark(port: int, conc: int, seconds: float) -> dict[str, dict]:
-    sha = subprocess.run(
-        ["redis-cli", "-p", str(port), "SCRIPT", "LOAD", (ROOT / "src/ratelimit/lua/check.lua").read_text()],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    def load(source: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), "-x", "SCRIPT", "LOAD"],
+            input=source, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+
+    # The production script reads Redis TIME; the second variant is handed the time as its last
+    # argument (as flowstate did before the store clock), so the pair shows what TIME costs.
+    sha = load(check_script((ROOT / "src/ratelimit/lua/check.lua").read_text()))
+    sha_now = load(check_script("\nreturn run_check(tonumber(ARGV[#ARGV]))\n"))
     n = str(int(seconds * 70_000))
+    counter = ["1", "bench:rl:{user-__rand_int__}", "1", "1", "4", "100000000", "3600000", "100000000"]
     runs = [
-        ["-t", "get,set"],
-        ["EVALSHA", sha, "1", "bench:rl:{user-__rand_int__}", "1763000000000", "1", "1", "4",
-         "100000000", "3600000", "100000000"],
+        (None, ["-t", "get,set"]),
+        ("EVALSHA", ["EVALSHA", sha, *counter]),
+        ("EVALSHA-NOW", ["EVALSHA", sha_now, *counter, "1763000000000"]),
     ]
     results = {}
-    for extra in runs:
+    for label, extra in runs:
         out = subprocess.run(
             ["redis-benchmark", "-p", str(port), "-c", str(conc), "-n", n, "-r", "1000", "--csv", *extra],
             capture_output=True, text=True, check=True,
         ).stdout
         for row in csv.DictReader(io.StringIO(out)):
-            results[row["test"].split()[0].upper()] = {
+            results[label or row["test"].split()[0].upper()] = {
                 "rps": float(row["rps"]),
                 "p50_us": float(row["p50_latency_ms"]) * 1000,
                 "p99_us": float(row["p99_latency_ms"]) * 1000,
@@ -206,6 +223,9 @@ def main() -> int:
                 h2_cell = f"{h2[s]:>10.0f}{h2[s] / base:>7.1%}" if s in h2 else " " * 17
                 print(f"{s:<17}{c['rps']:>9.0f}{c['p50_us']:>8}{c['p99_us']:>8}{op:>9}{base:>9.0f}{c['rps'] / base:>7.1%}"
                       f"{h2_cell}   {h['rps']:>17.0f}{h['p50_us']:>6}{h['p99_us']:>8}")
+            t, n = redis["EVALSHA"], redis["EVALSHA-NOW"]
+            print(f"the store clock: rate-limit script reading TIME {t['rps']:.0f}/s (p50 {t['p50_us']:.0f} µs) vs "
+                  f"handed the time {n['rps']:.0f}/s (p50 {n['p50_us']:.0f} µs): {t['rps'] / n['rps']:.1%}")
         rss, hwm = rss_mib(server.pid)
         results["memory_mib"] = {"rss": rss, "peak": hwm}
         print(f"\nflowstate resident memory after the runs: {rss:.1f} MiB (peak {hwm:.1f} MiB)")

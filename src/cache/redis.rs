@@ -1,18 +1,19 @@
 //! The cache in Redis.
 //!
 //! # Entries and time
-//! An entry is a hash (`v` value, `w` stale window) whose TTL is its fresh time plus its stale
-//! window, set relative with PEXPIRE: freshness is read from the entry's own remaining TTL, so no
-//! clock is ever compared and a replica's clock changes nothing. A lease is a separate key in
+//! An entry is a hash: `v` value, `e` fresh until, `s` stale until, both stamped by the store's
+//! clock when it is written (`TIME` in `lua/set.lua`), and it expires at `s` (PEXPIRE,
+//! relative). A plain read pipelines `HMGET v e s` with `TIME` and compares them: the store's
+//! clock decides, never a replica's, and no script runs for a read. A lease is a separate key in
 //! the entry's slot, `<granted at>:<token>` with the lease TTL, so granting one never stretches
 //! the entry's life.
 //!
 //! # Generations, one round trip
 //! An entry's key embeds its namespace's generation (`InvalidateNamespace` starts a new one, so
 //! old entries are never seen again and simply expire). Each call pipelines the generation read
-//! (`GET`, or for writes `lua/generation.lua`, which creates a missing one) with its operation on
-//! the generation this process last saw; when Redis answers with another generation the
-//! operation is sent once more on the new one. Work sent to a stale generation lands on keys
+//! (`GET`; for a write, `lua/generation.lua` when the generation is missing or its TTL is due
+//! for a refresh) with its operation on the generation this process last saw; when Redis
+//! answers with another generation the operation is sent once more on the new one. Work sent to a stale generation lands on keys
 //! nobody reads, which expire. A missing generation reads as "nothing cached": a lost counter
 //! costs misses, never brings older entries back.
 //!
@@ -28,6 +29,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -77,14 +79,24 @@ pub struct RedisCacheStore {
     scripts: Scripts,
     settings: CacheStoreSettings,
     /// Namespace generations last seen (see the module docs).
-    generations: Arc<RwLock<HashMap<String, u64>>>,
+    generations: Arc<RwLock<HashMap<String, Known>>>,
 }
 
-/// How a pipeline starts: reading the generation, or making sure one exists (writes, leases).
+/// What a call needs of its namespace's generation.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GenerationRead {
+    /// Reading: a missing generation means nothing is cached.
     Read,
-    Ensure,
+    /// Writing (or granting a lease): a missing generation is created, and its TTL is
+    /// refreshed when due.
+    Write,
+}
+
+/// A namespace generation this process last saw, and when it last refreshed its TTL.
+#[derive(Clone, Copy)]
+struct Known {
+    generation: u64,
+    refreshed: Option<Instant>,
 }
 
 impl RedisCacheStore {
@@ -110,26 +122,33 @@ impl RedisCacheStore {
         })
     }
 
-    fn known_generation(&self, key: &str) -> u64 {
+    fn known(&self, key: &str) -> Known {
         self.generations
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(Known {
+                generation: 0,
+                refreshed: None,
+            })
     }
 
-    fn remember_generation(&self, key: &str, generation: u64) {
+    fn remember(&self, key: &str, known: Known) {
         let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_REMEMBERED_GENERATIONS {
             map.clear();
         }
-        map.insert(key.to_owned(), generation);
+        map.insert(key.to_owned(), known);
     }
 
     /// Runs `build`'s commands against the namespace's current generation (see the module
     /// docs). Returns the generation used (`None`: the namespace has none, so nothing is
     /// cached; only for [`GenerationRead::Read`]) and the replies to `build`'s commands.
+    ///
+    /// The generation is read with a plain `GET`; writes run `lua/generation.lua` instead when
+    /// the generation is missing (it creates one) or this process has not refreshed its TTL
+    /// for a quarter of its life, so an active namespace's generation never expires.
     async fn in_generation(
         &self,
         op: &'static str,
@@ -139,21 +158,24 @@ impl RedisCacheStore {
         build: impl Fn(u64, &mut Pipeline),
     ) -> Result<(Option<u64>, Vec<Value>), StoreError> {
         let generation_key = self.backend.keys().cache_generation(tenant, namespace);
-        let mut generation = self.known_generation(&generation_key);
-        for _ in 0..3 {
+        let known = self.known(&generation_key);
+        let mut generation = known.generation;
+        let refresh_every = Duration::from_millis(
+            u64::try_from(self.settings.generation_keep_ms / 4).unwrap_or(u64::MAX),
+        );
+        let mut ensure = read == GenerationRead::Write
+            && known.refreshed.is_none_or(|at| at.elapsed() >= refresh_every);
+        for _ in 0..4 {
             let mut pipe = redis::pipe();
-            match read {
-                GenerationRead::Read => {
-                    pipe.cmd("GET").arg(&generation_key);
-                }
-                GenerationRead::Ensure => {
-                    pipe.cmd("EVALSHA")
-                        .arg(self.scripts.generation.hash())
-                        .arg(1)
-                        .arg(&generation_key)
-                        .arg(self.settings.generation_keep_ms)
-                        .arg("0");
-                }
+            if ensure {
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.generation.hash())
+                    .arg(1)
+                    .arg(&generation_key)
+                    .arg(self.settings.generation_keep_ms)
+                    .arg("0");
+            } else {
+                pipe.cmd("GET").arg(&generation_key);
             }
             build(generation, &mut pipe);
             let mut replies = self.backend.pipeline(op, &pipe).await?;
@@ -161,32 +183,58 @@ impl RedisCacheStore {
                 return Err(StoreError::Protocol("empty pipeline reply".into()));
             }
             let current = match replies.remove(0) {
-                Value::Nil => return Ok((None, replies)),
-                Value::Int(g) => u64::try_from(g).ok(),
-                Value::BulkString(b) => reply::parse_int(&b).and_then(|g| u64::try_from(g).ok()),
+                Value::Nil => None,
+                Value::Int(g) => Some(u64::try_from(g).ok()),
+                Value::BulkString(b) => {
+                    Some(reply::parse_int(&b).and_then(|g| u64::try_from(g).ok()))
+                }
                 other => return Err(reply::unexpected("generation", "a number", &other)),
-            }
-            .ok_or_else(|| StoreError::Protocol("generation: not a generation".into()))?;
+            };
+            let current = match current {
+                // Nothing is cached in a namespace without a generation. A write sent with it
+                // landed on an old generation nobody reads; it is sent again on a new one.
+                None if read == GenerationRead::Read => return Ok((None, replies)),
+                None => {
+                    ensure = true;
+                    continue;
+                }
+                Some(g) => g.ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?,
+            };
+            let refreshed = if ensure {
+                Some(Instant::now())
+            } else {
+                self.known(&generation_key).refreshed
+            };
             if current == generation {
+                if ensure {
+                    self.remember(&generation_key, Known { generation, refreshed });
+                }
                 return Ok((Some(generation), replies));
             }
-            self.remember_generation(&generation_key, current);
+            self.remember(
+                &generation_key,
+                Known {
+                    generation: current,
+                    refreshed,
+                },
+            );
             generation = current;
+            ensure = false;
         }
         Err(StoreError::Unavailable(
-            "namespace generation changed during three attempts".into(),
+            "namespace generation changed during four attempts".into(),
         ))
     }
 
-    /// Adds one `get.lua` call to `pipe`.
-    fn push_get(
+    /// Adds a lease-granting lookup (`get.lua`) to `pipe`.
+    fn push_leased_get(
         &self,
         pipe: &mut Pipeline,
         tenant: &Tenant,
         namespace: &str,
         generation: u64,
         key: &str,
-        lease: Option<&str>,
+        token: &str,
     ) {
         let keys = self.backend.keys();
         pipe.cmd("EVALSHA")
@@ -194,8 +242,53 @@ impl RedisCacheStore {
             .arg(2)
             .arg(keys.cache_entry(tenant, namespace, generation, key))
             .arg(keys.cache_lease(tenant, namespace, generation, key))
-            .arg(lease.unwrap_or(""))
+            .arg(token)
             .arg(self.settings.lease_ttl_ms);
+    }
+
+    /// Plain lookups: `HMGET v e s` per key, then `TIME` for the store's now (no script: a
+    /// read changes nothing). One round trip with the generation read.
+    async fn read(
+        &self,
+        op: &'static str,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[impl AsRef<str>],
+    ) -> Result<Vec<Lookup>, StoreError> {
+        let (generation, mut replies) = self
+            .in_generation(op, tenant, namespace, GenerationRead::Read, |g, pipe| {
+                for key in keys {
+                    pipe.cmd("HMGET")
+                        .arg(
+                            self.backend
+                                .keys()
+                                .cache_entry(tenant, namespace, g, key.as_ref()),
+                        )
+                        .arg("v")
+                        .arg("e")
+                        .arg("s");
+                }
+                pipe.cmd("TIME");
+            })
+            .await?;
+        if generation.is_none() {
+            return Ok(keys.iter().map(|_| Lookup::miss()).collect());
+        }
+        let now = match replies.pop() {
+            Some(time) => store_time(&time)?,
+            None => return Err(StoreError::Protocol(format!("{op}: no TIME reply"))),
+        };
+        if replies.len() != keys.len() {
+            return Err(StoreError::Protocol(format!(
+                "{op}: {} replies for {} keys",
+                replies.len(),
+                keys.len()
+            )));
+        }
+        replies
+            .into_iter()
+            .map(|r| lookup_from_hash(r, now))
+            .collect()
     }
 
     /// Adds the listing of `entry` under each of `tags` to `pipe`.
@@ -261,7 +354,7 @@ impl RedisCacheStore {
                 "cache_set",
                 tenant,
                 namespace,
-                GenerationRead::Ensure,
+                GenerationRead::Write,
                 |g, pipe| {
                     for w in writes {
                         let entry = self
@@ -322,24 +415,23 @@ impl CacheStore for RedisCacheStore {
         key: &str,
         lease_token: Option<&str>,
     ) -> Result<Lookup, StoreError> {
-        // A lease must live in a generation that exists, so a lease request creates one.
-        let read = match lease_token {
-            Some(_) => GenerationRead::Ensure,
-            None => GenerationRead::Read,
+        let Some(token) = lease_token else {
+            let mut lookups = self.read("cache_get", tenant, namespace, &[key]).await?;
+            return lookups
+                .pop()
+                .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()));
         };
-        let (generation, replies) = self
-            .in_generation("cache_get", tenant, namespace, read, |g, pipe| {
-                self.push_get(pipe, tenant, namespace, g, key, lease_token);
+        // A lease must live in a generation that exists: a lease request creates one.
+        let (_, replies) = self
+            .in_generation("cache_get", tenant, namespace, GenerationRead::Write, |g, pipe| {
+                self.push_leased_get(pipe, tenant, namespace, g, key, token);
             })
             .await?;
-        if generation.is_none() {
-            return Ok(Lookup::miss());
-        }
         let reply = replies
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()))?;
-        lookup(reply, lease_token)
+        leased_lookup(reply, token)
     }
 
     async fn get_many(
@@ -348,30 +440,7 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<Vec<Lookup>, StoreError> {
-        let (generation, replies) = self
-            .in_generation(
-                "cache_get_many",
-                tenant,
-                namespace,
-                GenerationRead::Read,
-                |g, pipe| {
-                    for key in keys {
-                        self.push_get(pipe, tenant, namespace, g, key, None);
-                    }
-                },
-            )
-            .await?;
-        if generation.is_none() {
-            return Ok(keys.iter().map(|_| Lookup::miss()).collect());
-        }
-        if replies.len() != keys.len() {
-            return Err(StoreError::Protocol(format!(
-                "cache_get_many: {} replies for {} keys",
-                replies.len(),
-                keys.len()
-            )));
-        }
-        replies.into_iter().map(|r| lookup(r, None)).collect()
+        self.read("cache_get_many", tenant, namespace, keys).await
     }
 
     async fn set(
@@ -388,7 +457,7 @@ impl CacheStore for RedisCacheStore {
                 "cache_set",
                 tenant,
                 namespace,
-                GenerationRead::Ensure,
+                GenerationRead::Write,
                 |g, pipe| {
                     for w in writes {
                         self.push_set(pipe, tenant, namespace, g, w, 0);
@@ -568,7 +637,14 @@ impl CacheStore for RedisCacheStore {
             .transpose()?
             .and_then(|g| u64::try_from(g).ok())
             .ok_or_else(|| StoreError::Protocol("no generation returned".into()))?;
-        self.remember_generation(&key, generation);
+        // The generation script just set its TTL: refreshed now.
+        self.remember(
+            &key,
+            Known {
+                generation,
+                refreshed: Some(Instant::now()),
+            },
+        );
         Ok(())
     }
 }
@@ -611,7 +687,7 @@ fn scan_reply(reply: &Value) -> Result<(u64, &[Value]), StoreError> {
 }
 
 /// A `get.lua` answer.
-fn lookup(reply: Value, lease_token: Option<&str>) -> Result<Lookup, StoreError> {
+fn leased_lookup(reply: Value, token: &str) -> Result<Lookup, StoreError> {
     let Value::Array(reply) = reply else {
         return Err(reply::unexpected("cache_get", "an array", &reply));
     };
@@ -629,12 +705,60 @@ fn lookup(reply: Value, lease_token: Option<&str>) -> Result<Lookup, StoreError>
             _ => Bytes::new(),
         },
         fresh_ms: int(&fresh_ms)?,
-        lease: match (int(&lease)?, lease_token) {
-            (1, Some(token)) => Lease::Granted(token.to_owned()),
-            (2, _) => Lease::Wait,
+        lease: match int(&lease)? {
+            1 => Lease::Granted(token.to_owned()),
+            2 => Lease::Wait,
             _ => Lease::None,
         },
     })
+}
+
+/// A plain lookup from `HMGET v e s`, at the store's `now`.
+fn lookup_from_hash(reply: Value, now: Millis) -> Result<Lookup, StoreError> {
+    let Value::Array(fields) = reply else {
+        return Err(reply::unexpected("HMGET", "an array", &reply));
+    };
+    let mut it = fields.into_iter();
+    let (Some(v), Some(e), Some(s)) = (it.next(), it.next(), it.next()) else {
+        return Err(StoreError::Protocol("HMGET: three fields expected".into()));
+    };
+    let num = |v: &Value| match v {
+        Value::BulkString(b) => reply::parse_int(b),
+        _ => None,
+    };
+    let (Value::BulkString(value), Some(fresh_until), Some(stale_until)) = (v, num(&e), num(&s))
+    else {
+        return Ok(Lookup::miss());
+    };
+    let (freshness, fresh_ms) = if now < fresh_until {
+        (Freshness::Fresh, fresh_until - now)
+    } else if now < stale_until {
+        (Freshness::Stale, 0)
+    } else {
+        return Ok(Lookup::miss());
+    };
+    Ok(Lookup {
+        freshness,
+        value: Bytes::from(value),
+        fresh_ms,
+        lease: Lease::None,
+    })
+}
+
+/// A `TIME` reply in Unix milliseconds.
+fn store_time(reply: &Value) -> Result<Millis, StoreError> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::BulkString(secs), Value::BulkString(micros)] => {
+                match (reply::parse_int(secs), reply::parse_int(micros)) {
+                    (Some(s), Some(us)) => Ok(s * 1000 + us / 1000),
+                    _ => Err(StoreError::Protocol("TIME: not numbers".into())),
+                }
+            }
+            _ => Err(StoreError::Protocol("TIME: unexpected shape".into())),
+        },
+        other => Err(reply::unexpected("TIME", "an array", other)),
+    }
 }
 
 impl Condition {

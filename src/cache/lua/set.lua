@@ -8,6 +8,7 @@
 -- invalidated at or after the lease was granted (the value may be computed from what the
 -- invalidation was about). Any write ends the key's lease; a Delete or invalidation deletes the
 -- lease with the entry, which is how a late Set from a lease holder is refused.
+local now = store_now()
 if ARGV[5] ~= '' then
   local lease = redis.call('GET', KEYS[2])
   if not lease then
@@ -22,13 +23,15 @@ if ARGV[5] ~= '' then
   end
 end
 if ARGV[4] ~= '0' then
-  local w = redis.call('HGET', KEYS[1], 'w')
-  local present = w ~= false and redis.call('PTTL', KEYS[1]) > tonumber(w)
+  local e = redis.call('HGET', KEYS[1], 'e')
+  local present = e ~= false and tonumber(e) > now
   if (ARGV[4] == '1' and present) or (ARGV[4] == '2' and not present) then
     return 0
   end
 end
+local fresh = now + tonumber(ARGV[2])
+local life = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'w', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], int(tonumber(ARGV[2]) + tonumber(ARGV[3])))
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', int(fresh), 's', int(now + life))
+redis.call('PEXPIRE', KEYS[1], int(life))
 return 1

@@ -2,8 +2,7 @@
 -- The store's clock decides every expiry, window and lease: Redis's own TIME, never a caller's,
 -- because flowstate replicas' clocks disagree. Expiries are set relative (PEXPIRE), and numbers
 -- are written with %d (tostring() would turn a millisecond timestamp into 1.7e+12).
--- Redis 3.2-4 need effects replication before a write that follows TIME; later ones ignore it.
-if redis.replicate_commands then redis.replicate_commands() end
+-- Scripts that write after reading TIME need effects replication, the default since Redis 5.
 
 local function store_now()
   local t = redis.call('TIME')
