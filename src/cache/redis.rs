@@ -164,7 +164,9 @@ impl RedisCacheStore {
             u64::try_from(self.settings.generation_keep_ms / 4).unwrap_or(u64::MAX),
         );
         let mut ensure = read == GenerationRead::Write
-            && known.refreshed.is_none_or(|at| at.elapsed() >= refresh_every);
+            && known
+                .refreshed
+                .is_none_or(|at| at.elapsed() >= refresh_every);
         for _ in 0..4 {
             let mut pipe = redis::pipe();
             if ensure {
@@ -198,7 +200,9 @@ impl RedisCacheStore {
                     ensure = true;
                     continue;
                 }
-                Some(g) => g.ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?,
+                Some(g) => {
+                    g.ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?
+                }
             };
             let refreshed = if ensure {
                 Some(Instant::now())
@@ -207,7 +211,13 @@ impl RedisCacheStore {
             };
             if current == generation {
                 if ensure {
-                    self.remember(&generation_key, Known { generation, refreshed });
+                    self.remember(
+                        &generation_key,
+                        Known {
+                            generation,
+                            refreshed,
+                        },
+                    );
                 }
                 return Ok((Some(generation), replies));
             }
@@ -423,9 +433,15 @@ impl CacheStore for RedisCacheStore {
         };
         // A lease must live in a generation that exists: a lease request creates one.
         let (_, replies) = self
-            .in_generation("cache_get", tenant, namespace, GenerationRead::Write, |g, pipe| {
-                self.push_leased_get(pipe, tenant, namespace, g, key, token);
-            })
+            .in_generation(
+                "cache_get",
+                tenant,
+                namespace,
+                GenerationRead::Write,
+                |g, pipe| {
+                    self.push_leased_get(pipe, tenant, namespace, g, key, token);
+                },
+            )
             .await?;
         let reply = replies
             .into_iter()
