@@ -95,9 +95,16 @@ impl From<Error> for Status {
                     tracing::error!(error = %e, "store protocol error");
                     Status::internal("internal error")
                 }
-                StoreError::Full => {
-                    tracing::warn!(error = %e, "memory store full");
-                    Status::resource_exhausted("the memory store is full")
+                StoreError::Refused(_) => {
+                    tracing::error!(
+                        error = %e,
+                        "the store refused flowstate: check its credentials and ACL"
+                    );
+                    Status::unavailable("store unavailable")
+                }
+                StoreError::Full(_) => {
+                    tracing::warn!(error = %e, "store full");
+                    Status::resource_exhausted("the store is full")
                 }
             },
         }

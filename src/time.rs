@@ -1,5 +1,6 @@
-//! Wall-clock time as Unix milliseconds. Domain logic takes `now` as an argument (pure functions,
-//! testable boundaries); only the API layer reads the clock, through [`now_ms`].
+//! Wall-clock time as Unix milliseconds, and protobuf time conversions. No decision reads this
+//! process's clock: the stores decide by their own (Redis `TIME`; the memory backend's `Clock`,
+//! the one caller of [`now_ms`]), and domain logic takes `now` from them as an argument.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -40,9 +40,12 @@ for i = 1, #KEYS do
   end
 end
 local out = run_check(now)
-if committed then
-  for i = 1, #KEYS do
-    redis.call('HSET', KEYS[i], 'x', int(now + tonumber(committed[i][4])))
+-- A counter the check wrote has a TTL again (the driver keeps none): its expiry, on the
+-- replayed clock, is that TTL from now.
+for i = 1, #KEYS do
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl > 0 then
+    redis.call('HSET', KEYS[i], 'x', int(now + ttl))
     redis.call('PERSIST', KEYS[i])
   end
 end

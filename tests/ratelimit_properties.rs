@@ -1,8 +1,11 @@
 //! Property tests of the rate-limit algorithms: for random sequences of clock readings (which
-//! may step backwards, as a store's clock can after a failover) and costs, admissions never
-//! exceed the exact bound of the algorithm.
+//! may step backwards by up to the step margin, as a store's clock can after a failover) and
+//! costs, with state expiring as the store expires it, admissions never exceed the exact bound
+//! of the algorithm.
 
-use flowstate::ratelimit::{Algorithm, FailureMode, Policy, State, decide};
+use flowstate::ratelimit::{
+    Algorithm, FailureMode, Policy, State, algorithm::STEP_MARGIN_MS, decide,
+};
 use proptest::prelude::*;
 
 /// One check: how far the clock moved since the previous one (negative: backwards), its cost,
@@ -19,7 +22,7 @@ fn steps(period: i64, capacity: u64) -> impl Strategy<Value = Vec<Step>> {
         6 => Just(0i64),
         6 => 0..=period / 4,
         3 => 0..=2 * period,
-        1 => -period..0,
+        1 => -period.min(STEP_MARGIN_MS)..0,
     ];
     prop::collection::vec(
         (dt, 0..=capacity, prop::bool::weighted(0.9)).prop_map(|(dt, cost, commit)| Step {
@@ -60,16 +63,22 @@ fn policies() -> impl Strategy<Value = Policy> {
 
 /// Runs the steps; returns every consumed admission as (effective time, cost), where the
 /// effective time is the latest clock reading of any admission so far: state never moves
-/// backwards, so an admission at an earlier reading counts as happening at that time.
+/// backwards, so an admission at an earlier reading counts as happening at that time. State
+/// expires as the store expires it: its TTL counted from the clock reading it was written at.
 fn run(policy: &Policy, start: i64, steps: &[Step]) -> Vec<(i64, u64)> {
-    let mut state: Option<State> = None;
-    let (mut now, mut latest) = (start, i64::MIN);
+    let mut state: Option<(State, i64)> = None;
+    let (mut now, mut latest, mut highest) = (start, i64::MIN, start);
     let mut admitted = Vec::new();
     for s in steps {
-        now += s.dt;
-        let (decision, update) = decide(policy, state, now, s.cost);
+        // The clock may step back, never further than the margin below its highest reading.
+        now = (now + s.dt).max(highest - STEP_MARGIN_MS);
+        highest = highest.max(now);
+        if state.is_some_and(|(_, expires)| expires <= now) {
+            state = None;
+        }
+        let (decision, update) = decide(policy, state.map(|(st, _)| st), now, s.cost);
         if decision.allowed && s.commit && s.cost > 0 {
-            state = Some(update.state);
+            state = Some((update.state, now + update.ttl_ms));
             latest = latest.max(now);
             admitted.push((latest, s.cost));
         }

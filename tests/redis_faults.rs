@@ -756,6 +756,50 @@ async fn a_store_error_that_is_not_transient_never_fails_open() {
     assert_eq!(err.code(), Code::Internal, "{err:?}");
 }
 
+/// A wrong password is a configuration fault, not a passing state: limits with
+/// `failure_mode = open` do not admit through it (the call is UNAVAILABLE, like every call),
+/// and readiness is NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_never_fails_open() {
+    use flowstate::{
+        config::LimitConfig,
+        ratelimit::{Algorithm, FailureMode},
+    };
+    use pb::{limit_check::Limit, rate_limit_service_client::RateLimitServiceClient};
+
+    let redis = RedisServer::start().await;
+    let (url, _admin) = acl_user(&redis).await;
+    let mut cfg = config(&url.replace(":pw@", ":wrong@"));
+    cfg.ratelimit.limits.insert(
+        "open".into(),
+        LimitConfig {
+            algorithm: Algorithm::FixedWindow,
+            limit: 5,
+            period: Duration::from_secs(3600),
+            burst: 0,
+            failure_mode: FailureMode::Open,
+        },
+    );
+    let server = TestServer::start(cfg).await;
+    assert!(server.wait_health("", ServingStatus::Serving).await);
+    let err = RateLimitServiceClient::new(server.channel.clone())
+        .check(pb::CheckRequest {
+            checks: vec![pb::LimitCheck {
+                limit: Some(Limit::Name("open".into())),
+                key: "k".into(),
+            }],
+            cost: None,
+            dry_run: false,
+        })
+        .await
+        .expect_err("the store refuses flowstate: not an open limit");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        server.health_status("readiness").await,
+        ServingStatus::NotServing
+    );
+}
+
 /// An ACL user for flowstate whose key permissions a test can narrow and widen while it runs,
 /// so one step of a multi-step operation fails with NOPERM while the others succeed.
 async fn acl_user(redis: &RedisServer) -> (String, redis::aio::MultiplexedConnection) {

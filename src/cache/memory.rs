@@ -32,7 +32,7 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Clock, MemoryBackend},
+        memory::{Clock, MemoryBackend, lock},
     },
     tenant::Tenant,
     time::Millis,
@@ -173,12 +173,6 @@ pub struct MemoryCacheStore {
     keys: Keys,
     clock: Clock,
     settings: CacheStoreSettings,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a single map operation; a poisoned lock holds
-    // consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryCacheStore {
@@ -342,7 +336,7 @@ impl MemoryCacheStore {
             .iter()
             .map(|t| self.keys.cache_tag_mark(tenant, namespace, t))
             .collect();
-        let invalidated = if w.lease_token.is_some() {
+        let invalidated = if w.lease_token.is_some() && !w.tags.is_empty() {
             self.latest_mark(&mark_keys)
         } else {
             0

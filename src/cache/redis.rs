@@ -122,16 +122,53 @@ impl RedisCacheStore {
         })
     }
 
-    fn known(&self, key: &str) -> Known {
+    fn known(&self, key: &str) -> Option<Known> {
         self.generations
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .copied()
-            .unwrap_or(Known {
-                generation: 0,
-                refreshed: None,
-            })
+    }
+
+    /// The first call of this process to a namespace reads its generation alone (or, for a
+    /// write, makes sure one exists), so no operation is sent to a made-up generation: a
+    /// SetMany sent blind would leave its values unread in Redis until they expire.
+    async fn first_generation(
+        &self,
+        op: &'static str,
+        key: &str,
+        read: GenerationRead,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut pipe = redis::pipe();
+        match read {
+            GenerationRead::Read => {
+                pipe.cmd("GET").arg(key);
+            }
+            GenerationRead::Write => {
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.generation.hash())
+                    .arg(1)
+                    .arg(key)
+                    .arg(self.settings.generation_keep_ms)
+                    .arg("0");
+            }
+        }
+        let reply = self.backend.pipeline(op, &pipe).await?;
+        let generation = match reply.first() {
+            None | Some(Value::Nil) => return Ok(None),
+            Some(Value::Int(g)) => u64::try_from(*g).ok(),
+            Some(Value::BulkString(b)) => reply::parse_int(b).and_then(|g| u64::try_from(g).ok()),
+            Some(other) => return Err(reply::unexpected("generation", "a number", other)),
+        }
+        .ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?;
+        self.remember(
+            key,
+            Known {
+                generation,
+                refreshed: (read == GenerationRead::Write).then(Instant::now),
+            },
+        );
+        Ok(Some(generation))
     }
 
     fn remember(&self, key: &str, known: Known) {
@@ -158,7 +195,17 @@ impl RedisCacheStore {
         build: impl Fn(u64, &mut Pipeline),
     ) -> Result<(Option<u64>, Vec<Value>), StoreError> {
         let generation_key = self.backend.keys().cache_generation(tenant, namespace);
-        let known = self.known(&generation_key);
+        let known = match self.known(&generation_key) {
+            Some(known) => known,
+            None => match self.first_generation(op, &generation_key, read).await? {
+                Some(generation) => self.known(&generation_key).unwrap_or(Known {
+                    generation,
+                    refreshed: None,
+                }),
+                // A read of a namespace without a generation: nothing is cached.
+                None => return Ok((None, Vec::new())),
+            },
+        };
         let mut generation = known.generation;
         let refresh_every = Duration::from_millis(
             u64::try_from(self.settings.generation_keep_ms / 4).unwrap_or(u64::MAX),
@@ -207,7 +254,7 @@ impl RedisCacheStore {
             let refreshed = if ensure {
                 Some(Instant::now())
             } else {
-                self.known(&generation_key).refreshed
+                self.known(&generation_key).and_then(|k| k.refreshed)
             };
             if current == generation {
                 if ensure {

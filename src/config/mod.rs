@@ -251,10 +251,18 @@ mod tests {
             ("rediss://u:a?b#c@host", "a?b#c"),
             ("redis://u:x%2Fy@host/1", "x%2Fy"),
             ("redis://s3cr/et@host", "s3cr/et"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret&user=fs",
+                "s3cret",
+            ),
+            ("unix:///run/redis.sock?password=s3cret", "s3cret"),
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains(secret), "{url} shown as {shown}");
-            assert!(shown.contains("host"), "{shown}");
+            assert!(
+                shown.contains("host") || shown.contains("redis.sock"),
+                "{shown}"
+            );
         }
         // Nor does a URL that does not parse leak its password through the error.
         for url in [

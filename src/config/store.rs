@@ -124,23 +124,35 @@ impl MemoryConfig {
     }
 }
 
-/// Replaces the password in a Redis URL's user-info with `***`, whatever characters it holds:
-/// everything between `://` and the last `@` is user-info (a password may hold `/`, `?`, `#`
-/// or `@` unescaped; a host or path never holds `@`), so nothing of it is ever shown but the
-/// user name.
+/// Replaces the password in a Redis URL with `***`, whatever characters it holds: in the
+/// user-info (everything between `://` and the last `@`: a password may hold `/`, `?`, `#` or
+/// `@` unescaped; a host or path never holds `@`), and in `pass=` / `password=` query
+/// parameters (the form of `redis+unix://` socket URLs).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
+    let redacted = match rest.rfind('@') {
+        Some(at) => {
+            let hidden = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:{REDACTED}"),
+                // `redis://secret@host` puts the password where the user goes.
+                None => REDACTED.to_owned(),
+            };
+            format!("{}{hidden}{}", &url[..scheme_end + 3], &rest[at..])
+        }
+        None => url.to_owned(),
     };
-    let userinfo = &rest[..at];
-    let hidden = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:{REDACTED}"),
-        // `redis://secret@host` puts the password where the user goes.
-        None => REDACTED.to_owned(),
+    let Some((base, query)) = redacted.split_once('?') else {
+        return redacted;
     };
-    format!("{}{hidden}{}", &url[..scheme_end + 3], &rest[at..])
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}={REDACTED}"),
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }

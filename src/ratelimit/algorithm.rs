@@ -14,10 +14,17 @@
 //!
 //! State never moves backwards: a store clock can step back (a failover to a replica whose
 //! clock is behind), and a reading earlier than the state's own time is taken as that time, so
-//! no window restarts and no bucket refills twice. (Older GCRA state holds `1` in its last
+//! no window restarts and no bucket refills twice. Durations returned and TTLs count from the
+//! store's actual reading, and counters are kept [`STEP_MARGIN_MS`] beyond their use, so steps
+//! back of up to that much are covered even after a counter stopped mattering. (Older GCRA state holds `1` in its last
 //! slot, which reads as "no time seen yet": compatible.)
 
 use crate::time::Millis;
+
+/// How much longer than it matters a counter is kept: state can only stay monotonic while it
+/// exists, so a store clock that steps back by up to this much (a failover between Redis nodes
+/// whose clocks differ) still finds it. Mirrored in `lua/algorithm.lua`.
+pub const STEP_MARGIN_MS: i64 = 1000;
 
 /// Largest `capacity × period_ms` a policy may have: keeps scaled math exact in Lua's doubles.
 pub const MAX_SCALED: i64 = 1 << 52;
@@ -154,17 +161,33 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 /// `policy` must have passed [`Policy::validate`] and `cost` must be at most its capacity;
 /// then no intermediate exceeds [`MAX_SCALED`].
 pub fn decide(policy: &Policy, state: Option<State>, now: Millis, cost: u64) -> (Decision, Update) {
-    let p = policy.period_ms;
-    let l = policy.limit as i64;
-    let cost = cost as i64;
     let s = state.unwrap_or([0, 0, 0]);
     // Monotonic time: never earlier than the time the state was written at (see module docs).
-    let now = match policy.algorithm {
-        Algorithm::FixedWindow | Algorithm::SlidingWindow => now.max(s[0].saturating_mul(p)),
+    let at = match policy.algorithm {
+        Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+            now.max(s[0].saturating_mul(policy.period_ms))
+        }
         Algorithm::TokenBucket if s[2] == 1 => now.max(s[1]),
         Algorithm::TokenBucket => now,
         Algorithm::Gcra => now.max(s[2]),
     };
+    let (mut decision, mut update) = decide_at(policy, s, at, cost);
+    // The store counts durations from its own reading, `now`: what is due at `at` is that much
+    // further away (so a counter written after a step back outlives its window, too).
+    let shift = at - now;
+    decision.reset_after_ms += shift;
+    if decision.retry_after_ms > 0 {
+        decision.retry_after_ms += shift;
+    }
+    update.ttl_ms += shift + STEP_MARGIN_MS;
+    (decision, update)
+}
+
+/// [`decide`] at a time no earlier than the state's.
+fn decide_at(policy: &Policy, s: State, now: Millis, cost: u64) -> (Decision, Update) {
+    let p = policy.period_ms;
+    let l = policy.limit as i64;
+    let cost = cost as i64;
     match policy.algorithm {
         Algorithm::FixedWindow => {
             let w = now.div_euclid(p);

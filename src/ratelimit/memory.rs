@@ -2,7 +2,7 @@
 //! pure functions ([`super::algorithm::decide`]) the Lua script mirrors.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -15,7 +15,7 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Budget, Clock, MemoryBackend},
+        memory::{Budget, Clock, ExpiryQueue, MemoryBackend},
     },
     tenant::Tenant,
     time::Millis,
@@ -33,7 +33,7 @@ struct State {
     /// Counters: key → (state, expires_at).
     counters: HashMap<String, (RateState, Millis)>,
     /// (expires_at, counter key), for the sweeper.
-    counter_expiry: BTreeSet<(Millis, String)>,
+    counter_expiry: ExpiryQueue,
     budget: Budget,
 }
 
@@ -57,25 +57,20 @@ impl State {
     /// Writes a counter; a new one must already be charged to the budget.
     fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
         if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
-            self.counter_expiry.remove(&(old, key.clone()));
+            self.counter_expiry.remove(old, &key);
         }
-        self.counter_expiry.insert((expires, key));
+        self.counter_expiry.insert(expires, key);
     }
 
     fn remove(&mut self, key: &str) {
         if let Some((_, expires)) = self.counters.remove(key) {
-            self.counter_expiry.remove(&(expires, key.to_owned()));
+            self.counter_expiry.remove(expires, key);
             self.budget.release(footprint(key));
         }
     }
 
     fn sweep(&mut self, now: Millis) -> usize {
-        let due: Vec<String> = self
-            .counter_expiry
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, k)| k.clone())
-            .collect();
+        let due = self.counter_expiry.due(now);
         for key in &due {
             self.remove(key);
         }
@@ -88,7 +83,7 @@ impl MemoryRateLimitStore {
     pub fn new(backend: &MemoryBackend) -> Self {
         let state = Arc::new(Mutex::new(State {
             counters: HashMap::new(),
-            counter_expiry: BTreeSet::new(),
+            counter_expiry: ExpiryQueue::default(),
             budget: backend.budget().clone(),
         }));
         backend.spawn_sweeper("rate-limit counters", Arc::downgrade(&state), State::sweep);

@@ -35,7 +35,7 @@ pub struct Counter {
 /// The parts a counter's store key is built from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CounterId {
-    /// `n.<name>` for named limits, `i.<limit>.<period>.<burst>` for inline ones, so different
+    /// `n.<name>.<period>` for named limits, `i.<limit>.<period>.<burst>` for inline ones, so different
     /// inline policies never share a counter.
     pub limit: Arc<str>,
     /// Algorithm code: changing a limit's algorithm starts from fresh state.

@@ -83,20 +83,18 @@ impl RateLimitStore for RedisRateLimitStore {
     async fn reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {
         let key = self.backend.keys().counter(tenant, id);
         // Deleting twice ends in the same state: safe to retry.
-        let del = || {
-            self.backend.with_connection("ratelimit_reset", |mut conn| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("DEL")
-                        .arg(key)
-                        .query_async::<()>(&mut conn)
-                        .await
-                }
+        self.backend
+            .retry_once("ratelimit_reset", || {
+                self.backend.with_connection("ratelimit_reset", |mut conn| {
+                    let key = key.clone();
+                    async move {
+                        redis::cmd("DEL")
+                            .arg(key)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                })
             })
-        };
-        match del().await {
-            Err(StoreError::Unavailable(_)) => del().await,
-            other => other,
-        }
+            .await
     }
 }

@@ -52,7 +52,7 @@ impl DecisionMetrics {
     }
 }
 
-/// A configured limit: its policy, its counter id (`n.<name>`, built once, not per check) and
+/// A configured limit: its policy, its counter id (`n.<name>.<period>`, built once, not per check) and
 /// its decision counters.
 type NamedLimit = (Policy, Arc<str>, DecisionMetrics);
 
@@ -77,7 +77,9 @@ impl RateLimits {
                     .limits
                     .iter()
                     .map(|(name, l)| {
-                        let id = Arc::from(format!("n.{name}"));
+                        // The period is part of the counter: a window index or a refill time
+                        // means nothing under another period, so changing it starts afresh.
+                        let id = Arc::from(format!("n.{name}.{}", l.policy().period_ms));
                         (name.clone(), (l.policy(), id, DecisionMetrics::new(name)))
                     })
                     .collect(),

@@ -18,7 +18,7 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Budget, Clock, MemoryBackend},
+        memory::{Budget, Clock, ExpiryQueue, MemoryBackend},
     },
     tenant::Tenant,
     time::Millis,
@@ -38,7 +38,7 @@ struct State {
     /// number breaks ties between sessions created in the same millisecond.
     indexes: HashMap<String, BTreeSet<IndexEntry>>,
     /// (expires_at, session key) for every session, so the sweeper pops only what is due.
-    expiry: BTreeSet<(Millis, String)>,
+    expiry: ExpiryQueue,
     /// Insertion counter for index entries.
     inserted: u64,
     budget: Budget,
@@ -83,7 +83,7 @@ impl State {
         self.budget.charge(charged)?;
         self.inserted += 1;
         let seq = self.inserted;
-        self.expiry.insert((record.expires_at, key.clone()));
+        self.expiry.insert(record.expires_at, key.clone());
         self.indexes.entry(index.clone()).or_default().insert((
             record.created_at,
             seq,
@@ -105,8 +105,7 @@ impl State {
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
         self.budget.release(entry.charged);
-        self.expiry
-            .remove(&(entry.record.expires_at, key.to_owned()));
+        self.expiry.remove(entry.record.expires_at, key);
         if let Some(index) = self.indexes.get_mut(&entry.index) {
             index.remove(&(entry.record.created_at, entry.seq, entry.member.clone()));
             if index.is_empty() {
@@ -155,10 +154,7 @@ impl State {
         };
         entry.charged = charged;
         let after = entry.record.expires_at;
-        if before.expires_at != after {
-            self.expiry.remove(&(before.expires_at, key.to_owned()));
-            self.expiry.insert((after, key.to_owned()));
-        }
+        self.expiry.reschedule(before.expires_at, after, key);
         Ok(Some(out))
     }
 
@@ -171,12 +167,7 @@ impl State {
     }
 
     fn sweep(&mut self, now: Millis) -> usize {
-        let due: Vec<String> = self
-            .expiry
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, k)| k.clone())
-            .collect();
+        let due = self.expiry.due(now);
         for key in &due {
             self.remove(key);
         }
@@ -191,7 +182,7 @@ impl MemorySessionStore {
         let state = Arc::new(Mutex::new(State {
             sessions: HashMap::new(),
             indexes: HashMap::new(),
-            expiry: BTreeSet::new(),
+            expiry: ExpiryQueue::default(),
             inserted: 0,
             budget: backend.budget().clone(),
         }));
@@ -309,16 +300,19 @@ impl SessionStore for MemorySessionStore {
         if state.live(&old_key, now).is_none() {
             return Ok(None);
         }
-        let Some(entry) = state.remove(&old_key) else {
+        let Some(entry) = state.sessions.get(&old_key) else {
             return Ok(None);
         };
-        let record = entry.record.clone();
+        let (record, index) = (entry.record.clone(), entry.index.clone());
+        // The new key is stored (and charged) before the old one goes: a full store refuses
+        // the rotation and keeps the session.
         state.insert(
             self.keys.session(tenant, new),
-            entry.record,
-            entry.index,
+            record.clone(),
+            index,
             new.member(),
         )?;
+        state.remove(&old_key);
         Ok(Some(record))
     }
 
@@ -467,7 +461,7 @@ mod tests {
             }
             assert!(created.len() < 100, "the budget never filled");
         };
-        assert!(matches!(full, StoreError::Full), "{full:?}");
+        assert!(matches!(full, StoreError::Full(_)), "{full:?}");
         assert!(!created.is_empty());
         assert!(store.delete(&tenant, &created[0]).await.expect("delete"));
         let tag = UserTag::for_user(&tenant, "again");

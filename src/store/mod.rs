@@ -23,21 +23,39 @@ pub enum StoreError {
     /// The store could not be reached or dropped the connection.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// The store answered something this version does not understand (a bug or a foreign key).
+    /// The store answered something this version does not understand (a bug, a foreign key of
+    /// the wrong type, a script error).
     #[error("unexpected store reply: {0}")]
     Protocol(String),
-    /// The memory store's byte budget (`memory.max_bytes`) is spent.
-    #[error("the memory store is full (memory.max_bytes)")]
-    Full,
+    /// The store refused flowstate's credentials or permissions (a wrong password, an ACL that
+    /// denies a command or key): a configuration fault, not a passing state.
+    #[error("store refused the call: {0}")]
+    Refused(String),
+    /// The store is out of memory: Redis at `maxmemory` refusing writes, or the memory store's
+    /// `memory.max_bytes` spent.
+    #[error("store full: {0}")]
+    Full(&'static str),
 }
 
 impl StoreError {
-    /// Whether the same call may succeed if tried again (timeouts and dropped connections).
-    /// Only idempotent operations are ever retried.
+    /// Whether the same call may succeed if tried again soon (timeouts, dropped connections,
+    /// a failover in progress): only these are retried (for idempotent operations) and only
+    /// these let a rate limit with `failure_mode = open` admit.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Timeout(_) | StoreError::Unavailable(_) => true,
-            StoreError::Protocol(_) | StoreError::Full => false,
+            StoreError::Protocol(_) | StoreError::Refused(_) | StoreError::Full(_) => false,
+        }
+    }
+
+    /// A short name of the kind, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Protocol(_) => "protocol",
+            StoreError::Refused(_) => "refused",
+            StoreError::Full(_) => "full",
         }
     }
 }

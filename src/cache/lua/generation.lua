@@ -4,11 +4,11 @@
 -- Returns the generation in force. A new one (and one created because the key was missing,
 -- e.g. evicted) is max(current + 1, now in microseconds), so no generation number is ever
 -- used twice and a lost counter causes misses, never old entries coming back.
+-- Without '1' the current generation is returned and its TTL renewed (each replica runs this
+-- once per quarter of the TTL, so an active namespace's generation never expires).
 local current = redis.call('GET', KEYS[1])
 if current and ARGV[2] ~= '1' then
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) / 2 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
   return tonumber(current)
 end
 local t = redis.call('TIME')

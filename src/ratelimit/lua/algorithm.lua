@@ -8,16 +8,9 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
-local function decide(alg, l, p, cap, s0, s1, s2, now, cost)
+-- decide at a time no earlier than the state's
+local function decide_at(alg, l, p, cap, s0, s1, s2, now, cost)
   -- returns allowed, remaining, reset, retry, n0, n1, n2, ttl
-  -- Monotonic time: never earlier than the time the state was written at.
-  if alg == 1 or alg == 2 then
-    now = math.max(now, s0 * p)
-  elseif alg == 3 and s2 == 1 then
-    now = math.max(now, s1)
-  elseif alg == 4 then
-    now = math.max(now, s2)
-  end
   if alg == 1 then
     local w = math.floor(now / p)
     local count = 0
@@ -98,9 +91,24 @@ local function decide(alg, l, p, cap, s0, s1, s2, now, cost)
   end
 end
 
--- What the last run_check wrote, per counter {a, b, c, ttl} (nil if nothing): read by the
--- parity tests' driver, which expires keys by its own replayed clock.
-local committed = nil
+local function decide(alg, l, p, cap, s0, s1, s2, now, cost)
+  -- Monotonic time: never earlier than the time the state was written at.
+  local at = now
+  if alg == 1 or alg == 2 then
+    at = math.max(now, s0 * p)
+  elseif alg == 3 and s2 == 1 then
+    at = math.max(now, s1)
+  elseif alg == 4 then
+    at = math.max(now, s2)
+  end
+  local allowed, remaining, reset, retry, n0, n1, n2, ttl =
+    decide_at(alg, l, p, cap, s0, s1, s2, at, cost)
+  -- Durations count from the store's reading, `now`: what is due at `at` is that much further.
+  -- Counters are kept STEP_MARGIN_MS (1000) beyond their use (see algorithm.rs).
+  local shift = at - now
+  if retry > 0 then retry = retry + shift end
+  return allowed, remaining, reset + shift, retry, n0, n1, n2, ttl + shift + 1000
+end
 
 -- Decides every counter at `now`; when all allow and ARGV[2] is '1', consumes from all.
 -- KEYS[i]  counter i (a hash: a, b, c = the three state integers)
@@ -129,7 +137,6 @@ local function run_check(now)
     writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
   end
   if all and ARGV[2] == '1' then
-    committed = writes
     for i = 1, #KEYS do
       local w = writes[i]
       redis.call('HSET', KEYS[i], 'a', w[1], 'b', w[2], 'c', w[3])

@@ -6,6 +6,7 @@
 //! the key scheme and the sweeper period.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicI64, Ordering},
@@ -90,7 +91,7 @@ impl Budget {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             if used.saturating_add(bytes) > self.max {
-                return Err(StoreError::Full);
+                return Err(StoreError::Full("memory.max_bytes is spent"));
             }
             match self.used.compare_exchange_weak(
                 used,
@@ -180,6 +181,44 @@ impl MemoryBackend {
     }
 }
 
+/// Keys by the time they expire, so a sweep visits only what is due.
+#[derive(Default)]
+pub struct ExpiryQueue(BTreeSet<(Millis, String)>);
+
+impl ExpiryQueue {
+    /// `key` expires at `at`.
+    pub fn insert(&mut self, at: Millis, key: String) {
+        self.0.insert((at, key));
+    }
+
+    /// Forgets that `key` expires at `at`.
+    pub fn remove(&mut self, at: Millis, key: &str) {
+        self.0.remove(&(at, key.to_owned()));
+    }
+
+    /// Moves `key`'s expiry from `from` to `to`.
+    pub fn reschedule(&mut self, from: Millis, to: Millis, key: &str) {
+        if from != to {
+            self.remove(from, key);
+            self.insert(to, key.to_owned());
+        }
+    }
+
+    /// The keys due at `now` (expiring at or before it), soonest first.
+    pub fn due(&self, now: Millis) -> Vec<String> {
+        self.0
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Locks a memory store's state. A panic while holding the lock cannot leave the state in a
 /// shape later calls cannot cope with (every operation re-checks liveness), so poisoning is
 /// ignored.
@@ -197,7 +236,7 @@ mod tests {
     fn the_budget_refuses_what_does_not_fit() {
         let budget = Budget::new(100);
         budget.charge(60).expect("fits");
-        assert!(matches!(budget.charge(41), Err(StoreError::Full)));
+        assert!(matches!(budget.charge(41), Err(StoreError::Full(_))));
         budget.charge(40).expect("exactly fits");
         budget.release(50);
         assert_eq!(budget.used(), 50);

@@ -146,8 +146,9 @@ impl RedisBackend {
 
     async fn connection(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>), StoreError> {
         let pooled = self.pool.get().await.map_err(|e| match e {
-            // Failing to open a connection (refused, TLS, AUTH) means the store is unusable
-            // right now, whatever the reason: UNAVAILABLE, with the cause in the logs.
+            // Failing to open a connection (refused, TLS) makes the store unreachable right now;
+            // a wrong password or an ACL that forbids SCRIPT LOAD is a configuration fault
+            // (Refused), never transient.
             managed::PoolError::Backend(e) => match classify(&e, self.command_timeout) {
                 StoreError::Protocol(reason) => StoreError::Unavailable(reason),
                 other => other,
@@ -191,12 +192,7 @@ impl RedisBackend {
         metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
             .record(start.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            let kind = match e {
-                StoreError::Timeout(_) => "timeout",
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::Protocol(_) | StoreError::Full => "protocol",
-            };
-            metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => kind)
+            metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => e.kind())
                 .increment(1);
         }
         result
@@ -221,11 +217,25 @@ impl RedisBackend {
         op: &'static str,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        match self.invoke(op, call).await {
+        self.retry_once(op, || self.invoke(op, call)).await
+    }
+
+    /// Runs `attempt` and, if the connection dropped or Redis was unreachable, once more after
+    /// a short pause. Only for idempotent calls whose answer a repeat cannot falsify; never
+    /// after a timeout (that would double the wait).
+    pub async fn retry_once<T, Fut>(
+        &self,
+        op: &'static str,
+        attempt: impl Fn() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        match attempt().await {
             Err(StoreError::Unavailable(reason)) => {
                 tracing::debug!(%reason, op, "retrying an idempotent store call once");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                self.invoke(op, call).await
+                attempt().await
             }
             other => other,
         }
@@ -285,15 +295,50 @@ pub fn classify(e: &RedisError, timeout: Duration) -> StoreError {
         return StoreError::Timeout(timeout);
     }
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(describe(e));
     }
-    // Server states that pass: loading a dataset, a busy script, a failover in progress.
+    if e.kind() == ErrorKind::AuthenticationFailed {
+        return StoreError::Refused(describe(e));
+    }
     match e.code() {
-        // …and a server that cannot take writes or no longer accepts our password.
-        Some(
-            "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "OOM"
-            | "NOAUTH" | "WRONGPASS",
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Protocol(e.to_string()),
+        // Server states that pass: loading a dataset, a busy script, a failover in progress, a
+        // server that cannot take writes right now.
+        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN") => {
+            StoreError::Unavailable(describe(e))
+        }
+        Some("OOM") => StoreError::Full("Redis is at maxmemory and refuses writes"),
+        // flowstate's credentials or ACL: a fault to fix, not to wait out.
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreError::Refused(describe(e)),
+        _ => StoreError::Protocol(describe(e)),
+    }
+}
+
+/// What `e` says, in words safe for logs: the server's own error (codes and messages never
+/// carry stored data), the OS's for I/O, otherwise only the category. Never `e.to_string()` of
+/// a reply that did not convert: redis-rs puts the reply's value into that text.
+fn describe(e: &RedisError) -> String {
+    match (e.code(), e.kind()) {
+        (Some(code), _) => match e.detail() {
+            Some(detail) => format!("{code} {detail}"),
+            None => code.to_owned(),
+        },
+        (None, ErrorKind::Io) => e.to_string(),
+        _ => e.category().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_that_does_not_convert_stays_out_of_the_error() {
+        let e = <i64 as redis::FromRedisValue>::from_redis_value(Value::BulkString(
+            b"user-secret".to_vec(),
+        ))
+        .expect_err("not an integer");
+        let e = RedisError::from(e);
+        let classified = classify(&e, Duration::from_secs(1)).to_string();
+        assert!(!classified.contains("user-secret"), "{classified}");
     }
 }

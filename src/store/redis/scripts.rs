@@ -14,20 +14,14 @@ use redis::{Script, ScriptInvocation, aio::MultiplexedConnection};
 
 use crate::store::StoreError;
 
-/// A registered script: its name (for errors and metrics), source and SHA1.
+/// A registered script: its source and SHA1 (the registry keeps it under its name).
 #[derive(Clone)]
 pub struct LuaScript {
-    name: &'static str,
     source: &'static str,
     script: Arc<Script>,
 }
 
 impl LuaScript {
-    /// The name it was registered under, e.g. `session.create`.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The SHA1 EVALSHA runs it by.
     pub fn hash(&self) -> &str {
         self.script.get_hash()
@@ -65,7 +59,6 @@ impl Scripts {
             };
         }
         let script = LuaScript {
-            name,
             source,
             script: Arc::new(Script::new(source)),
         };
