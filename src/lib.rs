@@ -14,6 +14,7 @@
 //! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
 //! - [`config`]: the one configuration scheme (defaults < file < `FLOWSTATE_…` env), validated at start-up.
 //! - [`error`]: the service error type and its single mapping to `tonic::Status`.
+//! - [`auth`]: API keys, client certificates, permissions, per-tenant request quotas.
 //! - [`store`]: the backends (Redis pool and script registry, memory), the key scheme, store errors.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
 //! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
@@ -21,10 +22,12 @@
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
 //! - [`tenant`]: the tenant every request is scoped to.
+//! - [`tls`]: TLS and mTLS for the gRPC listener, from files re-read on change.
 //! - [`time`]: Unix-millisecond clock helpers and protobuf time conversions.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -39,3 +42,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tenant;
 pub mod time;
+pub mod tls;

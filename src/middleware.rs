@@ -52,8 +52,9 @@ pub struct Admission<S> {
     permits: Arc<Semaphore>,
 }
 
-/// Whether `path` is a call that must be answered whatever the load.
-fn is_probe(path: &str) -> bool {
+/// Whether `path` is a call that must be answered whatever the load or the caller: health
+/// checks and reflection.
+pub fn is_probe(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
@@ -190,17 +191,34 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Turns errors raised by layers (not by handlers, which answer with a `Status` themselves)
-/// into gRPC answers (INTERNAL) instead of reset streams.
+/// into gRPC answers (INTERNAL) instead of reset streams, and a request message over
+/// `server.max_message_bytes` into RESOURCE_EXHAUSTED (tonic answers OUT_OF_RANGE; the gRPC
+/// status code spec says a message larger than the server accepts is RESOURCE_EXHAUSTED).
 pub fn layer_error_to_status(
     result: Result<Response<Body>, BoxError>,
 ) -> Result<Response<Body>, BoxError> {
     Ok(match result {
+        Ok(response) if is_message_too_large(&response) => Status::resource_exhausted(
+            "the request message is larger than server.max_message_bytes",
+        )
+        .into_http(),
         Ok(response) => response,
         Err(e) => {
             tracing::error!(error = %e, "request failed in a server layer");
             Status::internal("internal error").into_http()
         }
     })
+}
+
+/// Whether `response` is tonic's refusal of a request message over the decoding limit.
+fn is_message_too_large(response: &Response<Body>) -> bool {
+    let headers = response.headers();
+    headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            // Percent-encoded by tonic: spaces are %20.
+            .is_some_and(|m| m.contains("decoded%20message%20length%20too%20large"))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! [`run`] takes the listener and the shutdown signal as arguments so tests can bind
 //! `127.0.0.1:0` and stop the server when they like; `main` passes a real socket and SIGTERM/SIGINT.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
 use crate::{
+    auth::{self, AuthLayer, Authenticator, config::AuthMode},
     cache::{self, Caches, api::CacheApi},
     config::Config,
     health::{self, Health},
@@ -27,7 +28,7 @@ use crate::{
     ratelimit::{self, RateLimits, api::RateLimitApi},
     session::{self, Sessions, api::SessionApi},
     store::Backend,
-    tenant::Tenant,
+    tls::{Acceptor, TlsFiles},
 };
 
 /// Opens the backend the configuration asks for and says loudly which one it is.
@@ -66,48 +67,110 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let backend = open_backend(&config)?;
-    let tenant = Tenant::new(&config.server.tenant).context("server.tenant")?;
+    let auth = Arc::new(Authenticator::new(
+        &config,
+        &[
+            session::api::PERMISSIONS,
+            cache::api::PERMISSIONS,
+            ratelimit::api::PERMISSIONS,
+        ],
+    )?);
+    match auth.mode() {
+        AuthMode::None => tracing::warn!(
+            tenant = %config.server.tenant,
+            "authentication is OFF (auth.mode = none): anyone who reaches this port acts for \
+             tenant {} with every permission; set auth.mode = required in production",
+            config.server.tenant
+        ),
+        AuthMode::Required => tracing::info!(
+            keys = auth.key_count(),
+            client_identities = config.auth.clients.len(),
+            "authentication required: API keys and client certificates"
+        ),
+    }
+    let tls = match TlsFiles::from_config(&config.server.tls) {
+        Some(files) => Some(Acceptor::new(files).context("setting up TLS")?),
+        None => {
+            tracing::warn!("TLS is off: calls and API keys travel in plaintext");
+            None
+        }
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
-    let (stop_health, health_stop) = watch::channel(false);
-    let health_task = tokio::spawn(health::watch_store(
-        backend.clone(),
-        health.clone(),
-        config.redis.health_interval,
-        health_stop,
+    let (stop_tasks, tasks_stop) = watch::channel(false);
+    let mut tasks = vec![(
+        "health",
+        tokio::spawn(health::watch_store(
+            backend.clone(),
+            health.clone(),
+            config.redis.health_interval,
+            tasks_stop,
+        )),
+    )];
+    tasks.push((
+        "keys watcher",
+        tokio::spawn(auth::watch_keys(
+            auth.clone(),
+            config.auth.reload_interval,
+            stop_tasks.subscribe(),
+        )),
     ));
+    if let Some(tls) = &tls {
+        tasks.push((
+            "TLS watcher",
+            tokio::spawn(
+                tls.clone()
+                    .watch(config.auth.reload_interval, stop_tasks.subscribe()),
+            ),
+        ));
+    }
 
     // Both reflection versions: grpcurl 1.8 speaks only v1alpha, newer tools prefer v1.
-    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building reflection v1alpha")?;
+    let (reflection_v1, reflection_v1alpha) = if config.server.reflection {
+        (
+            Some(reflection().build_v1().context("building reflection v1")?),
+            Some(
+                reflection()
+                    .build_v1alpha()
+                    .context("building reflection v1alpha")?,
+            ),
+        )
+    } else {
+        (None, None)
+    };
 
     let sessions = Sessions::new(session::open_store(&backend)?, config.session.clone());
-    let session_service = SessionServiceServer::new(SessionApi::new(sessions, tenant.clone()))
+    let session_service = SessionServiceServer::new(SessionApi::new(sessions))
         .max_decoding_message_size(config.server.max_message_bytes);
     let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone());
-    let collector = tokio::spawn(observe::collect(
-        caches.clone(),
-        backend.clone(),
-        Duration::from_secs(1),
-        stop_health.subscribe(),
+    tasks.push((
+        "metrics collector",
+        tokio::spawn(observe::collect(
+            caches.clone(),
+            backend.clone(),
+            Duration::from_secs(1),
+            stop_tasks.subscribe(),
+        )),
     ));
-    let cache_service = CacheServiceServer::new(CacheApi::new(caches, tenant.clone()))
+    let cache_service = CacheServiceServer::new(CacheApi::new(caches))
         .max_decoding_message_size(config.server.max_message_bytes);
     let limits = RateLimits::new(ratelimit::open_store(&backend)?, &config.ratelimit);
-    let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits, tenant))
+    let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits))
         .max_decoding_message_size(config.server.max_message_bytes);
 
     // The one tower stack, outermost first.
     let stack = ServiceBuilder::new()
         // Count and time every call by service, method and final status code, including the
-        // ones the layers below answer themselves (shed load, deadlines).
+        // ones the layers below answer themselves (refused, shed, timed out).
         .layer(RpcMetricsLayer::new())
         // Errors raised by the layers below become proper gRPC statuses instead of reset
-        // streams.
+        // streams; a message over server.max_message_bytes is RESOURCE_EXHAUSTED.
         .map_result(layer_error_to_status)
+        // Who calls, for which tenant, with which permissions, within its tenant's request
+        // quota (health and reflection need no caller). Before admission: a refused call must
+        // not take a slot from the others.
+        .layer(AuthLayer::new(auth))
         // At most max_concurrent_requests calls at once across all connections; the rest get
         // RESOURCE_EXHAUSTED at once. Health checks and reflection are never counted or shed.
         .layer(AdmissionLayer::new(config.server.max_concurrent_requests))
@@ -119,22 +182,32 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
-    let serve = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(stack)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(session_service)
         .add_service(cache_service)
-        .add_service(ratelimit_service)
+        .add_service(ratelimit_service);
+    let stopped = async {
+        let _ = accepting_stopped.await;
+    };
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls
+    {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped)),
         // TCP_NODELAY: small gRPC replies must not wait for the peer's delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = accepting_stopped.await;
-            },
-        );
-    tracing::info!(listen = %local, store = backend.kind().as_str(), "flowstate serving gRPC");
+            stopped,
+        )),
+    };
+    tracing::info!(
+        listen = %local,
+        store = backend.kind().as_str(),
+        tls = config.server.tls.cert_file.is_some(),
+        "flowstate serving gRPC"
+    );
 
     tokio::pin!(serve);
     let outcome = tokio::select! {
@@ -159,8 +232,8 @@ pub async fn run(
             }
         }
     };
-    let _ = stop_health.send(true);
-    for (name, task) in [("health", health_task), ("metrics collector", collector)] {
+    let _ = stop_tasks.send(true);
+    for (name, task) in tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, task = name, "background task ended abnormally");
         }

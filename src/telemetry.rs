@@ -12,7 +12,12 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&log.level)
             .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", log.level))?,
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal: never into pipes, files or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let result = match log.format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -635,7 +635,8 @@ async fn bad_input_is_rejected_and_stores_nothing(b: Backend) {
         "nothing changed"
     );
 
-    // Oversized messages are refused by tonic's decoder (OUT_OF_RANGE), before any handler runs.
+    // Oversized messages are refused before any handler runs, as RESOURCE_EXHAUSTED (the gRPC
+    // status code spec's code for a message larger than the server accepts).
     let huge = c
         .create_session(Request::new(req(
             "u",
@@ -643,7 +644,7 @@ async fn bad_input_is_rejected_and_stores_nothing(b: Backend) {
         )))
         .await
         .expect_err("over max_message_bytes");
-    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
     assert!(
         list(&mut c, "u").await.len() == 1,
         "only the valid session exists"

@@ -3,23 +3,22 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{MethodPermissions, permission::Permission, tenant_and},
     cache::{Caches, Condition, Freshness, Lease, Lookup, SetInput},
     error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
-    tenant::Tenant,
     time::{from_duration, to_duration},
 };
 
 /// The CacheService handlers.
 pub struct CacheApi {
     caches: Caches,
-    tenant: Tenant,
 }
 
 impl CacheApi {
-    /// Handlers over `caches`, acting for `tenant`.
-    pub fn new(caches: Caches, tenant: Tenant) -> Self {
-        Self { caches, tenant }
+    /// Handlers over `caches`; each call acts for its caller's tenant.
+    pub fn new(caches: Caches) -> Self {
+        Self { caches }
     }
 }
 
@@ -45,16 +44,30 @@ fn ttl_remaining(lookup: &Lookup) -> Option<prost_types::Duration> {
     Some(to_duration(ms))
 }
 
+/// The permission each method needs (checked by the auth layer before the handler runs).
+pub const PERMISSIONS: MethodPermissions = (
+    pb::cache_service_server::SERVICE_NAME,
+    &[
+        ("Get", Permission::CacheRead),
+        ("GetMany", Permission::CacheRead),
+        ("Set", Permission::CacheWrite),
+        ("SetMany", Permission::CacheWrite),
+        ("Delete", Permission::CacheWrite),
+        ("InvalidateTags", Permission::CacheInvalidate),
+        ("InvalidateNamespace", Permission::CacheInvalidate),
+    ],
+);
+
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     async fn get(
         &self,
         request: Request<pb::CacheGetRequest>,
     ) -> Result<Response<pb::CacheGetResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let lookup = self
             .caches
-            .get(&self.tenant, &r.namespace, &r.key, r.lease)
+            .get(&tenant, &r.namespace, &r.key, r.lease)
             .await?;
         let ttl_remaining = ttl_remaining(&lookup);
         Ok(Response::new(pb::CacheGetResponse {
@@ -74,11 +87,8 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheGetManyRequest>,
     ) -> Result<Response<pb::CacheGetManyResponse>, Status> {
-        let r = request.into_inner();
-        let lookups = self
-            .caches
-            .get_many(&self.tenant, &r.namespace, &r.keys)
-            .await?;
+        let (tenant, r) = tenant_and(request)?;
+        let lookups = self.caches.get_many(&tenant, &r.namespace, &r.keys).await?;
         let entries = r
             .keys
             .into_iter()
@@ -98,7 +108,7 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheSetRequest>,
     ) -> Result<Response<pb::CacheSetResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let input = SetInput {
             condition: condition("condition", r.condition)?,
             key: r.key,
@@ -109,7 +119,7 @@ impl CacheService for CacheApi {
         };
         let stored = self
             .caches
-            .set(&self.tenant, &r.namespace, vec![input], false)
+            .set(&tenant, &r.namespace, vec![input], false)
             .await?;
         Ok(Response::new(pb::CacheSetResponse {
             stored: stored.first().copied().unwrap_or(false),
@@ -120,7 +130,7 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheSetManyRequest>,
     ) -> Result<Response<pb::CacheSetManyResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let inputs = r
             .entries
             .into_iter()
@@ -136,10 +146,7 @@ impl CacheService for CacheApi {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let stored = self
-            .caches
-            .set(&self.tenant, &r.namespace, inputs, true)
-            .await?;
+        let stored = self.caches.set(&tenant, &r.namespace, inputs, true).await?;
         Ok(Response::new(pb::CacheSetManyResponse { stored }))
     }
 
@@ -147,11 +154,8 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheDeleteRequest>,
     ) -> Result<Response<pb::CacheDeleteResponse>, Status> {
-        let r = request.into_inner();
-        let deleted = self
-            .caches
-            .delete(&self.tenant, &r.namespace, &r.keys)
-            .await?;
+        let (tenant, r) = tenant_and(request)?;
+        let deleted = self.caches.delete(&tenant, &r.namespace, &r.keys).await?;
         Ok(Response::new(pb::CacheDeleteResponse { deleted }))
     }
 
@@ -159,10 +163,10 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheInvalidateTagsRequest>,
     ) -> Result<Response<pb::CacheInvalidateTagsResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let invalidated = self
             .caches
-            .invalidate_tags(&self.tenant, &r.namespace, &r.tags)
+            .invalidate_tags(&tenant, &r.namespace, &r.tags)
             .await?;
         Ok(Response::new(pb::CacheInvalidateTagsResponse {
             invalidated,
@@ -173,9 +177,9 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheInvalidateNamespaceRequest>,
     ) -> Result<Response<pb::CacheInvalidateNamespaceResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         self.caches
-            .invalidate_namespace(&self.tenant, &r.namespace)
+            .invalidate_namespace(&tenant, &r.namespace)
             .await?;
         Ok(Response::new(pb::CacheInvalidateNamespaceResponse {}))
     }

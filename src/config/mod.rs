@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     load::ENV_PREFIX,
-    server::{LogConfig, LogFormat, MetricsConfig, ServerConfig},
+    server::{ClientAuth, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig},
     store::{MemoryConfig, RedisConfig, redact_url},
 };
 pub use crate::{
+    auth::config::{AuthConfig, AuthMode, ClientIdentity, QuotaConfig, TenantQuota},
     cache::config::{CacheConfig, NamespacePolicy},
     ratelimit::config::{LimitConfig, RateLimitConfig},
     session::config::SessionConfig,
@@ -48,6 +49,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Named rate limits and input limits.
     pub ratelimit: RateLimitConfig,
+    /// Authentication: API keys, client certificates.
+    pub auth: AuthConfig,
+    /// Per-tenant quotas.
+    pub quota: QuotaConfig,
 }
 
 /// A configuration problem, naming the key and the source it came from.
@@ -83,6 +88,9 @@ impl Config {
         self.session.validate(&mut bad);
         self.cache.validate(&mut bad);
         self.ratelimit.validate(&mut bad);
+        self.auth
+            .validate(self.server.tls.client_ca_file.is_some(), &mut bad);
+        self.quota.validate(&mut bad);
         if bad.is_empty() {
             Ok(())
         } else {

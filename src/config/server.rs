@@ -1,7 +1,7 @@
 //! The server's own sections: `[server]` (listener, deadlines, limits, shutdown), `[log]` and
 //! `[metrics]`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +23,41 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
-    /// Tenant every request acts for while authentication is off.
+    /// Tenant every request acts for while authentication is off (`auth.mode = none`).
     pub tenant: String,
+    /// Serve gRPC server reflection (grpcurl without proto files). Off hides the API's shape
+    /// from anyone who can reach the port.
+    pub reflection: bool,
+    /// TLS for the gRPC listener.
+    pub tls: TlsConfig,
+}
+
+/// TLS for the gRPC listener (`[server.tls]`): on when `cert_file` is set. Every file is
+/// re-read when it changes (cert-manager rotates them), without a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates (mTLS); unset: no client
+    /// certificates are asked for.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: whether a client certificate is `required` or `optional` (then a
+    /// caller may use an API key instead).
+    pub client_auth: ClientAuth,
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Every connection presents a certificate signed by `client_ca_file`.
+    #[default]
+    Required,
+    /// A certificate is verified when presented; connections without one are accepted.
+    Optional,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +69,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
             tenant: "default".to_owned(),
+            reflection: true,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -102,6 +137,13 @@ impl ServerConfig {
             self.max_concurrent_requests > 0,
         );
         require_positive(bad, "server.max_message_bytes", self.max_message_bytes > 0);
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            bad.push("`server.tls.cert_file` and `server.tls.key_file` go together".to_owned());
+        }
+        if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+            bad.push("`server.tls.client_ca_file` needs `server.tls.cert_file`".to_owned());
+        }
         if crate::tenant::Tenant::new(&self.tenant).is_none() {
             bad.push(
                 "`server.tenant` must be 1-64 characters of A-Z a-z 0-9 _ . -, not starting with _"

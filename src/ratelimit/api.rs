@@ -3,25 +3,33 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{MethodPermissions, permission::Permission, tenant_and},
     error::Error,
     proto::v1::{self as pb, rate_limit_service_server::RateLimitService},
     ratelimit::{Algorithm, CheckInput, FailureMode, LimitRef, Policy, RateLimits},
-    tenant::Tenant,
     time::{from_duration, to_duration},
 };
 
 /// The RateLimitService handlers.
 pub struct RateLimitApi {
     limits: RateLimits,
-    tenant: Tenant,
 }
 
 impl RateLimitApi {
-    /// Handlers over `limits`, acting for `tenant`.
-    pub fn new(limits: RateLimits, tenant: Tenant) -> Self {
-        Self { limits, tenant }
+    /// Handlers over `limits`; each call acts for its caller's tenant.
+    pub fn new(limits: RateLimits) -> Self {
+        Self { limits }
     }
 }
+
+/// The permission each method needs (checked by the auth layer before the handler runs).
+pub const PERMISSIONS: MethodPermissions = (
+    pb::rate_limit_service_server::SERVICE_NAME,
+    &[
+        ("Check", Permission::RatelimitCheck),
+        ("Reset", Permission::RatelimitAdmin),
+    ],
+);
 
 #[tonic::async_trait]
 impl RateLimitService for RateLimitApi {
@@ -29,7 +37,7 @@ impl RateLimitService for RateLimitApi {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let checks = r
             .checks
             .into_iter()
@@ -43,7 +51,7 @@ impl RateLimitService for RateLimitApi {
             .collect::<Result<Vec<_>, Error>>()?;
         let outcome = self
             .limits
-            .check(&self.tenant, checks, r.cost.unwrap_or(1), r.dry_run)
+            .check(&tenant, checks, r.cost.unwrap_or(1), r.dry_run)
             .await?;
         Ok(Response::new(pb::CheckResponse {
             allowed: outcome.allowed,
@@ -66,9 +74,9 @@ impl RateLimitService for RateLimitApi {
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let limit = limit_ref(r.limit.map(check_limit), None)?;
-        self.limits.reset(&self.tenant, limit, &r.key).await?;
+        self.limits.reset(&tenant, limit, &r.key).await?;
         Ok(Response::new(pb::ResetResponse {}))
     }
 }

@@ -3,24 +3,38 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{MethodPermissions, permission::Permission, tenant_and},
     proto::v1::{self as pb, session_service_server::SessionService},
     session::{CreateSession, Session, SessionUpdate, Sessions, model::DeleteTarget},
-    tenant::Tenant,
     time::{from_duration, to_timestamp},
 };
 
 /// The SessionService handlers.
 pub struct SessionApi {
     sessions: Sessions,
-    tenant: Tenant,
 }
 
 impl SessionApi {
-    /// Handlers over `sessions`, acting for `tenant` (until authentication picks it per call).
-    pub fn new(sessions: Sessions, tenant: Tenant) -> Self {
-        Self { sessions, tenant }
+    /// Handlers over `sessions`; each call acts for its caller's tenant.
+    pub fn new(sessions: Sessions) -> Self {
+        Self { sessions }
     }
 }
+
+/// The permission each method needs (checked by the auth layer before the handler runs).
+pub const PERMISSIONS: MethodPermissions = (
+    pb::session_service_server::SERVICE_NAME,
+    &[
+        ("CreateSession", Permission::SessionsWrite),
+        ("GetSession", Permission::SessionsRead),
+        ("UpdateSession", Permission::SessionsWrite),
+        ("TouchSession", Permission::SessionsWrite),
+        ("RotateSession", Permission::SessionsWrite),
+        ("DeleteSession", Permission::SessionsWrite),
+        ("ListUserSessions", Permission::SessionsRead),
+        ("DeleteUserSessions", Permission::SessionsWrite),
+    ],
+);
 
 #[tonic::async_trait]
 impl SessionService for SessionApi {
@@ -28,7 +42,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let input = CreateSession {
             user_id: r.user_id,
             data: r.data,
@@ -36,7 +50,7 @@ impl SessionService for SessionApi {
             idle_timeout: r.idle_timeout.as_ref().map(from_duration),
             absolute_timeout: r.absolute_timeout.as_ref().map(from_duration),
         };
-        let session = self.sessions.create(&self.tenant, input).await?;
+        let session = self.sessions.create(&tenant, input).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -44,8 +58,8 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let r = request.into_inner();
-        let session = self.sessions.get(&self.tenant, &r.id, r.touch).await?;
+        let (tenant, r) = tenant_and(request)?;
+        let session = self.sessions.get(&tenant, &r.id, r.touch).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -53,13 +67,13 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let update = SessionUpdate {
             set: r.set.into_iter().collect(),
             remove: r.remove,
             expected_version: r.expected_version,
         };
-        let session = self.sessions.update(&self.tenant, &r.id, update).await?;
+        let session = self.sessions.update(&tenant, &r.id, update).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -67,8 +81,8 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::TouchSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let r = request.into_inner();
-        let session = self.sessions.get(&self.tenant, &r.id, true).await?;
+        let (tenant, r) = tenant_and(request)?;
+        let session = self.sessions.get(&tenant, &r.id, true).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -76,8 +90,8 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RotateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let r = request.into_inner();
-        let session = self.sessions.rotate(&self.tenant, &r.id).await?;
+        let (tenant, r) = tenant_and(request)?;
+        let session = self.sessions.rotate(&tenant, &r.id).await?;
         Ok(Response::new(session.into()))
     }
 
@@ -86,12 +100,13 @@ impl SessionService for SessionApi {
         request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
         use pb::delete_session_request::Target;
-        let target = match &request.get_ref().target {
+        let (tenant, r) = tenant_and(request)?;
+        let target = match &r.target {
             Some(Target::Id(id)) => DeleteTarget::Id(id),
             Some(Target::Handle(handle)) => DeleteTarget::Handle(handle),
             None => DeleteTarget::Id(""),
         };
-        let deleted = self.sessions.delete(&self.tenant, target).await?;
+        let deleted = self.sessions.delete(&tenant, target).await?;
         Ok(Response::new(pb::DeleteSessionResponse { deleted }))
     }
 
@@ -99,8 +114,8 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
-        let r = request.into_inner();
-        let sessions = self.sessions.list(&self.tenant, &r.user_id).await?;
+        let (tenant, r) = tenant_and(request)?;
+        let sessions = self.sessions.list(&tenant, &r.user_id).await?;
         Ok(Response::new(pb::ListUserSessionsResponse {
             sessions: sessions.into_iter().map(Into::into).collect(),
         }))
@@ -110,10 +125,10 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::DeleteUserSessionsRequest>,
     ) -> Result<Response<pb::DeleteUserSessionsResponse>, Status> {
-        let r = request.into_inner();
+        let (tenant, r) = tenant_and(request)?;
         let deleted = self
             .sessions
-            .delete_user(&self.tenant, &r.user_id, r.keep_handle.as_deref())
+            .delete_user(&tenant, &r.user_id, r.keep_handle.as_deref())
             .await?;
         Ok(Response::new(pb::DeleteUserSessionsResponse { deleted }))
     }

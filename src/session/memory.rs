@@ -345,7 +345,10 @@ impl SessionStore for MemorySessionStore {
                 continue;
             }
             if let Some(key) = SessionKey::from_member(tag, &member) {
-                out.push((key, entry.record.clone()));
+                let mut record = entry.record.clone();
+                // A listing never carries data (see the store contract).
+                record.data.clear();
+                out.push((key, record));
             }
         }
         Ok(out)

@@ -53,7 +53,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes a session and its index entry; whether it existed.
     async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError>;
 
-    /// The user's live sessions (any order), pruning dead index entries.
+    /// The user's live sessions (any order), pruning dead index entries. Without their data:
+    /// a listing shows handles, timestamps and metadata only (data only through the id).
     async fn list(
         &self,
         tenant: &Tenant,

@@ -165,7 +165,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUserSessions(self, request, context):
-        """Lists the user's live sessions, oldest first, without their ids (handles only).
+        """Lists the user's live sessions, oldest first, without their ids (handles only) and without
+        their data (timestamps and metadata only: data is read through the session's id).
         Expired entries are pruned from the user's index as a side effect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

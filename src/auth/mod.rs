@@ -1,0 +1,411 @@
+//! Who is calling, for which tenant, allowed to do what.
+//!
+//! [`AuthLayer`] runs before a call reaches its handler: it identifies the caller (an API key
+//! sent as `authorization: Bearer <key>`, or a client certificate listed in `auth.clients`),
+//! checks the method's permission, applies the tenant's request quota, and hands the handler a
+//! [`Caller`] in the request's extensions. Handlers take the tenant from there, so every store
+//! key a call touches is its caller's tenant's. Health checks and reflection need no caller.
+//!
+//! - [`keys`]: the key format and the keys file (hashes only), reloaded on change by
+//!   [`watch_keys`]; a bad file keeps the keys in force and says why.
+//! - [`permission`]: the permission names.
+//! - [`config`]: `[auth]` and `[quota]`.
+
+pub mod config;
+pub mod keys;
+pub mod permission;
+mod quota;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use tokio::sync::watch;
+use tonic::{
+    Status,
+    body::Body,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+use tower::{BoxError, Layer, Service};
+
+use self::{
+    config::AuthMode,
+    keys::KeySet,
+    permission::{Permission, Permissions},
+    quota::RequestQuotas,
+};
+use crate::{config::Config, tenant::Tenant};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The tenant every key of the call belongs to.
+    pub tenant: Tenant,
+    /// What the caller may do.
+    pub permissions: Permissions,
+    /// How it was identified (for logs: never a secret).
+    pub identity: Identity,
+}
+
+/// How a caller was identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Authentication is off (`auth.mode = none`).
+    Anonymous,
+    /// An API key, by its public id.
+    Key(String),
+    /// A client certificate, by the subject alternative name listed in `auth.clients`.
+    Certificate(String),
+}
+
+/// The caller of `request`, as [`AuthLayer`] found it.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+    request.extensions().get::<Caller>().ok_or_else(|| {
+        // Only reachable if a service were served without the layer: a wiring bug.
+        tracing::error!("a call reached a handler without an authenticated caller");
+        Status::internal("internal error")
+    })
+}
+
+/// The caller's tenant and the request message.
+pub fn tenant_and<T>(request: tonic::Request<T>) -> Result<(Tenant, T), Status> {
+    let tenant = caller(&request)?.tenant.clone();
+    Ok((tenant, request.into_inner()))
+}
+
+/// The permission each method of a service needs: (service name, [(method, permission)]).
+pub type MethodPermissions = (&'static str, &'static [(&'static str, Permission)]);
+
+/// Decides who a call's caller is and whether it may make the call.
+pub struct Authenticator {
+    mode: AuthMode,
+    /// The caller of every call while authentication is off.
+    anonymous: Caller,
+    keys: RwLock<Arc<KeySet>>,
+    keys_file: Option<PathBuf>,
+    inline_keys: Option<String>,
+    /// Client-certificate identities: subject alternative name → (tenant, permissions).
+    clients: HashMap<String, (Tenant, Permissions)>,
+    /// `/service/method` → the permission it needs.
+    methods: HashMap<String, Permission>,
+    quotas: RequestQuotas,
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denied {
+    Unauthenticated,
+    PermissionDenied(Permission),
+    OverQuota,
+}
+
+impl Authenticator {
+    /// Builds the authenticator of `config` over the methods of `services` (every method of
+    /// every flowstate service in the descriptors must be listed: a call without a permission
+    /// would otherwise be open). Reads the keys file: a bad one stops start-up, naming its
+    /// lines.
+    pub fn new(config: &Config, services: &[MethodPermissions]) -> anyhow::Result<Self> {
+        let mut methods = HashMap::new();
+        for (service, table) in services {
+            for (method, permission) in *table {
+                methods.insert(format!("/{service}/{method}"), *permission);
+            }
+        }
+        let missing: Vec<String> = crate::proto::flowstate_services()
+            .into_iter()
+            .flat_map(|s| {
+                let service = s.name;
+                s.methods
+                    .into_iter()
+                    .map(move |m| format!("/{service}/{m}"))
+            })
+            .filter(|path| !methods.contains_key(path))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "methods without a permission: {}",
+            missing.join(", ")
+        );
+        let tenant = Tenant::new(&config.server.tenant)
+            .ok_or_else(|| anyhow::anyhow!("server.tenant is not a tenant name"))?;
+        let mut clients = HashMap::new();
+        for c in &config.auth.clients {
+            let tenant = Tenant::new(&c.tenant)
+                .ok_or_else(|| anyhow::anyhow!("auth.clients: bad tenant {:?}", c.tenant))?;
+            let permissions =
+                Permissions::parse(&c.allow).map_err(|e| anyhow::anyhow!("auth.clients: {e}"))?;
+            clients.insert(c.san.clone(), (tenant, permissions));
+        }
+        let auth = Self {
+            mode: config.auth.mode,
+            anonymous: Caller {
+                tenant,
+                permissions: Permissions::all(),
+                identity: Identity::Anonymous,
+            },
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            keys_file: config.auth.keys_file.clone(),
+            inline_keys: config.auth.keys.clone(),
+            clients,
+            methods,
+            quotas: RequestQuotas::new(config.quota.clone()),
+        };
+        let keys = auth.read_keys().map_err(|errors| {
+            anyhow::anyhow!("the API keys cannot be loaded:\n  {}", errors.join("\n  "))
+        })?;
+        metrics::gauge!("flowstate_auth_keys").set(keys.len() as f64);
+        *auth.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(auth)
+    }
+
+    /// Whether calls must authenticate.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// How many keys are in force.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The keys of `auth.keys` and `auth.keys_file`, parsed.
+    fn read_keys(&self) -> Result<KeySet, Vec<String>> {
+        let inline = match &self.inline_keys {
+            Some(text) => KeySet::parse(&text.replace(';', "\n"), "auth.keys")?,
+            None => KeySet::default(),
+        };
+        let Some(path) = &self.keys_file else {
+            return Ok(inline);
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        inline.merge(KeySet::parse(&text, &path.display().to_string())?)
+    }
+
+    /// Re-reads the keys; on any error the keys in force stay and the errors are returned.
+    pub fn reload_keys(&self) -> Result<usize, Vec<String>> {
+        let keys = self.read_keys()?;
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        metrics::gauge!("flowstate_auth_keys").set(n as f64);
+        Ok(n)
+    }
+
+    /// The caller of a request with `headers`, and `certs` (the verified client certificate
+    /// chain, if any), for the method at `path`.
+    fn authorize(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    ) -> Result<Caller, Denied> {
+        let caller = match self.mode {
+            AuthMode::None => self.anonymous.clone(),
+            AuthMode::Required => self.identify(headers, certs)?,
+        };
+        // A flowstate method missing from the table cannot happen (checked at start-up); a
+        // path that is no method at all is left to the router (UNIMPLEMENTED).
+        if let Some(needed) = self.methods.get(path)
+            && !caller.permissions.allows(*needed)
+        {
+            return Err(Denied::PermissionDenied(*needed));
+        }
+        if !self.quotas.admit(&caller.tenant) {
+            return Err(Denied::OverQuota);
+        }
+        Ok(caller)
+    }
+
+    fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    ) -> Result<Caller, Denied> {
+        if let Some(caller) = certs.and_then(|c| self.certificate_caller(c)) {
+            return Ok(caller);
+        }
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, key) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+            })
+            .ok_or(Denied::Unauthenticated)?;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let entry = keys.verify(presented).ok_or(Denied::Unauthenticated)?;
+        Ok(Caller {
+            tenant: entry.tenant.clone(),
+            permissions: entry.permissions,
+            identity: Identity::Key(entry.id.clone()),
+        })
+    }
+
+    /// The caller a verified client certificate names, if `auth.clients` lists one of its
+    /// subject alternative names.
+    fn certificate_caller(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Option<Caller> {
+        let leaf = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
+        let san = leaf
+            .valid_uri_names()
+            .chain(leaf.valid_dns_names())
+            .find(|san| self.clients.contains_key(*san))?;
+        let (tenant, permissions) = self.clients.get(san)?;
+        Some(Caller {
+            tenant: tenant.clone(),
+            permissions: *permissions,
+            identity: Identity::Certificate(san.to_owned()),
+        })
+    }
+}
+
+/// Re-reads the keys every `every` while the keys file changes, until `stop` turns true. A bad
+/// file keeps the keys in force and logs each bad line.
+pub async fn watch_keys(
+    auth: Arc<Authenticator>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(path) = auth.keys_file.clone() else {
+        return;
+    };
+    let mut seen = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = std::fs::read(&path).ok();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match auth.reload_keys() {
+            Ok(n) => {
+                metrics::counter!("flowstate_auth_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(keys = n, file = %path.display(), "API keys reloaded");
+            }
+            Err(errors) => {
+                metrics::counter!("flowstate_auth_reloads_total", "result" => "error").increment(1);
+                tracing::error!(
+                    file = %path.display(),
+                    errors = %errors.join("; "),
+                    "the keys file is invalid: the keys in force stay"
+                );
+            }
+        }
+    }
+}
+
+/// Identifies and authorizes every call (see the module docs).
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+    denied: Arc<[metrics::Counter; 3]>,
+}
+
+impl AuthLayer {
+    /// The layer over `auth`.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        let counter = |reason: &'static str| metrics::counter!("flowstate_auth_denied_total", "reason" => reason);
+        Self {
+            auth,
+            denied: Arc::new([
+                counter("unauthenticated"),
+                counter("permission_denied"),
+                counter("quota"),
+            ]),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        if crate::middleware::is_probe(path) {
+            let call = self.inner.call(req);
+            return Box::pin(async move { call.await.map_err(Into::into) });
+        }
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let decision =
+            self.layer
+                .auth
+                .authorize(path, req.headers(), certs.as_deref().map(Vec::as_slice));
+        match decision {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                let call = self.inner.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Err(denied) => {
+                let (i, status) = match denied {
+                    Denied::Unauthenticated => (
+                        0,
+                        Status::unauthenticated(
+                            "send a valid API key as `authorization: Bearer <key>` (or a \
+                             listed client certificate)",
+                        ),
+                    ),
+                    Denied::PermissionDenied(p) => (
+                        1,
+                        Status::permission_denied(format!("this call needs the {p} permission")),
+                    ),
+                    Denied::OverQuota => (
+                        2,
+                        Status::resource_exhausted(
+                            "the tenant is over its request quota; retry with backoff",
+                        ),
+                    ),
+                };
+                self.layer.denied[i].increment(1);
+                tracing::debug!(path, code = ?status.code(), "call refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
