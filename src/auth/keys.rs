@@ -112,12 +112,14 @@ impl KeySet {
     pub fn merge(mut self, other: KeySet) -> Result<Self, Vec<String>> {
         let mut bad = Vec::new();
         for (id, entry) in other.by_id {
-            if self.by_id.contains_key(&id) {
-                bad.push(format!(
-                    "key id {id} is listed in both auth.keys and auth.keys_file"
-                ));
-            } else {
-                self.by_id.insert(id, entry);
+            match self.by_id.entry(id) {
+                std::collections::hash_map::Entry::Occupied(taken) => bad.push(format!(
+                    "key id {} is listed in both auth.keys and auth.keys_file",
+                    taken.key()
+                )),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
             }
         }
         if bad.is_empty() { Ok(self) } else { Err(bad) }

@@ -102,7 +102,7 @@ pub struct Authenticator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Denied {
     Unauthenticated,
-    PermissionDenied(Permission),
+    Forbidden(Permission),
     OverQuota,
 }
 
@@ -215,7 +215,7 @@ impl Authenticator {
         if let Some(needed) = self.methods.get(path)
             && !caller.permissions.allows(*needed)
         {
-            return Err(Denied::PermissionDenied(*needed));
+            return Err(Denied::Forbidden(*needed));
         }
         if !self.quotas.admit(&caller.tenant) {
             return Err(Denied::OverQuota);
@@ -391,7 +391,7 @@ where
                              listed client certificate)",
                         ),
                     ),
-                    Denied::PermissionDenied(p) => (
+                    Denied::Forbidden(p) => (
                         1,
                         Status::permission_denied(format!("this call needs the {p} permission")),
                     ),
