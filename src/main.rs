@@ -27,10 +27,31 @@ enum Command {
     Serve,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new API key: prints the key (once: flowstate keeps only its hash) and the line to
+    /// add to the keys file (`auth.keys_file`) or to `auth.keys`.
+    New {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Its permissions, e.g. `sessions:read,sessions:write,cache:*` (`*`: all).
+        #[arg(long)]
+        allow: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Making a key needs no configuration.
+    if let Some(Command::Keys(KeysCommand::New { tenant, allow })) = &cli.command {
+        return new_key(tenant, allow);
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -43,6 +64,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_redacted_toml());
             ExitCode::SUCCESS
         }
+        Command::Keys(_) => ExitCode::SUCCESS,
         Command::Serve => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -51,6 +73,33 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn new_key(tenant: &str, allow: &str) -> ExitCode {
+    use flowstate::{
+        auth::{keys, permission::Permissions},
+        tenant::Tenant,
+    };
+    let Some(tenant) = Tenant::new(tenant) else {
+        eprintln!(
+            "flowstate: --tenant must be 1-64 characters of A-Z a-z 0-9 _ . -, not starting with _"
+        );
+        return ExitCode::from(2);
+    };
+    let permissions = match Permissions::parse(allow) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("flowstate: --allow: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let made = keys::generate(&tenant, permissions);
+    println!("# API key for tenant {} ({permissions}).", tenant.as_str());
+    println!("# Give it to the client once; flowstate keeps only its hash:");
+    println!("{}", made.key);
+    println!("# Add this line to the keys file (auth.keys_file) or to auth.keys:");
+    println!("{}", made.line);
+    ExitCode::SUCCESS
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

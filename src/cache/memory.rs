@@ -29,6 +29,7 @@ use super::{
     store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
+    auth::config::QuotaConfig,
     store::{
         StoreError,
         keys::Keys,
@@ -63,6 +64,8 @@ struct Entry {
     /// Tag-index keys this entry is listed under, so its removal can unlist it.
     tags: Arc<[String]>,
     namespace: Arc<str>,
+    /// Whose bytes it counts against (`quota.memory_cache_bytes`).
+    tenant: Arc<str>,
 }
 
 impl Entry {
@@ -157,6 +160,19 @@ struct Shared {
     tags: HashMap<String, HashSet<String>>,
     /// Namespace → entries evicted for space.
     evictions: HashMap<Arc<str>, u64>,
+    /// Tenant → bytes of its entries.
+    tenant_bytes: HashMap<Arc<str>, u64>,
+}
+
+impl Shared {
+    /// Adds (or, negative, removes) `bytes` to `tenant`'s count.
+    fn account(&mut self, tenant: &Arc<str>, bytes: i64) {
+        let n = self.tenant_bytes.entry(tenant.clone()).or_default();
+        *n = n.saturating_add_signed(bytes);
+        if *n == 0 {
+            self.tenant_bytes.remove(tenant);
+        }
+    }
 }
 
 /// The cache in process memory. Cheap to clone (shared state).
@@ -173,6 +189,7 @@ pub struct MemoryCacheStore {
     keys: Keys,
     clock: Clock,
     settings: CacheStoreSettings,
+    quotas: Arc<QuotaConfig>,
 }
 
 impl MemoryCacheStore {
@@ -195,6 +212,7 @@ impl MemoryCacheStore {
                             return;
                         };
                         let mut shared = lock(&shared);
+                        shared.account(&entry.tenant, -i64::from(weight(&key, &item)));
                         if cause != RemovalCause::Replaced {
                             unlist(&mut shared, &key, &entry.tags);
                         }
@@ -225,6 +243,7 @@ impl MemoryCacheStore {
             keys: backend.keys().clone(),
             clock: backend.clock().clone(),
             settings,
+            quotas: Arc::new(backend.quotas().clone()),
         }
     }
 
@@ -253,8 +272,9 @@ impl MemoryCacheStore {
     }
 
     /// Looks one key up in a generation; with `lease`, grants it when free.
-    fn lookup(&self, key: &str, now: Millis, lease: Option<&str>) -> Lookup {
+    fn lookup(&self, tenant: &Tenant, key: &str, now: Millis, lease: Option<&str>) -> Lookup {
         let mut out = Lookup::miss();
+        let mut added = 0;
         self.items.entry_by_ref(key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
             let entry = match current.as_deref() {
@@ -296,6 +316,7 @@ impl MemoryCacheStore {
                 lease: None,
                 tags: Arc::from([]),
                 namespace: Arc::from(""),
+                tenant: Arc::from(tenant.as_str()),
             });
             if !next.servable(now) {
                 next.value = None;
@@ -305,8 +326,13 @@ impl MemoryCacheStore {
                 granted_at: now,
                 until: now.saturating_add(self.settings.lease_ttl_ms),
             });
-            Op::Put(Arc::new(Item::Entry(next)))
+            let item = Item::Entry(next);
+            added = weight(key, &item);
+            Op::Put(Arc::new(item))
         });
+        if added > 0 {
+            lock(&self.shared).account(&Arc::from(tenant.as_str()), i64::from(added));
+        }
         out
     }
 
@@ -346,7 +372,7 @@ impl MemoryCacheStore {
             .iter()
             .map(|t| self.keys.cache_tag(tenant, namespace, t))
             .collect();
-        let mut stored = false;
+        let mut stored = 0;
         let mut old_tags: Arc<[String]> = Arc::from([]);
         self.items.entry_by_ref(&key).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
@@ -371,19 +397,25 @@ impl MemoryCacheStore {
                 Condition::IfPresent if !present => return Op::Nop,
                 _ => {}
             }
-            stored = true;
             let fresh_until = now.saturating_add(w.ttl_ms);
-            Op::Put(Arc::new(Item::Entry(Entry {
+            let item = Item::Entry(Entry {
                 value: Some(w.value.clone()),
                 fresh_until,
                 stale_until: fresh_until.saturating_add(w.stale_ms),
                 lease: None,
                 tags: tag_keys.clone(),
                 namespace: Arc::from(namespace),
-            })))
+                tenant: Arc::from(tenant.as_str()),
+            });
+            stored = weight(&key, &item);
+            Op::Put(Arc::new(item))
         });
-        if stored && !(tag_keys.is_empty() && old_tags.is_empty()) {
-            let mut shared = lock(&self.shared);
+        if stored == 0 {
+            return false;
+        }
+        let mut shared = lock(&self.shared);
+        shared.account(&Arc::from(tenant.as_str()), i64::from(stored));
+        if !(tag_keys.is_empty() && old_tags.is_empty()) {
             // The value replaced carried these tags; the new one is listed only under its own.
             let dropped: Vec<String> = old_tags
                 .iter()
@@ -399,7 +431,43 @@ impl MemoryCacheStore {
                     .insert(key.clone());
             }
         }
-        stored
+        true
+    }
+
+    /// Refuses `writes` when they would take `tenant` over its `quota.memory_cache_bytes`
+    /// (before anything is written: all or nothing).
+    fn check_quota(
+        &self,
+        tenant: &Tenant,
+        keys: &[String],
+        writes: &[Write],
+    ) -> Result<(), StoreError> {
+        let cap = self.quotas.for_tenant(tenant.as_str()).memory_cache_bytes;
+        if cap == 0 {
+            return Ok(());
+        }
+        let mut grow: i64 = 0;
+        for (key, w) in keys.iter().zip(writes) {
+            let listings: usize = w
+                .tags
+                .iter()
+                .map(|t| t.len() + key.len() + LISTING_OVERHEAD)
+                .sum();
+            let new = key.len() + w.value.len() + listings + ITEM_OVERHEAD;
+            let old = self.items.get(key).map_or(0, |item| weight(key, &item));
+            grow += i64::try_from(new).unwrap_or(i64::MAX) - i64::from(old);
+        }
+        let held = lock(&self.shared)
+            .tenant_bytes
+            .get(tenant.as_str())
+            .copied()
+            .unwrap_or(0);
+        if grow > 0 && held.saturating_add(grow.unsigned_abs()) > cap {
+            return Err(StoreError::Full(
+                "the tenant's quota.memory_cache_bytes is reached",
+            ));
+        }
+        Ok(())
     }
 
     /// Removes an entry key (under the writes lock); whether it held a servable value.
@@ -439,7 +507,7 @@ impl CacheStore for MemoryCacheStore {
             return Ok(Lookup::miss());
         };
         let key = self.entry_key(tenant, namespace, generation, key);
-        Ok(self.lookup(&key, self.clock.now(), lease_token))
+        Ok(self.lookup(tenant, &key, self.clock.now(), lease_token))
     }
 
     async fn get_many(
@@ -454,7 +522,14 @@ impl CacheStore for MemoryCacheStore {
         let now = self.clock.now();
         Ok(keys
             .iter()
-            .map(|k| self.lookup(&self.entry_key(tenant, namespace, generation, k), now, None))
+            .map(|k| {
+                self.lookup(
+                    tenant,
+                    &self.entry_key(tenant, namespace, generation, k),
+                    now,
+                    None,
+                )
+            })
             .collect())
     }
 
@@ -468,6 +543,11 @@ impl CacheStore for MemoryCacheStore {
         let generation = self
             .generation(tenant, namespace, true)
             .ok_or_else(|| StoreError::Protocol("no generation after creating it".into()))?;
+        let keys: Vec<String> = writes
+            .iter()
+            .map(|w| self.entry_key(tenant, namespace, generation, &w.key))
+            .collect();
+        self.check_quota(tenant, &keys, writes)?;
         let now = self.clock.now();
         Ok(writes
             .iter()
@@ -633,5 +713,58 @@ mod tests {
             .await
             .expect("set");
         assert!(cache.generation(&t, "ns", false).expect("generation") > first);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_over_its_cache_bytes_is_refused_whole_and_others_are_not() {
+        let quotas = QuotaConfig {
+            memory_cache_bytes: 4096,
+            ..QuotaConfig::default()
+        };
+        let cache = MemoryCacheStore::new(
+            &MemoryBackend::new("t", Duration::from_secs(60), 1 << 20).with_quotas(quotas),
+            1 << 20,
+            CacheStoreSettings {
+                lease_ttl_ms: 5_000,
+                generation_keep_ms: 600_000,
+            },
+        );
+        let (a, b) = (
+            Tenant::new("a").expect("tenant"),
+            Tenant::new("b").expect("tenant"),
+        );
+        for i in 0..3 {
+            cache
+                .set(&a, "ns", &[write(&format!("k{i}"), 1000, &[])])
+                .await
+                .expect("within the quota");
+        }
+        let over = cache
+            .set(
+                &a,
+                "ns",
+                &[write("small", 10, &[]), write("big", 1000, &[])],
+            )
+            .await;
+        assert!(matches!(over, Err(StoreError::Full(_))), "{over:?}");
+        let small = cache.get(&a, "ns", "small", None).await.expect("get");
+        assert_eq!(small.freshness, Freshness::Miss, "all or nothing");
+        // Rewriting a key in place does not grow the tenant.
+        cache
+            .set(&a, "ns", &[write("k0", 1000, &[])])
+            .await
+            .expect("same size in place");
+        cache
+            .set(&b, "ns", &[write("k", 3000, &[])])
+            .await
+            .expect("another tenant is not affected");
+        cache
+            .delete(&a, "ns", &["k1".into(), "k2".into()])
+            .await
+            .expect("delete");
+        cache
+            .set(&a, "ns", &[write("big", 1000, &[])])
+            .await
+            .expect("room again after a delete");
     }
 }

@@ -15,6 +15,7 @@ use super::{
     store::SessionStore,
 };
 use crate::{
+    auth::config::QuotaConfig,
     store::{
         StoreError,
         keys::Keys,
@@ -42,12 +43,16 @@ struct State {
     /// Insertion counter for index entries.
     inserted: u64,
     budget: Budget,
+    /// Live sessions per tenant, against `quota.memory_sessions`.
+    per_tenant: HashMap<Tenant, u64>,
+    quotas: Arc<QuotaConfig>,
 }
 
 type IndexEntry = (Millis, u64, String);
 
 struct Entry {
     record: SessionRecord,
+    tenant: Tenant,
     index: String,
     member: String,
     seq: u64,
@@ -72,15 +77,27 @@ fn footprint(key: &str, index: &str, member: &str, r: &SessionRecord) -> usize {
 }
 
 impl State {
+    /// Stores a session; `replacing` when another of the tenant's sessions goes in the same
+    /// step (an eviction or a rotation), so the tenant's cap is not checked.
     fn insert(
         &mut self,
         key: String,
+        tenant: &Tenant,
         record: SessionRecord,
         index: String,
         member: String,
+        replacing: bool,
     ) -> Result<(), StoreError> {
+        let cap = self.quotas.for_tenant(tenant.as_str()).memory_sessions;
+        let live = self.per_tenant.get(tenant).copied().unwrap_or(0);
+        if !replacing && cap > 0 && live >= cap {
+            return Err(StoreError::Full(
+                "the tenant's quota.memory_sessions is reached",
+            ));
+        }
         let charged = footprint(&key, &index, &member, &record);
         self.budget.charge(charged)?;
+        *self.per_tenant.entry(tenant.clone()).or_default() += 1;
         self.inserted += 1;
         let seq = self.inserted;
         self.expiry.insert(record.expires_at, key.clone());
@@ -93,6 +110,7 @@ impl State {
             key,
             Entry {
                 record,
+                tenant: tenant.clone(),
                 index,
                 member,
                 seq,
@@ -105,6 +123,12 @@ impl State {
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
         self.budget.release(entry.charged);
+        if let Some(n) = self.per_tenant.get_mut(&entry.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_tenant.remove(&entry.tenant);
+            }
+        }
         self.expiry.remove(entry.record.expires_at, key);
         if let Some(index) = self.indexes.get_mut(&entry.index) {
             index.remove(&(entry.record.created_at, entry.seq, entry.member.clone()));
@@ -185,6 +209,8 @@ impl MemorySessionStore {
             expiry: ExpiryQueue::default(),
             inserted: 0,
             budget: backend.budget().clone(),
+            per_tenant: HashMap::new(),
+            quotas: Arc::new(backend.quotas().clone()),
         }));
         backend.spawn_sweeper("sessions", Arc::downgrade(&state), State::sweep);
         Self {
@@ -228,11 +254,19 @@ impl SessionStore for MemorySessionStore {
         for m in state.members(&index) {
             let _ = state.live(&format!("{base}{m}"), now);
         }
+        // A user at max_per_user replaces their oldest session: that create does not grow the
+        // tenant's count, so it is allowed at the tenant's cap.
+        let at_user_limit = state
+            .indexes
+            .get(&index)
+            .is_some_and(|set| set.len() >= max_per_user as usize);
         state.insert(
             self.keys.session(tenant, key),
+            tenant,
             record.clone(),
             index.clone(),
             member.clone(),
+            at_user_limit,
         )?;
         let mut evicted = 0;
         while state
@@ -306,11 +340,14 @@ impl SessionStore for MemorySessionStore {
         let (record, index) = (entry.record.clone(), entry.index.clone());
         // The new key is stored (and charged) before the old one goes: a full store refuses
         // the rotation and keeps the session.
+        // Rotation keeps the tenant's count: the new key replaces the old one.
         state.insert(
             self.keys.session(tenant, new),
+            tenant,
             record.clone(),
             index,
             new.member(),
+            true,
         )?;
         state.remove(&old_key);
         Ok(Some(record))
@@ -473,5 +510,51 @@ mod tests {
             .create(&tenant, &key, new_session("again", 60_000), 10)
             .await
             .expect("room again after a delete");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_session_cap_is_refused_and_others_are_not() {
+        let quotas = QuotaConfig {
+            memory_sessions: 3,
+            ..QuotaConfig::default()
+        };
+        let store =
+            MemorySessionStore::new(&backend(Duration::from_secs(60), 1 << 20).with_quotas(quotas));
+        let (a, b) = (
+            Tenant::new("a").expect("tenant"),
+            Tenant::new("b").expect("tenant"),
+        );
+        async fn create(
+            store: &MemorySessionStore,
+            tenant: &Tenant,
+            user: &str,
+        ) -> (SessionKey, Result<(SessionRecord, u32), StoreError>) {
+            let key = SessionId::generate(UserTag::for_user(tenant, user)).key();
+            let created = store
+                .create(tenant, &key, new_session(user, 60_000), 2)
+                .await;
+            (key, created)
+        }
+        let mut kept = Vec::new();
+        for user in ["u1", "u2", "u3"] {
+            let (key, created) = create(&store, &a, user).await;
+            created.expect("within the cap");
+            kept.push(key);
+        }
+        let (_, over) = create(&store, &a, "u4").await;
+        assert!(matches!(over, Err(StoreError::Full(_))));
+        // A user at max_per_user (2) replaces their oldest: the tenant's count does not grow.
+        let (_, at_cap) = create(&store, &a, "u1").await;
+        assert!(
+            matches!(at_cap, Err(StoreError::Full(_))),
+            "u1 holds 1 of 2: it would grow"
+        );
+        let (_, other) = create(&store, &b, "u1").await;
+        other.expect("another tenant is not affected");
+        assert!(store.delete(&a, &kept[1]).await.expect("delete"));
+        let (_, room) = create(&store, &a, "u1").await;
+        room.expect("room again after a delete");
+        let (_, replacing) = create(&store, &a, "u1").await;
+        replacing.expect("u1 at max_per_user replaces its oldest: allowed at the cap");
     }
 }

@@ -94,11 +94,14 @@ impl Backend {
     pub fn open(config: &Config) -> Result<Self, StoreError> {
         Ok(match &config.redis.url {
             Some(_) => Backend::Redis(RedisBackend::new(&config.redis)?),
-            None => Backend::Memory(MemoryBackend::new(
-                &config.redis.key_prefix,
-                config.memory.sweep_interval,
-                config.memory.max_bytes,
-            )),
+            None => Backend::Memory(
+                MemoryBackend::new(
+                    &config.redis.key_prefix,
+                    config.memory.sweep_interval,
+                    config.memory.max_bytes,
+                )
+                .with_quotas(config.quota.clone()),
+            ),
         })
     }
 

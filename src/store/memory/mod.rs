@@ -15,6 +15,7 @@ use std::{
 };
 
 use super::{StoreError, keys::Keys};
+use crate::auth::config::QuotaConfig;
 use crate::time::{Millis, now_ms};
 
 /// The memory stores' clock, the one every expiry and window of this backend follows (as
@@ -124,6 +125,7 @@ pub struct MemoryBackend {
     sweep_interval: Duration,
     clock: Clock,
     budget: Budget,
+    quotas: Arc<QuotaConfig>,
 }
 
 impl MemoryBackend {
@@ -136,7 +138,20 @@ impl MemoryBackend {
             sweep_interval,
             clock: Clock::default(),
             budget: Budget::new(max_bytes),
+            quotas: Arc::new(QuotaConfig::default()),
         }
+    }
+
+    /// The same backend, enforcing the per-tenant caps of `quotas` (`quota.memory_sessions`,
+    /// `quota.memory_cache_bytes`).
+    pub fn with_quotas(mut self, quotas: QuotaConfig) -> Self {
+        self.quotas = Arc::new(quotas);
+        self
+    }
+
+    /// The per-tenant quotas.
+    pub fn quotas(&self) -> &QuotaConfig {
+        &self.quotas
     }
 
     /// The budget sessions and counters are charged to.
