@@ -240,6 +240,16 @@ pub fn unique_prefix() -> String {
     )
 }
 
+/// `message` as a request carrying `key` as `authorization: Bearer <key>`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    request
+}
+
 /// Test defaults: short health interval so state changes show quickly.
 pub fn test_config() -> Config {
     let mut c = Config::default();

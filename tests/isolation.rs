@@ -1,0 +1,292 @@
+//! Tenant isolation, service by service, on both stores: two tenants using the same user ids,
+//! the same cache namespaces, keys and tags, and the same limits and limit keys never see,
+//! change, delete, invalidate, reset or exhaust each other's state.
+
+#[macro_use]
+mod common;
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use common::{Backend, with_key};
+use flowstate::{
+    auth::{keys, permission::Permissions},
+    config::{AuthMode, Config, LimitConfig},
+    proto::v1 as pb,
+    ratelimit::{Algorithm, FailureMode},
+    tenant::Tenant,
+};
+use pb::{
+    cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,
+    session_service_client::SessionServiceClient,
+};
+use tonic::Code;
+
+contract_tests! {
+    sessions_are_invisible_across_tenants with super::two_tenants,
+    cache_entries_are_invisible_across_tenants with super::two_tenants,
+    counters_are_separate_across_tenants with super::two_tenants,
+}
+
+/// Keys for tenants `alpha` and `beta`, every permission each.
+static KEYS: LazyLock<[keys::NewKey; 2]> = LazyLock::new(|| {
+    ["alpha", "beta"].map(|t| {
+        keys::generate(
+            &Tenant::new(t).expect("tenant"),
+            Permissions::parse("*").expect("permissions"),
+        )
+    })
+});
+
+fn alpha() -> &'static str {
+    &KEYS[0].key
+}
+
+fn beta() -> &'static str {
+    &KEYS[1].key
+}
+
+fn two_tenants(c: &mut Config) {
+    c.auth.mode = AuthMode::Required;
+    c.auth.keys = Some(format!("{}\n{}", KEYS[0].line, KEYS[1].line));
+    c.ratelimit.limits.insert(
+        "login".into(),
+        LimitConfig {
+            algorithm: Algorithm::FixedWindow,
+            limit: 3,
+            period: std::time::Duration::from_secs(3600),
+            burst: 0,
+            failure_mode: FailureMode::Closed,
+        },
+    );
+}
+
+async fn sessions_are_invisible_across_tenants(b: Backend) {
+    let mut c = SessionServiceClient::new(b.server.channel.clone());
+    let created = c
+        .create_session(with_key(
+            pb::CreateSessionRequest {
+                user_id: "alice".into(),
+                data: [("cart".to_owned(), Bytes::from_static(b"alpha's"))].into(),
+                ..Default::default()
+            },
+            alpha(),
+        ))
+        .await
+        .expect("create")
+        .into_inner();
+    let code = |r: Result<tonic::Response<pb::Session>, tonic::Status>| r.map(|_| ()).unwrap_err().code();
+    // Beta holds alpha's secret id: still nothing (the key is tenant-scoped).
+    let get = c
+        .get_session(with_key(
+            pb::GetSessionRequest {
+                id: created.id.clone(),
+                touch: true,
+            },
+            beta(),
+        ))
+        .await;
+    assert_eq!(code(get), Code::NotFound);
+    let update = c
+        .update_session(with_key(
+            pb::UpdateSessionRequest {
+                id: created.id.clone(),
+                set: [("cart".to_owned(), Bytes::from_static(b"beta's"))].into(),
+                ..Default::default()
+            },
+            beta(),
+        ))
+        .await;
+    assert_eq!(code(update), Code::NotFound);
+    let rotate = c
+        .rotate_session(with_key(
+            pb::RotateSessionRequest {
+                id: created.id.clone(),
+            },
+            beta(),
+        ))
+        .await;
+    assert_eq!(code(rotate), Code::NotFound);
+    let touch = c
+        .touch_session(with_key(
+            pb::TouchSessionRequest {
+                id: created.id.clone(),
+            },
+            beta(),
+        ))
+        .await;
+    assert_eq!(code(touch), Code::NotFound);
+    let listed = c
+        .list_user_sessions(with_key(
+            pb::ListUserSessionsRequest {
+                user_id: "alice".into(),
+            },
+            beta(),
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert!(listed.is_empty(), "beta sees alpha's alice: {listed:?}");
+    let deleted = c
+        .delete_session(with_key(
+            pb::DeleteSessionRequest {
+                target: Some(pb::delete_session_request::Target::Handle(
+                    created.handle.clone(),
+                )),
+            },
+            beta(),
+        ))
+        .await
+        .expect("delete by handle")
+        .into_inner()
+        .deleted;
+    assert!(!deleted);
+    let logged_out = c
+        .delete_user_sessions(with_key(
+            pb::DeleteUserSessionsRequest {
+                user_id: "alice".into(),
+                keep_handle: None,
+            },
+            beta(),
+        ))
+        .await
+        .expect("delete user")
+        .into_inner()
+        .deleted;
+    assert_eq!(logged_out, 0);
+    // Alpha's session is untouched: same data, same version.
+    let own = c
+        .get_session(with_key(
+            pb::GetSessionRequest {
+                id: created.id.clone(),
+                touch: false,
+            },
+            alpha(),
+        ))
+        .await
+        .expect("alpha still has it")
+        .into_inner();
+    assert_eq!(own.data["cart"].as_ref(), b"alpha's");
+    assert_eq!(own.version, 1);
+    // Alpha's listing shows it, without its data.
+    let listed = c
+        .list_user_sessions(with_key(
+            pb::ListUserSessionsRequest {
+                user_id: "alice".into(),
+            },
+            alpha(),
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].data.is_empty() && listed[0].id.is_empty(), "{listed:?}");
+}
+
+async fn cache_entries_are_invisible_across_tenants(b: Backend) {
+    let mut c = CacheServiceClient::new(b.server.channel.clone());
+    let set = |value: &'static [u8]| pb::CacheSetRequest {
+        namespace: "user_profile".into(),
+        key: "u1".into(),
+        value: Bytes::from_static(value),
+        tags: vec!["team:7".into()],
+        ..Default::default()
+    };
+    let get = || pb::CacheGetRequest {
+        namespace: "user_profile".into(),
+        key: "u1".into(),
+        lease: false,
+    };
+    c.set(with_key(set(b"alpha"), alpha())).await.expect("set");
+    let seen = c.get(with_key(get(), beta())).await.expect("get").into_inner();
+    assert!(!seen.found, "beta reads alpha's entry");
+    // Beta's own entry under the same name does not touch alpha's.
+    c.set(with_key(set(b"beta"), beta())).await.expect("set");
+    let invalidated = c
+        .invalidate_tags(with_key(
+            pb::CacheInvalidateTagsRequest {
+                namespace: "user_profile".into(),
+                tags: vec!["team:7".into()],
+            },
+            beta(),
+        ))
+        .await
+        .expect("invalidate tags")
+        .into_inner()
+        .invalidated;
+    assert_eq!(invalidated, 1, "only beta's own entry");
+    c.invalidate_namespace(with_key(
+        pb::CacheInvalidateNamespaceRequest {
+            namespace: "user_profile".into(),
+        },
+        beta(),
+    ))
+    .await
+    .expect("invalidate namespace");
+    let deleted = c
+        .delete(with_key(
+            pb::CacheDeleteRequest {
+                namespace: "user_profile".into(),
+                keys: vec!["u1".into()],
+            },
+            beta(),
+        ))
+        .await
+        .expect("delete")
+        .into_inner()
+        .deleted;
+    assert_eq!(deleted, 0);
+    let many = c
+        .get_many(with_key(
+            pb::CacheGetManyRequest {
+                namespace: "user_profile".into(),
+                keys: vec!["u1".into()],
+            },
+            beta(),
+        ))
+        .await
+        .expect("get many")
+        .into_inner()
+        .entries;
+    assert!(!many[0].found);
+    let own = c.get(with_key(get(), alpha())).await.expect("get").into_inner();
+    assert!(own.found, "alpha's entry survived everything beta did");
+    assert_eq!(own.value.as_ref(), b"alpha");
+}
+
+async fn counters_are_separate_across_tenants(b: Backend) {
+    let mut c = RateLimitServiceClient::new(b.server.channel.clone());
+    let check = || pb::CheckRequest {
+        checks: vec![pb::LimitCheck {
+            limit: Some(pb::limit_check::Limit::Name("login".into())),
+            key: "alice".into(),
+        }],
+        ..Default::default()
+    };
+    // Beta exhausts "login" for alice.
+    for _ in 0..3 {
+        assert!(c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
+    }
+    assert!(!c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
+    // Alpha's alice is untouched by beta's.
+    let own = c.check(with_key(check(), alpha())).await.expect("check").into_inner();
+    assert!(own.allowed && own.results[0].remaining == 2, "{own:?}");
+    for _ in 0..2 {
+        c.check(with_key(check(), alpha())).await.expect("check");
+    }
+    // Beta's Reset lifts beta's limit only.
+    c.reset(with_key(
+        pb::ResetRequest {
+            key: "alice".into(),
+            limit: Some(pb::reset_request::Limit::Name("login".into())),
+        },
+        beta(),
+    ))
+    .await
+    .expect("reset");
+    assert!(c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
+    let still = c.check(with_key(check(), alpha())).await.expect("check").into_inner();
+    assert!(!still.allowed, "beta's Reset lifted alpha's limit");
+}
