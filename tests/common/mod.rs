@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pki;
+
 use std::{
     future::Future,
     net::{SocketAddr, TcpListener as StdListener},
