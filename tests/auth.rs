@@ -47,7 +47,9 @@ async fn every_call_needs_a_listed_key_with_the_permission() {
     let writer = key("acme", "cache:*,sessions:read");
     let server = TestServer::start(auth_config(&[&reader.line, &writer.line])).await;
     assert!(
-        server.wait_health("readiness", ServingStatus::Serving).await,
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await,
         "health needs no key"
     );
     let mut c = CacheServiceClient::new(server.channel.clone());
@@ -67,9 +69,10 @@ async fn every_call_needs_a_listed_key_with_the_permission() {
         assert_eq!(err.message(), none.message());
     }
     let mut basic = Request::new(get_req("k"));
-    basic
-        .metadata_mut()
-        .insert("authorization", format!("Basic {}", reader.key).parse().expect("header"));
+    basic.metadata_mut().insert(
+        "authorization",
+        format!("Basic {}", reader.key).parse().expect("header"),
+    );
     assert_eq!(
         c.get(basic).await.expect_err("not bearer").code(),
         Code::Unauthenticated
@@ -133,7 +136,10 @@ async fn reflection_needs_no_key_and_can_be_switched_off() {
     let k = key("acme", "*");
     let on = TestServer::start(auth_config(&[&k.line])).await;
     assert!(on.wait_health("", ServingStatus::Serving).await);
-    let mut replies = list(on.channel.clone()).await.expect("reflection on").into_inner();
+    let mut replies = list(on.channel.clone())
+        .await
+        .expect("reflection on")
+        .into_inner();
     assert!(replies.message().await.expect("reply").is_some());
 
     let mut config = auth_config(&[&k.line]);
@@ -156,7 +162,11 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
     config.auth.keys_file = Some(path.clone());
     config.auth.reload_interval = Duration::from_millis(100);
     let server = TestServer::start(config).await;
-    assert!(server.wait_health("readiness", ServingStatus::Serving).await);
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
     let c = CacheServiceClient::new(server.channel.clone());
     let works = |key: String| {
         let mut c = c.clone();
@@ -223,7 +233,11 @@ async fn each_tenant_has_its_own_request_quota() {
     let mut config = auth_config(&[&a.line, &b.line]);
     config.quota.requests_per_second = 5;
     let server = TestServer::start(config).await;
-    assert!(server.wait_health("readiness", ServingStatus::Serving).await);
+    assert!(
+        server
+            .wait_health("readiness", ServingStatus::Serving)
+            .await
+    );
     let mut c = CacheServiceClient::new(server.channel.clone());
     let mut refused = 0;
     for _ in 0..30 {

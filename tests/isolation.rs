@@ -75,7 +75,8 @@ async fn sessions_are_invisible_across_tenants(b: Backend) {
         .await
         .expect("create")
         .into_inner();
-    let code = |r: Result<tonic::Response<pb::Session>, tonic::Status>| r.map(|_| ()).unwrap_err().code();
+    let code =
+        |r: Result<tonic::Response<pb::Session>, tonic::Status>| r.map(|_| ()).unwrap_err().code();
     // Beta holds alpha's secret id: still nothing (the key is tenant-scoped).
     let get = c
         .get_session(with_key(
@@ -182,7 +183,10 @@ async fn sessions_are_invisible_across_tenants(b: Backend) {
         .into_inner()
         .sessions;
     assert_eq!(listed.len(), 1);
-    assert!(listed[0].data.is_empty() && listed[0].id.is_empty(), "{listed:?}");
+    assert!(
+        listed[0].data.is_empty() && listed[0].id.is_empty(),
+        "{listed:?}"
+    );
 }
 
 async fn cache_entries_are_invisible_across_tenants(b: Backend) {
@@ -200,7 +204,11 @@ async fn cache_entries_are_invisible_across_tenants(b: Backend) {
         lease: false,
     };
     c.set(with_key(set(b"alpha"), alpha())).await.expect("set");
-    let seen = c.get(with_key(get(), beta())).await.expect("get").into_inner();
+    let seen = c
+        .get(with_key(get(), beta()))
+        .await
+        .expect("get")
+        .into_inner();
     assert!(!seen.found, "beta reads alpha's entry");
     // Beta's own entry under the same name does not touch alpha's.
     c.set(with_key(set(b"beta"), beta())).await.expect("set");
@@ -251,7 +259,11 @@ async fn cache_entries_are_invisible_across_tenants(b: Backend) {
         .into_inner()
         .entries;
     assert!(!many[0].found);
-    let own = c.get(with_key(get(), alpha())).await.expect("get").into_inner();
+    let own = c
+        .get(with_key(get(), alpha()))
+        .await
+        .expect("get")
+        .into_inner();
     assert!(own.found, "alpha's entry survived everything beta did");
     assert_eq!(own.value.as_ref(), b"alpha");
 }
@@ -267,11 +279,27 @@ async fn counters_are_separate_across_tenants(b: Backend) {
     };
     // Beta exhausts "login" for alice.
     for _ in 0..3 {
-        assert!(c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
+        assert!(
+            c.check(with_key(check(), beta()))
+                .await
+                .expect("check")
+                .into_inner()
+                .allowed
+        );
     }
-    assert!(!c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
+    assert!(
+        !c.check(with_key(check(), beta()))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
     // Alpha's alice is untouched by beta's.
-    let own = c.check(with_key(check(), alpha())).await.expect("check").into_inner();
+    let own = c
+        .check(with_key(check(), alpha()))
+        .await
+        .expect("check")
+        .into_inner();
     assert!(own.allowed && own.results[0].remaining == 2, "{own:?}");
     for _ in 0..2 {
         c.check(with_key(check(), alpha())).await.expect("check");
@@ -286,7 +314,17 @@ async fn counters_are_separate_across_tenants(b: Backend) {
     ))
     .await
     .expect("reset");
-    assert!(c.check(with_key(check(), beta())).await.expect("check").into_inner().allowed);
-    let still = c.check(with_key(check(), alpha())).await.expect("check").into_inner();
+    assert!(
+        c.check(with_key(check(), beta()))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    let still = c
+        .check(with_key(check(), alpha()))
+        .await
+        .expect("check")
+        .into_inner();
     assert!(!still.allowed, "beta's Reset lifted alpha's limit");
 }

@@ -23,7 +23,9 @@ use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 const BACKEND_SAN: &str = "spiffe://flowstate.test/backend";
 
@@ -111,7 +113,10 @@ async fn tls_with_keys_and_plaintext_refused_cleanly() {
         .await
         .expect_err("plaintext to a TLS port");
     assert_ne!(err.code(), Code::Ok);
-    assert!(started.elapsed() < Duration::from_secs(5), "plaintext hung: {err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "plaintext hung: {err:?}"
+    );
     // A client trusting another CA refuses the server.
     let stranger = pki.ca("stranger");
     assert!(!serving(channel(&server, &stranger, None)).await);
@@ -124,10 +129,25 @@ async fn client_certificates_identify_a_tenant() {
     let ca = pki.ca("ca");
     let server_cert = pki.server(&ca, "server");
     let clients_ca = pki.ca("clients");
-    let backend = pki.leaf(&clients_ca, "backend", &format!("URI:{BACKEND_SAN}"), "clientAuth");
-    let unlisted = pki.leaf(&clients_ca, "other", "URI:spiffe://flowstate.test/other", "clientAuth");
+    let backend = pki.leaf(
+        &clients_ca,
+        "backend",
+        &format!("URI:{BACKEND_SAN}"),
+        "clientAuth",
+    );
+    let unlisted = pki.leaf(
+        &clients_ca,
+        "other",
+        "URI:spiffe://flowstate.test/other",
+        "clientAuth",
+    );
     let rogue_ca = pki.ca("rogue");
-    let rogue = pki.leaf(&rogue_ca, "rogue", &format!("URI:{BACKEND_SAN}"), "clientAuth");
+    let rogue = pki.leaf(
+        &rogue_ca,
+        "rogue",
+        &format!("URI:{BACKEND_SAN}"),
+        "clientAuth",
+    );
 
     let mut config = tls_config(&server_cert, Some(&clients_ca.cert));
     config.auth.mode = AuthMode::Required;
@@ -148,7 +168,13 @@ async fn client_certificates_identify_a_tenant() {
     }))
     .await
     .expect("the certificate is the credential");
-    assert!(c.get(tonic::Request::new(get())).await.expect("get").into_inner().found);
+    assert!(
+        c.get(tonic::Request::new(get()))
+            .await
+            .expect("get")
+            .into_inner()
+            .found
+    );
 
     // A verified certificate whose name is not listed, and no key: UNAUTHENTICATED.
     let err = CacheServiceClient::new(channel(&server, &ca, Some(&unlisted)))
@@ -166,7 +192,12 @@ async fn a_client_certificate_can_be_required() {
     let ca = pki.ca("ca");
     let server_cert = pki.server(&ca, "server");
     let clients_ca = pki.ca("clients");
-    let backend = pki.leaf(&clients_ca, "backend", &format!("URI:{BACKEND_SAN}"), "clientAuth");
+    let backend = pki.leaf(
+        &clients_ca,
+        "backend",
+        &format!("URI:{BACKEND_SAN}"),
+        "clientAuth",
+    );
     let mut config = tls_config(&server_cert, Some(&clients_ca.cert));
     config.server.tls.client_auth = ClientAuth::Required;
     let server = TestServer::start(config).await;
@@ -191,7 +222,12 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     std::fs::copy(&first.cert, &live.cert).expect("copy");
     std::fs::copy(&first.key, &live.key).expect("copy");
     let server = TestServer::start(tls_config(&live, None)).await;
-    assert!(eventually(Duration::from_secs(10), || serving(channel(&server, &old_ca, None))).await);
+    assert!(
+        eventually(Duration::from_secs(10), || serving(channel(
+            &server, &old_ca, None
+        )))
+        .await
+    );
     assert!(!serving(channel(&server, &new_ca, None)).await);
 
     // cert-manager writes the renewed pair; new connections get it, with no restart.
@@ -199,8 +235,14 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     std::fs::copy(&second.key, &live.key).expect("copy");
     std::fs::copy(&second.cert, &live.cert).expect("copy");
     assert!(
-        eventually(Duration::from_secs(10), || serving(channel(&server, &new_ca, None))).await,
+        eventually(Duration::from_secs(10), || serving(channel(
+            &server, &new_ca, None
+        )))
+        .await,
         "the rotated certificate is never served"
     );
-    assert!(!serving(channel(&server, &old_ca, None)).await, "the old one is gone");
+    assert!(
+        !serving(channel(&server, &old_ca, None)).await,
+        "the old one is gone"
+    );
 }

@@ -98,16 +98,14 @@ impl Caches {
                 format!("more than {} tags", self.config.max_tags),
             ));
         }
-        if let Some(bad) = tags
+        // The message names the tag by position: request content is never echoed.
+        if let Some(i) = tags
             .iter()
-            .find(|t| t.is_empty() || t.len() > self.config.max_tag_bytes)
+            .position(|t| t.is_empty() || t.len() > self.config.max_tag_bytes)
         {
             return Err(Error::invalid(
-                field,
-                format!(
-                    "tag {bad:?} must be 1 to {} bytes",
-                    self.config.max_tag_bytes
-                ),
+                format!("{field}[{i}]"),
+                format!("a tag is 1 to {} bytes", self.config.max_tag_bytes),
             ));
         }
         Ok(())

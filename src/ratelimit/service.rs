@@ -107,7 +107,13 @@ impl RateLimits {
                         "name a configured limit or give an inline policy",
                     ));
                 }
-                None => return Err(Error::NotFound(format!("rate limit {name:?}"))),
+                // The caller's string is not echoed: the field says which one.
+                None => {
+                    return Err(Error::NotFound(format!(
+                        "the rate limit named in {}",
+                        field("name")
+                    )));
+                }
             },
             LimitRef::Inline(policy) => {
                 policy

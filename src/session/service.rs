@@ -140,15 +140,12 @@ impl Sessions {
             usize::MAX,
             &mut bad,
         );
-        if let Some(name) = update
+        if update
             .remove
             .iter()
-            .find(|r| update.set.iter().any(|(s, _)| s == *r))
+            .any(|r| update.set.iter().any(|(s, _)| s == r))
         {
-            bad.push(Violation::new(
-                "remove",
-                format!("field {name:?} is both set and removed"),
-            ));
+            bad.push(Violation::new("remove", "a field is both set and removed"));
         }
         let Some(key) = key.filter(|_| bad.is_empty()) else {
             return Err(Error::InvalidArgument(bad));

@@ -58,11 +58,25 @@ impl Pki {
             key: self.path(&format!("ca-{name}.key")),
         };
         openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-days", "2", "-subj", &format!("/CN={name}"),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout", s(&pair.key), "-out", s(&pair.cert),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            s(&pair.key),
+            "-out",
+            s(&pair.cert),
         ]);
         pair
     }
@@ -85,12 +99,36 @@ impl Pki {
         )
         .expect("ext file");
         openssl(&[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", &format!("/CN={name}"), "-keyout", s(&pair.key), "-out", s(&csr),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            s(&pair.key),
+            "-out",
+            s(&csr),
         ]);
         openssl(&[
-            "x509", "-req", "-in", s(&csr), "-CA", s(&ca.cert), "-CAkey", s(&ca.key),
-            "-CAcreateserial", "-days", "2", "-extfile", s(&ext), "-out", s(&pair.cert),
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&ca.cert),
+            "-CAkey",
+            s(&ca.key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            s(&ext),
+            "-out",
+            s(&pair.cert),
         ]);
         pair
     }
