@@ -182,7 +182,6 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
     std::fs::write(&path, format!("{}\n{}\n", first.line, second.line)).expect("write");
     assert!(
         eventually(Duration::from_secs(10), || {
-            let works = works;
             let k = second.key.clone();
             async move { works(k).await.is_ok() }
         })
@@ -197,7 +196,6 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
     std::fs::write(&path, format!("{}\n", second.line)).expect("write");
     assert!(
         eventually(Duration::from_secs(10), || {
-            let works = works;
             let k = first.key.clone();
             async move { works(k).await.is_err() }
         })
