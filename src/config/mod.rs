@@ -286,6 +286,31 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_that_lock_everyone_out_or_prove_nothing_are_refused() {
+        let err = Config::load(None, env(&[("FLOWSTATE_AUTH__MODE", "required")]))
+            .expect_err("required without keys")
+            .to_string();
+        assert!(err.contains("auth.mode = required"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nmode = \"required\"\n[[auth.clients]]\nsan = \"spiffe://x\"\ntenant = \"_bad\"\nallow = \"cache:nope\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("clients without a client CA, bad tenant, bad permission")
+            .to_string();
+        for needle in ["client_ca_file", "auth.clients[0].tenant", "cache:nope"] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let err = Config::load(None, env(&[("FLOWSTATE_SERVER__TLS__CERT_FILE", "/x.crt")]))
+            .expect_err("cert without key")
+            .to_string();
+        assert!(err.contains("key_file"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         assert_eq!(
             redact_url("redis://user:hunter2@host:6379/0"),

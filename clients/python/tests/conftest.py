@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
 import pathlib
 import socket
 import subprocess
@@ -77,16 +78,19 @@ def redis_server():
     pytest.fail("could not start redis-server")
 
 
-@pytest.fixture(scope="session")
-def target(redis_server):
-    redis_url, _ = redis_server
-    binary = pathlib.Path(os.environ.get("FLOWSTATE_BIN", REPO / "target" / "debug" / "flowstate"))
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: run `cargo build` first (or set FLOWSTATE_BIN)")
-    port = free_port()
-    metrics_port = free_port()
+def binary() -> pathlib.Path:
+    path = pathlib.Path(os.environ.get("FLOWSTATE_BIN", REPO / "target" / "debug" / "flowstate"))
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `cargo build` first (or set FLOWSTATE_BIN)")
+    return path
+
+
+def start_flowstate(redis_url: str, config_text: str, ready) -> tuple[subprocess.Popen, str, str]:
+    """Starts the flowstate binary with `config_text` on free ports; waits until `ready(address)`.
+    Returns (process, gRPC address, metrics URL)."""
+    port, metrics_port = free_port(), free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(SERVER_CONFIG)
+    config.write(config_text)
     config.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
     env.update(
@@ -95,27 +99,131 @@ def target(redis_server):
         FLOWSTATE_METRICS__LISTEN=f"127.0.0.1:{metrics_port}",
         FLOWSTATE_LOG__LEVEL="warn",
     )
-    proc = subprocess.Popen([str(binary), "--config", config.name], env=env)
+    proc = subprocess.Popen([str(binary()), "--config", config.name], env=env)
     address = f"127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                r = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="readiness"), timeout=0.5
-                )
-            except grpc.RpcError:
-                return False
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-
-    if not wait_until(ready, 20):
+    if not wait_until(lambda: ready(address), 20):
         proc.kill()
         pytest.fail("flowstate did not become ready")
-    METRICS[address] = f"http://127.0.0.1:{metrics_port}/metrics"
-    yield address
+    os.unlink(config.name)
+    return proc, address, f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=15)
-    os.unlink(config.name)
+
+
+def serving(channel) -> bool:
+    try:
+        r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=0.5)
+    except grpc.RpcError:
+        return False
+    return r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="session")
+def target(redis_server):
+    """A flowstate on Redis, plaintext, authentication off (as on a laptop)."""
+    redis_url, _ = redis_server
+
+    def ready(address: str) -> bool:
+        with grpc.insecure_channel(address) as channel:
+            return serving(channel)
+
+    proc, address, metrics = start_flowstate(redis_url, SERVER_CONFIG, ready)
+    METRICS[address] = metrics
+    yield address
+    stop(proc)
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A CA and a server certificate for localhost; a client CA and a client certificate whose
+    subject alternative name is CLIENT_SAN. Files: ca.crt, server.{crt,key}, clients.crt,
+    client.{crt,key}."""
+    d = tmp_path_factory.mktemp("pki")
+
+    def ca(name: str) -> None:
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.crt"))
+
+    def leaf(ca_name: str, name: str, san: str, usage: str) -> None:
+        (d / f"{name}.ext").write_text(
+            f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+            f"extendedKeyUsage={usage}\nsubjectAltName={san}\n"
+        )
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca_name}.crt"),
+                "-CAkey", str(d / f"{ca_name}.key"), "-CAcreateserial", "-days", "2",
+                "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))
+
+    ca("ca")
+    leaf("ca", "server", "DNS:localhost,IP:127.0.0.1", "serverAuth")
+    ca("clients")
+    leaf("clients", "client", f"URI:{CLIENT_SAN}", "clientAuth")
+    return d
+
+
+CLIENT_SAN = "spiffe://flowstate.test/backend"
+
+
+def new_key(tenant: str, allow: str) -> tuple[str, str]:
+    """(key, keys-file line) from the real `flowstate keys new`."""
+    out = subprocess.run(
+        [str(binary()), "keys", "new", "--tenant", tenant, "--allow", allow],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    key, line = [l for l in out.splitlines() if not l.startswith("#")]
+    return key, line
+
+
+@pytest.fixture(scope="session")
+def secure_target(redis_server, pki):
+    """A flowstate as in production: TLS, client certificates verified when presented (the
+    identity CLIENT_SAN may use the cache of tenant acme), API keys required. Yields its
+    address, a key with every permission, a cache:read key, and the PKI directory."""
+    redis_url, _ = redis_server
+    key, key_line = new_key("acme", "*")
+    read_key, read_line = new_key("acme", "cache:read")
+    config = f"""
+[auth]
+mode = "required"
+keys = '''
+{key_line}
+{read_line}
+'''
+
+[[auth.clients]]
+san = "{CLIENT_SAN}"
+tenant = "acme"
+allow = "cache:*"
+
+[server.tls]
+cert_file = "{pki / 'server.crt'}"
+key_file = "{pki / 'server.key'}"
+client_ca_file = "{pki / 'clients.crt'}"
+client_auth = "optional"
+
+[redis]
+key_prefix = "secure"
+"""
+
+    def ready(address: str) -> bool:
+        creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.crt").read_bytes())
+        with grpc.secure_channel(address, creds) as channel:
+            return serving(channel)
+
+    proc, address, metrics = start_flowstate(redis_url, config, ready)
+    METRICS[address] = metrics
+    yield types.SimpleNamespace(address=address, key=key, read_key=read_key, pki=pki)
+    stop(proc)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -218,7 +218,7 @@ async def test_bearer_token_is_sent(target):
             seen.append(dict(details.metadata or ()))
             return continuation(details, request)
 
-    fs = flowstate.Client(target, token="secret-key")
+    fs = flowstate.Client(target, api_key="secret-key")
     fs._channel = grpc.intercept_channel(fs._channel, Capture())
     fs.cache = type(fs.cache)(fs)
     fs.cache.get("ns", "k")

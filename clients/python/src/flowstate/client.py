@@ -214,8 +214,10 @@ class RateLimits(_Base):
 class Client:
     """A flowstate client over one gRPC channel; thread-safe, meant to be shared.
 
-    `timeout` (seconds) is the deadline of every call; `token` is sent as a bearer API key;
-    `tls`/`root_certificates` switch the channel to TLS. Idempotent calls are retried by gRPC on
+    `timeout` (seconds) is the deadline of every call; `api_key` is sent with every call as
+    `authorization: Bearer <key>`. TLS: `tls=True` (system roots) or `root_certificates` (the
+    server's CA); mTLS adds `certificate_chain` and `private_key` (PEM bytes or file paths);
+    `server_name` overrides the name checked in the server's certificate. Idempotent calls are retried by gRPC on
     UNAVAILABLE; failures raise `flowstate.errors` exceptions that keep the server's message.
     """
 
@@ -224,14 +226,22 @@ class Client:
         target: str = "127.0.0.1:50051",
         *,
         timeout: float = _channel.DEFAULT_TIMEOUT,
-        token: str | None = None,
+        api_key: str | None = None,
         tls: bool = False,
-        root_certificates: bytes | None = None,
+        root_certificates: _channel.Pem | None = None,
+        certificate_chain: _channel.Pem | None = None,
+        private_key: _channel.Pem | None = None,
+        server_name: str | None = None,
         options: Sequence[tuple[str, object]] = (),
+        token: str | None = None,
     ) -> None:
         self.timeout = timeout
-        self._metadata = _channel.metadata(token)
-        self._channel = _channel.open_channel(grpc, target, tls, root_certificates, options)
+        if token is not None:  # the earlier name of api_key
+            api_key = api_key or token
+        self._metadata = _channel.metadata(api_key)
+        self._channel = _channel.open_channel(
+            grpc, target, tls, root_certificates, certificate_chain, private_key, server_name, options
+        )
         self.sessions = Sessions(self)
         self.cache = Cache(self)
         self.ratelimit = RateLimits(self)
