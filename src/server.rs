@@ -97,6 +97,15 @@ pub async fn run(
     };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Bound before anything else starts, so a taken port stops start-up with its name.
+    let health_listener = match config.server.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding server.health_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let health = Health::new(reporter).await;
     let (stop_tasks, tasks_stop) = watch::channel(false);
     let mut tasks = vec![(
@@ -177,6 +186,30 @@ pub async fn run(
         // Every call gets a deadline (grpc-timeout capped by request_timeout) and a span.
         .layer(DeadlineLayer::new(config.server.request_timeout))
         .into_inner();
+
+    if let Some(listener) = health_listener {
+        // Health only, plaintext, no auth and no limits: what a probe needs and nothing more.
+        let health_service = health_service.clone();
+        let mut stop = stop_tasks.subscribe();
+        tracing::info!(listen = ?listener.local_addr().ok(), "plaintext health listener for probes");
+        tasks.push((
+            "health listener",
+            tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the health listener failed");
+                }
+            }),
+        ));
+    }
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let local = listener

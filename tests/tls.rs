@@ -85,12 +85,24 @@ async fn tls_with_keys_and_plaintext_refused_cleanly() {
     let mut config = tls_config(&cert, None);
     config.auth.mode = AuthMode::Required;
     config.auth.keys = Some(key.line.clone());
+    let health_port = common::free_port();
+    config.server.health_listen = Some(([127, 0, 0, 1], health_port).into());
     let server = TestServer::start(config).await;
     let tls = channel(&server, &ca, None);
     assert!(
         eventually(Duration::from_secs(10), || serving(tls.clone())).await,
         "TLS health never answered"
     );
+    // The kubelet's gRPC probes speak plaintext: they use the health-only listener.
+    let probe = Endpoint::from_shared(format!("http://127.0.0.1:{health_port}"))
+        .expect("endpoint")
+        .connect_lazy();
+    assert!(serving(probe.clone()).await, "plaintext health listener");
+    let not_health = CacheServiceClient::new(probe)
+        .get(with_key(get(), &key.key))
+        .await
+        .expect_err("the health listener serves health only");
+    assert_eq!(not_health.code(), Code::Unimplemented);
     CacheServiceClient::new(tls.clone())
         .get(with_key(get(), &key.key))
         .await

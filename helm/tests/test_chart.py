@@ -13,7 +13,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "flowstate"
-PRODUCTION = yaml.safe_load((ROOT / "helm" / "tests" / "values-production.yaml").read_text())
+PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.0")
 # CRD kinds Kubernetes' schemas do not cover; checked by hand below.
 CRD_KINDS = {"ServiceMonitor"}
@@ -58,15 +58,22 @@ def test_every_manifest_validates_against_kubernetes(values):
 
 
 @pytest.mark.parametrize("values", [None, PRODUCTION], ids=["defaults", "production"])
-def test_probes_are_native_grpc_on_the_right_port_and_services(values):
+def test_probes_are_native_grpc_on_a_plaintext_port(values):
+    """The kubelet's gRPC probes cannot speak TLS: with TLS on they use the health-only port."""
     docs = render(values)
     _, c = container(docs)
-    grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-    assert c["startupProbe"]["grpc"] == {"port": grpc_port, "service": ""}
-    assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": ""}
-    assert c["readinessProbe"]["grpc"] == {"port": grpc_port, "service": "readiness"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = {e["name"]: e for e in c["env"]}
-    assert env["FLOWSTATE_SERVER__LISTEN"]["value"] == f"0.0.0.0:{grpc_port}"
+    assert env["FLOWSTATE_SERVER__LISTEN"]["value"] == f"0.0.0.0:{ports['grpc']}"
+    if values and values.get("tls", {}).get("enabled"):
+        probe_port = ports["health"]
+        assert env["FLOWSTATE_SERVER__HEALTH_LISTEN"]["value"] == f"0.0.0.0:{probe_port}"
+    else:
+        probe_port = ports["grpc"]
+        assert "FLOWSTATE_SERVER__HEALTH_LISTEN" not in env
+    assert c["startupProbe"]["grpc"] == {"port": probe_port, "service": ""}
+    assert c["livenessProbe"]["grpc"] == {"port": probe_port, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": probe_port, "service": "readiness"}
 
 
 def test_production_takes_redis_url_and_password_from_the_secret():
@@ -139,16 +146,94 @@ def test_schema_rejects_redis_without_a_url():
 
 @pytest.mark.parametrize("values", [None, PRODUCTION], ids=["defaults", "production"])
 def test_rendered_config_is_accepted_by_flowstate(values):
+    """The ConfigMap with the container's own environment, as the pod starts it."""
     binary = os.environ.get("FLOWSTATE_BIN", str(ROOT / "target" / "debug" / "flowstate"))
     if not pathlib.Path(binary).exists():
         pytest.fail(f"build flowstate first ({binary} is missing)")
-    (configmap,) = by_kind(render(values), "ConfigMap")
+    docs = render(values)
+    (configmap,) = by_kind(docs, "ConfigMap")
+    _, c = container(docs)
     with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
         f.write(configmap["data"]["flowstate.toml"])
         f.flush()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
+        env.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
+        if any("valueFrom" in e and e["name"] == "FLOWSTATE_REDIS__URL" for e in c["env"]):
+            env["FLOWSTATE_REDIS__URL"] = "redis://redis:6379"
         out = subprocess.run(
             [binary, "--config", f.name, "config"], capture_output=True, text=True, env=env
         )
     assert out.returncode == 0, out.stderr
     assert "icp_profile" in out.stdout
+    if values is PRODUCTION:
+        assert 'mode = "required"' in out.stdout and "spiffe://" in out.stdout
+
+
+def test_production_mounts_the_keys_and_tls_secrets_whole():
+    """Whole Secret volumes (no subPath) are updated in place by the kubelet: rotated keys and
+    certificates reach flowstate without a restart."""
+    deployment, c = container(render(PRODUCTION))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLOWSTATE_AUTH__MODE"] == "required"
+    assert env["FLOWSTATE_AUTH__KEYS_FILE"] == "/etc/flowstate/keys/keys"
+    assert env["FLOWSTATE_SERVER__TLS__CERT_FILE"] == "/etc/flowstate/tls/tls.crt"
+    assert env["FLOWSTATE_SERVER__TLS__CLIENT_CA_FILE"] == "/etc/flowstate/tls/ca.crt"
+    assert env["FLOWSTATE_SERVER__TLS__CLIENT_AUTH"] == "optional"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert not any("subPath" in m for m in mounts.values())
+    assert mounts["keys"]["mountPath"] == "/etc/flowstate/keys" and mounts["keys"]["readOnly"]
+    assert mounts["tls"]["mountPath"] == "/etc/flowstate/tls"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["keys"]["secret"]["secretName"] == "flowstate-keys"
+    assert volumes["tls"]["secret"]["secretName"] == "flowstate-tls"
+    assert not any(k.startswith("checksum/secret") for k in deployment["spec"]["template"]["metadata"]["annotations"])
+
+
+def test_defaults_say_auth_is_off_and_mount_no_secret():
+    docs = render(None)
+    _, c = container(docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLOWSTATE_AUTH__MODE"] == "none"
+    assert not [e for e in env if e.startswith("FLOWSTATE_SERVER__TLS__")]
+    assert {m["name"] for m in c["volumeMounts"]} == {"config"}
+    assert not by_kind(docs, "NetworkPolicy")
+    chart = helm.Chart.load(str(CHART))
+    notes = chart.render(None, name="fs", namespace="platform", is_install=True)
+    text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert 'auth.mode is "none"' in text
+
+
+def test_network_policy_admits_clients_prometheus_and_probes_only():
+    (policy,) = by_kind(render(PRODUCTION), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "flowstate"
+    rules = {r["ports"][0]["port"]: r for r in spec["ingress"]}
+    assert set(rules) == {"grpc", "metrics", "health"}
+    assert rules["grpc"]["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "backend"}}}
+    ]
+    (prom,) = rules["metrics"]["from"]
+    assert prom["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert "from" not in rules["health"], "the kubelet's probes come from the node"
+
+
+def test_schema_refuses_trust_settings_that_cannot_work():
+    chart = helm.Chart.load(str(CHART))
+    for bad in [
+        {"auth": {"mode": "required"}},
+        {"auth": {"mode": "sometimes"}},
+        {"tls": {"enabled": True}},
+        {"tls": {"enabled": True, "existingSecret": "t", "clientAuth": "maybe"}},
+        {"auth": {"mode": "required", "clients": [{"san": "spiffe://x", "tenant": "a", "allow": "*"}]}},
+        {"auth": {"clients": [{"san": "spiffe://x", "tenant": "_reserved", "allow": "*"}]},
+         "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "optional"}},
+        {"networkPolicy": {"enabled": True}},
+    ]:
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
+    chart.validate_schema({"auth": {"mode": "required", "existingSecret": "keys"}})
+    chart.validate_schema(
+        {"auth": {"mode": "required", "clients": [{"san": "spiffe://x", "tenant": "a", "allow": "*"}]},
+         "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "required"}}
+    )

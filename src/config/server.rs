@@ -28,6 +28,9 @@ pub struct ServerConfig {
     /// Serve gRPC server reflection (grpcurl without proto files). Off hides the API's shape
     /// from anyone who can reach the port.
     pub reflection: bool,
+    /// A second, plaintext listener that serves `grpc.health.v1` only, for probes that cannot
+    /// speak TLS (the kubelet's gRPC probes) when the main port is TLS. Unset: none.
+    pub health_listen: Option<SocketAddr>,
     /// TLS for the gRPC listener.
     pub tls: TlsConfig,
 }
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             tenant: "default".to_owned(),
             reflection: true,
+            health_listen: None,
             tls: TlsConfig::default(),
         }
     }
