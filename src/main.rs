@@ -44,13 +44,22 @@ enum KeysCommand {
         #[arg(long)]
         allow: String,
     },
+    /// Check a keys file before it is deployed (a running server keeps its keys when the file
+    /// turns bad, but a starting one refuses to start): names each bad line, or lists how
+    /// many keys each tenant has.
+    Check {
+        /// The keys file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Making a key needs no configuration.
-    if let Some(Command::Keys(KeysCommand::New { tenant, allow })) = &cli.command {
-        return new_key(tenant, allow);
+    match &cli.command {
+        Some(Command::Keys(KeysCommand::New { tenant, allow })) => return new_key(tenant, allow),
+        Some(Command::Keys(KeysCommand::Check { file })) => return check_keys(file),
+        _ => {}
     }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -100,6 +109,35 @@ fn new_key(tenant: &str, allow: &str) -> ExitCode {
     println!("# Add this line to the keys file (auth.keys_file) or to auth.keys:");
     println!("{}", made.line);
     ExitCode::SUCCESS
+}
+
+fn check_keys(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("flowstate: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match flowstate::auth::keys::KeySet::parse(&text, &file.display().to_string()) {
+        Ok(keys) => {
+            let mut tenants = std::collections::BTreeMap::<&str, usize>::new();
+            for tenant in keys.tenants() {
+                *tenants.entry(tenant.as_str()).or_default() += 1;
+            }
+            println!("{}: {} keys", file.display(), keys.len());
+            for (tenant, n) in tenants {
+                println!("  tenant {tenant}: {n}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("flowstate: {e}");
+            }
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

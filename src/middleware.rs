@@ -150,7 +150,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let timeout = grpc_timeout(req.headers()).map_or(self.max, |t| t.min(self.max));
-        let span = tracing::debug_span!("grpc", method = req.uri().path());
+        // Who the call is for (set by the auth layer; absent on probes): never a secret.
+        let caller = req.extensions().get::<crate::auth::Caller>();
+        let span = tracing::debug_span!(
+            "grpc",
+            method = req.uri().path(),
+            tenant = caller.map(|c| tracing::field::display(&c.tenant)),
+            caller = caller.map(|c| tracing::field::display(&c.identity)),
+        );
         let call = self.inner.call(req);
         Box::pin(
             async move {

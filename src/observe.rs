@@ -105,6 +105,36 @@ fn describe() {
         "flowstate_build_info",
         "Version and store kind of this process."
     );
+    describe_counter!(
+        "flowstate_auth_denied_total",
+        "Calls refused by authentication or authorization, by reason (unauthenticated, \
+         permission_denied, quota, unknown_method) and tenant (empty when unidentified)."
+    );
+    describe_gauge!("flowstate_auth_keys", "API keys in force.");
+    describe_counter!(
+        "flowstate_auth_reloads_total",
+        "Keys file reloads after a change, by result (ok, error)."
+    );
+    describe_gauge!(
+        "flowstate_auth_reload_failing",
+        "1 while the keys file on disk is invalid and the previous keys stay in force."
+    );
+    describe_counter!(
+        "flowstate_tls_reloads_total",
+        "TLS file reloads after a change, by result (ok, error)."
+    );
+    describe_gauge!(
+        "flowstate_tls_reload_failing",
+        "1 while the TLS files on disk cannot be used and the previous ones stay in force."
+    );
+    describe_gauge!(
+        "flowstate_tls_certificate_expiry_timestamp_seconds",
+        "When the server certificate in force expires (Unix time)."
+    );
+    describe_counter!(
+        "flowstate_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out (plaintext clients included)."
+    );
 }
 
 /// Every known RPC as `(service, method)`, from the descriptor sets of every service served

@@ -50,6 +50,34 @@ pub fn open_backend(config: &Config) -> anyhow::Result<Backend> {
     Ok(backend)
 }
 
+/// Quota settings that cannot do what they seem to: overrides for tenants no key or client
+/// certificate names (a typo applies nothing), and tenants sharing the memory store without
+/// per-tenant caps (one of them can fill it for all).
+fn warn_about_quotas(config: &Config, auth: &Authenticator, backend: &Backend) {
+    let tenants = auth.tenants();
+    for name in config.quota.tenants.keys() {
+        if !tenants.contains(name) {
+            tracing::warn!(
+                tenant = %name,
+                "quota.tenants.{name}: no API key or auth.clients entry acts for this tenant \
+                 (yet); the override applies to nobody until one does"
+            );
+        }
+    }
+    let quota = &config.quota;
+    if matches!(backend, Backend::Memory(_))
+        && auth.mode() == AuthMode::Required
+        && (quota.memory_sessions == 0
+            || quota.memory_cache_bytes == 0
+            || quota.memory_counters == 0)
+    {
+        tracing::warn!(
+            "tenants share the memory store without a cap each: set quota.memory_sessions, \
+             quota.memory_cache_bytes and quota.memory_counters, or one tenant can fill it for all"
+        );
+    }
+}
+
 /// Reflection over every descriptor a caller may meet: flowstate's own, grpc.health.v1 (or
 /// grpcurl cannot describe Health) and google.rpc (so error details such as BadRequest decode).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -88,6 +116,7 @@ pub async fn run(
             "authentication required: API keys and client certificates"
         ),
     }
+    warn_about_quotas(&config, &auth, &backend);
     let tls = match TlsFiles::from_config(&config.server.tls) {
         Some(files) => Some(Acceptor::new(files).context("setting up TLS")?),
         None => {
@@ -188,14 +217,23 @@ pub async fn run(
         .into_inner();
 
     if let Some(listener) = health_listener {
-        // Health only, plaintext, no auth and no limits: what a probe needs and nothing more.
+        // Health only, plaintext, no auth: what a probe needs and nothing more. It answers
+        // whoever reaches it (the kubelet probes from the node), so it is bounded: few
+        // streams per connection, a deadline per call, and connections (Watch streams
+        // included) recycled after a minute.
         let health_service = health_service.clone();
+        let request_timeout = config.server.request_timeout;
         let mut stop = stop_tasks.subscribe();
         tracing::info!(listen = ?listener.local_addr().ok(), "plaintext health listener for probes");
         tasks.push((
             "health listener",
             tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
+                    .concurrency_limit_per_connection(4)
+                    .max_concurrent_streams(4)
+                    .timeout(request_timeout)
+                    .max_connection_age(Duration::from_secs(60))
+                    .max_connection_age_grace(Duration::from_secs(5))
                     .add_service(health_service)
                     .serve_with_incoming_shutdown(
                         TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -215,7 +253,13 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if !config.server.max_connection_age.is_zero() {
+        builder = builder
+            .max_connection_age(config.server.max_connection_age)
+            .max_connection_age_grace(config.server.request_timeout);
+    }
+    let router = builder
         .layer(stack)
         .add_service(health_service)
         .add_optional_service(reflection_v1)

@@ -1,5 +1,6 @@
-//! The tenant a request acts for. Every store key embeds it, so tenants never collide.
-//! Until authentication lands every request runs as [`Tenant::default_tenant`].
+//! The tenant a request acts for. Every store key embeds it, so tenants never collide. The
+//! caller's API key or client certificate decides it (`crate::auth`); with authentication off,
+//! every request runs as `server.tenant`.
 
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ impl Tenant {
         (is_key_safe_name(name) && !name.starts_with('_')).then(|| Self(Arc::from(name)))
     }
 
-    /// The single tenant used while authentication is off.
+    /// The default of `server.tenant`, the tenant of every call while authentication is off.
     pub fn default_tenant() -> Self {
         Self(Arc::from("default"))
     }
@@ -34,6 +35,12 @@ impl Tenant {
     /// The tenant name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::fmt::Display for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `flowstate` binary: configuration errors, the `config` command, signals.
+//! The `flowstate` binary: configuration errors, the `config` and `keys` commands, signals.
 
 use std::{
     io::{BufRead, BufReader},
@@ -36,6 +36,55 @@ fn config_command_prints_the_effective_config_with_secrets_redacted() {
     assert!(!text.contains("s3cret"), "{text}");
     assert!(text.contains("idle_timeout = \"2h\""), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:50051\""), "{text}");
+}
+
+#[test]
+fn keys_new_prints_a_key_once_and_keys_check_vets_a_keys_file() {
+    let out = flowstate()
+        .args([
+            "keys",
+            "new",
+            "--tenant",
+            "acme",
+            "--allow",
+            "cache:*,sessions:read",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let [key, line] = lines[..] else {
+        panic!("expected a key and a line: {text}");
+    };
+    assert!(key.starts_with("fs_"), "{key}");
+    assert!(!line.contains(key), "the line holds a hash, not the key");
+    assert!(line.contains("acme"), "{line}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys");
+    std::fs::write(&path, format!("# keys\n{line}\n")).expect("write");
+    let checked = flowstate()
+        .args(["keys", "check"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(checked.status.success(), "{checked:?}");
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        report.contains("1 keys") && report.contains("tenant acme: 1"),
+        "{report}"
+    );
+
+    std::fs::write(&path, format!("{line}\n{line}\nnot a key line\n")).expect("write");
+    let bad = flowstate()
+        .args(["keys", "check"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let errors = String::from_utf8_lossy(&bad.stderr);
+    assert!(errors.contains(":2:") && errors.contains(":3:"), "{errors}");
 }
 
 #[test]

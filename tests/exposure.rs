@@ -1,5 +1,5 @@
 //! Nothing readable that should not be: a real flowstate process with auth on, logging every
-//! crate at debug level as JSON into a file, serves a workload full of recognisable secrets
+//! crate at trace level as JSON into a file, serves a workload full of recognisable secrets
 //! (API keys, session ids, session data, cache keys, values and tags, limit keys, user ids),
 //! successful calls and failing ones alike. Then its log file, every error message the calls
 //! got back (with their details) and its metrics page are searched for each secret.
@@ -57,8 +57,8 @@ async fn no_secret_reaches_logs_errors_or_metrics() {
         .env("FLOWSTATE_AUTH__MODE", "required")
         .env("FLOWSTATE_AUTH__KEYS", &key.line)
         .env("FLOWSTATE_LOG__FORMAT", "json")
-        // Every crate at debug: tonic, h2, hyper and redis included.
-        .env("FLOWSTATE_LOG__LEVEL", "debug")
+        // Every crate at trace, the most an operator can turn on: tonic, h2, hyper and redis included.
+        .env("FLOWSTATE_LOG__LEVEL", "trace")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).expect("log file"))
         .spawn()
@@ -210,6 +210,22 @@ async fn no_secret_reaches_logs_errors_or_metrics() {
         .await
         .map(drop),
     );
+    note(
+        s.touch_session(with_key(pb::TouchSessionRequest { id: id.clone() }, k))
+            .await
+            .map(drop),
+    );
+    note(
+        s.delete_user_sessions(with_key(
+            pb::DeleteUserSessionsRequest {
+                user_id: USER.into(),
+                keep_handle: Some(DATA.into()),
+            },
+            k,
+        ))
+        .await
+        .map(drop),
+    );
     // Unauthenticated and forged keys.
     note(
         s.get_session(tonic::Request::new(pb::GetSessionRequest {
@@ -299,10 +315,43 @@ async fn no_secret_reaches_logs_errors_or_metrics() {
         .map(drop),
     );
     note(
+        c.set_many(with_key(
+            pb::CacheSetManyRequest {
+                namespace: "ns".into(),
+                entries: vec![
+                    pb::CacheSetManyEntry {
+                        key: CACHE_KEY.into(),
+                        value: Bytes::from_static(CACHE_VALUE.as_bytes()),
+                        tags: vec![TAG.into()],
+                        ..Default::default()
+                    },
+                    pb::CacheSetManyEntry {
+                        key: String::new(),
+                        value: Bytes::from_static(CACHE_VALUE.as_bytes()),
+                        ..Default::default()
+                    },
+                ],
+            },
+            k,
+        ))
+        .await
+        .map(drop),
+    );
+    note(
         c.invalidate_tags(with_key(
             pb::CacheInvalidateTagsRequest {
                 namespace: "ns".into(),
                 tags: vec![TAG.into()],
+            },
+            k,
+        ))
+        .await
+        .map(drop),
+    );
+    note(
+        c.invalidate_namespace(with_key(
+            pb::CacheInvalidateNamespaceRequest {
+                namespace: "ns2".into(),
             },
             k,
         ))

@@ -19,8 +19,8 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BufMut, Bytes};
-use common::{RedisServer, TestServer, test_config};
+use bytes::Bytes;
+use common::{RedisServer, TestServer, raw::Raw, test_config};
 use flowstate::{
     auth::{keys, permission::Permissions},
     config::AuthMode,
@@ -31,49 +31,8 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ServiceDescriptor, Value,
 };
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
-use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-};
+use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Sends and receives message bodies as they are.
-#[derive(Clone, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
 
 /// Strings that tend to break things: separators, braces, Unicode, NUL, long runs.
 fn odd_string(rng: &mut StdRng) -> String {

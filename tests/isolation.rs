@@ -328,3 +328,81 @@ async fn counters_are_separate_across_tenants(b: Backend) {
         .into_inner();
     assert!(!still.allowed, "beta's Reset lifted alpha's limit");
 }
+
+/// On the memory store, each tenant's caps hold through the server: at its cap a tenant gets
+/// RESOURCE_EXHAUSTED for sessions, cache bytes and counters, and the other tenant, at the
+/// same moment, creates all three. (Redis has no per-tenant memory caps: its own limits and
+/// eviction policy govern; see the README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_caps_hold_per_tenant_through_the_server() {
+    let b = Backend::memory(|c: &mut Config| {
+        two_tenants(c);
+        c.quota.memory_sessions = 2;
+        c.quota.memory_cache_bytes = 4096;
+        c.quota.memory_counters = 2;
+    })
+    .await;
+    let mut s = SessionServiceClient::new(b.server.channel.clone());
+    let mut cache = CacheServiceClient::new(b.server.channel.clone());
+    let mut rl = RateLimitServiceClient::new(b.server.channel.clone());
+    let session = |user: &str| pb::CreateSessionRequest {
+        user_id: user.into(),
+        ..Default::default()
+    };
+    let set = |key: &str| pb::CacheSetRequest {
+        namespace: "ns".into(),
+        key: key.into(),
+        value: Bytes::from(vec![b'x'; 1500]),
+        ..Default::default()
+    };
+    let check = |key: &str| pb::CheckRequest {
+        checks: vec![pb::LimitCheck {
+            limit: Some(pb::limit_check::Limit::Name("login".into())),
+            key: key.into(),
+        }],
+        ..Default::default()
+    };
+    for user in ["u1", "u2"] {
+        s.create_session(with_key(session(user), alpha()))
+            .await
+            .expect("within the session cap");
+    }
+    for key in ["k1", "k2"] {
+        cache
+            .set(with_key(set(key), alpha()))
+            .await
+            .expect("within the byte cap");
+    }
+    for key in ["k1", "k2"] {
+        rl.check(with_key(check(key), alpha()))
+            .await
+            .expect("within the counter cap");
+    }
+    let full = |r: Result<(), tonic::Status>| r.expect_err("over the cap").code();
+    assert_eq!(
+        full(
+            s.create_session(with_key(session("u3"), alpha()))
+                .await
+                .map(drop)
+        ),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        full(cache.set(with_key(set("k3"), alpha())).await.map(drop)),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        full(rl.check(with_key(check("k3"), alpha())).await.map(drop)),
+        Code::ResourceExhausted
+    );
+    s.create_session(with_key(session("u3"), beta()))
+        .await
+        .expect("beta's own cap");
+    cache
+        .set(with_key(set("k3"), beta()))
+        .await
+        .expect("beta's own cap");
+    rl.check(with_key(check("k3"), beta()))
+        .await
+        .expect("beta's own cap");
+}

@@ -153,6 +153,12 @@ async fn client_certificates_identify_a_tenant() {
         "URI:spiffe://flowstate.test/other",
         "clientAuth",
     );
+    let both = pki.leaf(
+        &clients_ca,
+        "both",
+        &format!("URI:{BACKEND_SAN},URI:spiffe://flowstate.test/analytics"),
+        "clientAuth",
+    );
     let rogue_ca = pki.ca("rogue");
     let rogue = pki.leaf(
         &rogue_ca,
@@ -163,11 +169,18 @@ async fn client_certificates_identify_a_tenant() {
 
     let mut config = tls_config(&server_cert, Some(&clients_ca.cert));
     config.auth.mode = AuthMode::Required;
-    config.auth.clients = vec![ClientIdentity {
-        san: BACKEND_SAN.into(),
-        tenant: "acme".into(),
-        allow: "cache:*".into(),
-    }];
+    config.auth.clients = vec![
+        ClientIdentity {
+            san: BACKEND_SAN.into(),
+            tenant: "acme".into(),
+            allow: "cache:*".into(),
+        },
+        ClientIdentity {
+            san: "spiffe://flowstate.test/analytics".into(),
+            tenant: "globex".into(),
+            allow: "cache:read".into(),
+        },
+    ];
     let server = TestServer::start(config).await;
     let listed = channel(&server, &ca, Some(&backend));
     assert!(eventually(Duration::from_secs(10), || serving(listed.clone())).await);
@@ -193,6 +206,12 @@ async fn client_certificates_identify_a_tenant() {
         .get(tonic::Request::new(get()))
         .await
         .expect_err("not listed");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // A certificate naming two listed identities acts as neither (never by SAN order).
+    let err = CacheServiceClient::new(channel(&server, &ca, Some(&both)))
+        .get(tonic::Request::new(get()))
+        .await
+        .expect_err("ambiguous");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // A certificate from another CA, even with a listed name, fails the handshake.
     assert!(!serving(channel(&server, &ca, Some(&rogue))).await);
@@ -256,5 +275,29 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     assert!(
         !serving(channel(&server, &old_ca, None)).await,
         "the old one is gone"
+    );
+
+    // A broken rotation (garbage, then a certificate with another pair's key) keeps the
+    // certificate in force, and the next good one is picked up.
+    let third = pki.server(&old_ca, "third");
+    std::fs::write(&live.cert, "not a certificate").expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        serving(channel(&server, &new_ca, None)).await,
+        "kept after garbage"
+    );
+    std::fs::copy(&third.cert, &live.cert).expect("copy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        serving(channel(&server, &new_ca, None)).await,
+        "kept after a certificate that does not match its key"
+    );
+    std::fs::copy(&third.key, &live.key).expect("copy");
+    assert!(
+        eventually(Duration::from_secs(10), || serving(channel(
+            &server, &old_ca, None
+        )))
+        .await,
+        "the next good pair is never served"
     );
 }

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import tempfile
+import tomllib
 
 import helm_python as helm
 import kubernetes_validate
@@ -177,15 +178,18 @@ def test_production_mounts_the_keys_and_tls_secrets_whole():
     assert env["FLOWSTATE_AUTH__MODE"] == "required"
     assert env["FLOWSTATE_AUTH__KEYS_FILE"] == "/etc/flowstate/keys/keys"
     assert env["FLOWSTATE_SERVER__TLS__CERT_FILE"] == "/etc/flowstate/tls/tls.crt"
-    assert env["FLOWSTATE_SERVER__TLS__CLIENT_CA_FILE"] == "/etc/flowstate/tls/ca.crt"
+    # Client certificates are checked against a CA of their own, not the server's issuer.
+    assert env["FLOWSTATE_SERVER__TLS__CLIENT_CA_FILE"] == "/etc/flowstate/client-ca/ca.crt"
     assert env["FLOWSTATE_SERVER__TLS__CLIENT_AUTH"] == "optional"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert not any("subPath" in m for m in mounts.values())
     assert mounts["keys"]["mountPath"] == "/etc/flowstate/keys" and mounts["keys"]["readOnly"]
     assert mounts["tls"]["mountPath"] == "/etc/flowstate/tls"
+    assert mounts["client-ca"]["mountPath"] == "/etc/flowstate/client-ca"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["keys"]["secret"]["secretName"] == "flowstate-keys"
     assert volumes["tls"]["secret"]["secretName"] == "flowstate-tls"
+    assert volumes["client-ca"]["secret"]["secretName"] == "flowstate-client-ca"
     assert not any(k.startswith("checksum/secret") for k in deployment["spec"]["template"]["metadata"]["annotations"])
 
 
@@ -226,6 +230,9 @@ def test_schema_refuses_trust_settings_that_cannot_work():
         {"tls": {"enabled": True}},
         {"tls": {"enabled": True, "existingSecret": "t", "clientAuth": "maybe"}},
         {"auth": {"mode": "required", "clients": [{"san": "spiffe://x", "tenant": "a", "allow": "*"}]}},
+        # Identities by SAN need a CA of their own, not whatever issues the server certificate.
+        {"auth": {"mode": "required", "clients": [{"san": "spiffe://x", "tenant": "a", "allow": "*"}]},
+         "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "required"}},
         {"auth": {"clients": [{"san": "spiffe://x", "tenant": "_reserved", "allow": "*"}]},
          "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "optional"}},
         {"networkPolicy": {"enabled": True}},
@@ -235,5 +242,12 @@ def test_schema_refuses_trust_settings_that_cannot_work():
     chart.validate_schema({"auth": {"mode": "required", "existingSecret": "keys"}})
     chart.validate_schema(
         {"auth": {"mode": "required", "clients": [{"san": "spiffe://x", "tenant": "a", "allow": "*"}]},
-         "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "required"}}
+         "tls": {"enabled": True, "existingSecret": "t", "clientAuth": "required", "clientCaSecret": "ca"}}
     )
+
+
+def test_production_hides_reflection_and_sets_a_tenant_request_quota():
+    (configmap,) = by_kind(render(PRODUCTION), "ConfigMap")
+    config = tomllib.loads(configmap["data"]["flowstate.toml"])
+    assert config["server"]["reflection"] is False
+    assert config["quota"]["requests_per_second"] > 0

@@ -114,12 +114,17 @@ pub struct QuotaConfig {
     /// reflection are not counted). Per replica, so a slow or stuck tenant cannot take a
     /// replica's capacity from the others; no store round trip.
     pub requests_per_second: u32,
-    /// Calls a tenant may burst above its rate (0: one second's worth).
+    /// The bucket's size: calls a tenant may make at once after a quiet spell (0: one
+    /// second's worth, `requests_per_second`).
     pub burst: u32,
     /// Memory store only: live sessions a tenant may hold.
     pub memory_sessions: u64,
-    /// Memory store only: cache bytes a tenant may hold (within `cache.memory_max_bytes`).
+    /// Memory store only: cache bytes a tenant may hold (within `cache.memory_max_bytes`),
+    /// generations, invalidation marks and leases included.
     pub memory_cache_bytes: u64,
+    /// Memory store only: live rate-limit counters a tenant may hold (they share
+    /// `memory.max_bytes` with sessions).
+    pub memory_counters: u64,
     /// Overrides by tenant name.
     pub tenants: BTreeMap<String, TenantQuota>,
 }
@@ -136,6 +141,8 @@ pub struct TenantQuota {
     pub memory_sessions: Option<u64>,
     /// See [`QuotaConfig::memory_cache_bytes`].
     pub memory_cache_bytes: Option<u64>,
+    /// See [`QuotaConfig::memory_counters`].
+    pub memory_counters: Option<u64>,
 }
 
 /// One tenant's quotas, defaults and overrides resolved (0: no limit).
@@ -143,12 +150,14 @@ pub struct TenantQuota {
 pub struct Quota {
     /// Calls per second per replica.
     pub requests_per_second: u32,
-    /// Burst above the rate.
+    /// The bucket's size.
     pub burst: u32,
     /// Live sessions (memory store).
     pub memory_sessions: u64,
     /// Cache bytes (memory store).
     pub memory_cache_bytes: u64,
+    /// Live rate-limit counters (memory store).
+    pub memory_counters: u64,
 }
 
 impl QuotaConfig {
@@ -160,6 +169,7 @@ impl QuotaConfig {
             burst: o.burst.unwrap_or(self.burst),
             memory_sessions: o.memory_sessions.unwrap_or(self.memory_sessions),
             memory_cache_bytes: o.memory_cache_bytes.unwrap_or(self.memory_cache_bytes),
+            memory_counters: o.memory_counters.unwrap_or(self.memory_counters),
         }
     }
 

@@ -125,6 +125,11 @@ impl KeySet {
         if bad.is_empty() { Ok(self) } else { Err(bad) }
     }
 
+    /// The tenants the keys act for.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.by_id.values().map(|e| &e.tenant)
+    }
+
     /// How many keys are listed.
     pub fn len(&self) -> usize {
         self.by_id.len()

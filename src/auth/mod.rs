@@ -21,7 +21,7 @@ use std::{
     future::Future,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -65,6 +65,18 @@ pub enum Identity {
     Certificate(String),
 }
 
+/// `anonymous`, `key:<public id>` or `cert:<SAN>`: what logs and spans say about a caller
+/// (never a secret).
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::Key(id) => write!(f, "key:{id}"),
+            Identity::Certificate(san) => write!(f, "cert:{san}"),
+        }
+    }
+}
+
 /// The caller of `request`, as [`AuthLayer`] found it.
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
     request.extensions().get::<Caller>().ok_or_else(|| {
@@ -72,6 +84,26 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
         tracing::error!("a call reached a handler without an authenticated caller");
         Status::internal("internal error")
     })
+}
+
+/// Refuses the call unless its caller also holds `permission`: for a part of a call that does
+/// more than its method's permission says (GetSession with `touch` extends the session, a
+/// cache Get with `lease` reserves the key to fill it).
+pub fn require<T>(request: &tonic::Request<T>, permission: Permission) -> Result<(), Status> {
+    let caller = caller(request)?;
+    if caller.permissions.allows(permission) {
+        return Ok(());
+    }
+    metrics::counter!(
+        "flowstate_auth_denied_total",
+        "reason" => "permission_denied",
+        "tenant" => caller.tenant.as_str().to_owned()
+    )
+    .increment(1);
+    tracing::info!(tenant = %caller.tenant, caller = %caller.identity, needs = %permission, "call refused");
+    Err(Status::permission_denied(format!(
+        "this call needs the {permission} permission"
+    )))
 }
 
 /// The caller's tenant and the request message.
@@ -90,6 +122,9 @@ pub struct Authenticator {
     anonymous: Caller,
     keys: RwLock<Arc<KeySet>>,
     keys_file: Option<PathBuf>,
+    /// The keys file's bytes as last read (loaded or refused), so a change is never missed
+    /// between loading it and watching it.
+    keys_file_seen: Mutex<Option<Vec<u8>>>,
     inline_keys: Option<String>,
     /// Client-certificate identities: subject alternative name → (tenant, permissions).
     clients: HashMap<String, (Tenant, Permissions)>,
@@ -101,9 +136,35 @@ pub struct Authenticator {
 /// Why a call is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Denied {
+    /// A path that is no flowstate method, health check or reflection.
+    UnknownMethod,
     Unauthenticated,
     Forbidden(Permission),
     OverQuota,
+}
+
+/// A refusal, with the caller when it was identified (for the logs and the tenant label).
+struct Refusal {
+    denied: Denied,
+    caller: Option<Caller>,
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Self {
+        Self {
+            denied,
+            caller: None,
+        }
+    }
+}
+
+impl From<(Denied, Caller)> for Refusal {
+    fn from((denied, caller): (Denied, Caller)) -> Self {
+        Self {
+            denied,
+            caller: Some(caller),
+        }
+    }
 }
 
 impl Authenticator {
@@ -152,14 +213,21 @@ impl Authenticator {
             },
             keys: RwLock::new(Arc::new(KeySet::default())),
             keys_file: config.auth.keys_file.clone(),
+            keys_file_seen: Mutex::new(None),
             inline_keys: config.auth.keys.clone(),
             clients,
             methods,
             quotas: RequestQuotas::new(config.quota.clone()),
         };
-        let keys = auth.read_keys().map_err(|errors| {
+        let file = auth.read_keys_file();
+        let keys = auth.parse_keys(file.as_ref()).map_err(|errors| {
             anyhow::anyhow!("the API keys cannot be loaded:\n  {}", errors.join("\n  "))
         })?;
+        *auth
+            .keys_file_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = file.and_then(Result::ok);
+        metrics::gauge!("flowstate_auth_reload_failing").set(0.0);
         metrics::gauge!("flowstate_auth_keys").set(keys.len() as f64);
         *auth.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(auth)
@@ -170,28 +238,49 @@ impl Authenticator {
         self.mode
     }
 
+    /// The tenants callers can act for now: those of the keys in force and of
+    /// `auth.clients` (with authentication off, `server.tenant`).
+    pub fn tenants(&self) -> std::collections::BTreeSet<String> {
+        if self.mode == AuthMode::None {
+            return [self.anonymous.tenant.as_str().to_owned()].into();
+        }
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        keys.tenants()
+            .chain(self.clients.values().map(|(t, _)| t))
+            .map(|t| t.as_str().to_owned())
+            .collect()
+    }
+
     /// How many keys are in force.
     pub fn key_count(&self) -> usize {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// The keys of `auth.keys` and `auth.keys_file`, parsed.
-    fn read_keys(&self) -> Result<KeySet, Vec<String>> {
+    /// The keys file's bytes (`None`: there is no keys file).
+    fn read_keys_file(&self) -> Option<std::io::Result<Vec<u8>>> {
+        self.keys_file.as_ref().map(std::fs::read)
+    }
+
+    /// The keys of `auth.keys` and of the keys file's bytes `file`, parsed.
+    fn parse_keys(&self, file: Option<&std::io::Result<Vec<u8>>>) -> Result<KeySet, Vec<String>> {
         let inline = match &self.inline_keys {
             Some(text) => KeySet::parse(&text.replace(';', "\n"), "auth.keys")?,
             None => KeySet::default(),
         };
-        let Some(path) = &self.keys_file else {
+        let (Some(path), Some(file)) = (&self.keys_file, file) else {
             return Ok(inline);
         };
+        let source = path.display().to_string();
+        let bytes = file.as_ref().map_err(|e| vec![format!("{source}: {e}")])?;
         let text =
-            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        inline.merge(KeySet::parse(&text, &path.display().to_string())?)
+            std::str::from_utf8(bytes).map_err(|_| vec![format!("{source}: not UTF-8 text")])?;
+        inline.merge(KeySet::parse(text, &source)?)
     }
 
-    /// Re-reads the keys; on any error the keys in force stay and the errors are returned.
-    pub fn reload_keys(&self) -> Result<usize, Vec<String>> {
-        let keys = self.read_keys()?;
+    /// Loads the keys from the keys file's bytes `file`; on any error the keys in force stay
+    /// and the errors are returned.
+    fn reload_keys(&self, file: Option<&std::io::Result<Vec<u8>>>) -> Result<usize, Vec<String>> {
+        let keys = self.parse_keys(file)?;
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         metrics::gauge!("flowstate_auth_keys").set(n as f64);
@@ -205,20 +294,19 @@ impl Authenticator {
         path: &str,
         headers: &http::HeaderMap,
         certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
-    ) -> Result<Caller, Denied> {
+    ) -> Result<Caller, Refusal> {
+        // Every flowstate method is in the table (checked at start-up), so anything else is
+        // refused here rather than left to whatever a future router might serve.
+        let needed = *self.methods.get(path).ok_or(Denied::UnknownMethod)?;
         let caller = match self.mode {
             AuthMode::None => self.anonymous.clone(),
             AuthMode::Required => self.identify(headers, certs)?,
         };
-        // A flowstate method missing from the table cannot happen (checked at start-up); a
-        // path that is no method at all is left to the router (UNIMPLEMENTED).
-        if let Some(needed) = self.methods.get(path)
-            && !caller.permissions.allows(*needed)
-        {
-            return Err(Denied::Forbidden(*needed));
+        if !caller.permissions.allows(needed) {
+            return Err((Denied::Forbidden(needed), caller).into());
         }
         if !self.quotas.admit(&caller.tenant) {
-            return Err(Denied::OverQuota);
+            return Err((Denied::OverQuota, caller).into());
         }
         Ok(caller)
     }
@@ -248,17 +336,27 @@ impl Authenticator {
         })
     }
 
-    /// The caller a verified client certificate names, if `auth.clients` lists one of its
-    /// subject alternative names.
+    /// The caller a verified client certificate names, if `auth.clients` lists exactly one
+    /// of its subject alternative names. A certificate naming several listed identities is
+    /// refused: which one it acts as must never depend on the order of its SANs.
     fn certificate_caller(
         &self,
         chain: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Option<Caller> {
         let leaf = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
-        let san = leaf
+        let mut listed = leaf
             .valid_uri_names()
             .chain(leaf.valid_dns_names())
-            .find(|san| self.clients.contains_key(*san))?;
+            .filter(|san| self.clients.contains_key(*san));
+        let san = listed.next()?;
+        if let Some(other) = listed.next() {
+            tracing::warn!(
+                first = san,
+                second = other,
+                "a client certificate names several auth.clients identities: refused"
+            );
+            return None;
+        }
         let (tenant, permissions) = self.clients.get(san)?;
         Some(Caller {
             tenant: tenant.clone(),
@@ -278,24 +376,32 @@ pub async fn watch_keys(
     let Some(path) = auth.keys_file.clone() else {
         return;
     };
-    let mut seen = std::fs::read(&path).ok();
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = std::fs::read(&path).ok();
-        if now == seen {
-            continue;
+        let file = auth.read_keys_file();
+        {
+            let bytes = file.as_ref().and_then(|f| f.as_ref().ok());
+            let mut seen = auth
+                .keys_file_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if bytes == seen.as_ref() {
+                continue;
+            }
+            *seen = bytes.cloned();
         }
-        seen = now;
-        match auth.reload_keys() {
+        match auth.reload_keys(file.as_ref()) {
             Ok(n) => {
                 metrics::counter!("flowstate_auth_reloads_total", "result" => "ok").increment(1);
+                metrics::gauge!("flowstate_auth_reload_failing").set(0.0);
                 tracing::info!(keys = n, file = %path.display(), "API keys reloaded");
             }
             Err(errors) => {
                 metrics::counter!("flowstate_auth_reloads_total", "result" => "error").increment(1);
+                metrics::gauge!("flowstate_auth_reload_failing").set(1.0);
                 tracing::error!(
                     file = %path.display(),
                     errors = %errors.join("; "),
@@ -310,21 +416,12 @@ pub async fn watch_keys(
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
-    denied: Arc<[metrics::Counter; 3]>,
 }
 
 impl AuthLayer {
     /// The layer over `auth`.
     pub fn new(auth: Arc<Authenticator>) -> Self {
-        let counter = |reason: &'static str| metrics::counter!("flowstate_auth_denied_total", "reason" => reason);
-        Self {
-            auth,
-            denied: Arc::new([
-                counter("unauthenticated"),
-                counter("permission_denied"),
-                counter("quota"),
-            ]),
-        }
+        Self { auth }
     }
 }
 
@@ -382,28 +479,52 @@ where
                 let call = self.inner.call(req);
                 Box::pin(async move { call.await.map_err(Into::into) })
             }
-            Err(denied) => {
-                let (i, status) = match denied {
+            Err(Refusal { denied, caller }) => {
+                let (reason, status) = match denied {
+                    Denied::UnknownMethod => {
+                        ("unknown_method", Status::unimplemented("no such method"))
+                    }
                     Denied::Unauthenticated => (
-                        0,
+                        "unauthenticated",
                         Status::unauthenticated(
                             "send a valid API key as `authorization: Bearer <key>` (or a \
                              listed client certificate)",
                         ),
                     ),
                     Denied::Forbidden(p) => (
-                        1,
+                        "permission_denied",
                         Status::permission_denied(format!("this call needs the {p} permission")),
                     ),
                     Denied::OverQuota => (
-                        2,
+                        "quota",
                         Status::resource_exhausted(
                             "the tenant is over its request quota; retry with backoff",
                         ),
                     ),
                 };
-                self.layer.denied[i].increment(1);
-                tracing::debug!(path, code = ?status.code(), "call refused");
+                // The tenant label is bounded by the tenants the keys and auth.clients name;
+                // an unidentified caller has none.
+                let tenant = caller.as_ref().map_or("", |c| c.tenant.as_str()).to_owned();
+                metrics::counter!("flowstate_auth_denied_total", "reason" => reason, "tenant" => tenant)
+                    .increment(1);
+                match &caller {
+                    // A tenant over its quota is refused often and expectedly: debug only.
+                    Some(c) if denied == Denied::OverQuota => tracing::debug!(
+                        path,
+                        reason,
+                        tenant = %c.tenant,
+                        caller = %c.identity,
+                        "call refused"
+                    ),
+                    Some(c) => tracing::info!(
+                        path,
+                        reason,
+                        tenant = %c.tenant,
+                        caller = %c.identity,
+                        "call refused"
+                    ),
+                    None => tracing::debug!(path, reason, "call refused"),
+                }
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

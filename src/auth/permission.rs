@@ -9,11 +9,11 @@ pub enum Permission {
     /// GetSession, ListUserSessions.
     SessionsRead,
     /// CreateSession, UpdateSession, TouchSession, RotateSession, DeleteSession,
-    /// DeleteUserSessions.
+    /// DeleteUserSessions; and GetSession with `touch` (it extends the session).
     SessionsWrite,
     /// Cache Get, GetMany.
     CacheRead,
-    /// Cache Set, SetMany, Delete.
+    /// Cache Set, SetMany, Delete; and Get with `lease` (a lease exists to be filled).
     CacheWrite,
     /// Cache InvalidateTags, InvalidateNamespace.
     CacheInvalidate,

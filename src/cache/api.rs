@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{MethodPermissions, permission::Permission, tenant_and},
+    auth::{MethodPermissions, permission::Permission, require, tenant_and},
     cache::{Caches, Condition, Freshness, Lease, Lookup, SetInput},
     error::Error,
     proto::v1::{self as pb, cache_service_server::CacheService},
@@ -64,6 +64,10 @@ impl CacheService for CacheApi {
         &self,
         request: Request<pb::CacheGetRequest>,
     ) -> Result<Response<pb::CacheGetResponse>, Status> {
+        // A lease reserves the key for its holder to fill: only a writer can use one.
+        if request.get_ref().lease {
+            require(&request, Permission::CacheWrite)?;
+        }
         let (tenant, r) = tenant_and(request)?;
         let lookup = self
             .caches

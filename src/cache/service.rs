@@ -64,7 +64,10 @@ impl Caches {
                 &self.config.default_policy,
                 self.stats.for_namespace(name, false),
             )),
-            None => Err(Error::NotFound(format!("cache namespace {name:?}"))),
+            // The caller's string is not echoed (as for limit names): the field says which.
+            None => Err(Error::NotFound(
+                "the cache namespace in `namespace` (cache.allow_unknown_namespaces is off)".into(),
+            )),
         }
     }
 

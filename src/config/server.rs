@@ -23,6 +23,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Connections older than this are asked to reconnect (HTTP/2 GOAWAY; calls in flight get
+    /// `request_timeout` to finish): client certificates are verified again, new replicas get
+    /// their share of long-lived clients. 0: never.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
     /// Tenant every request acts for while authentication is off (`auth.mode = none`).
     pub tenant: String,
     /// Serve gRPC server reflection (grpcurl without proto files). Off hides the API's shape
@@ -71,6 +76,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 4096,
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
+            max_connection_age: Duration::from_secs(30 * 60),
             tenant: "default".to_owned(),
             reflection: true,
             health_listen: None,

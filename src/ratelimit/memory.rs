@@ -12,6 +12,7 @@ use super::{
     store::RateLimitStore,
 };
 use crate::{
+    auth::config::QuotaConfig,
     store::{
         StoreError,
         keys::Keys,
@@ -30,11 +31,14 @@ pub struct MemoryRateLimitStore {
 }
 
 struct State {
-    /// Counters: key → (state, expires_at).
-    counters: HashMap<String, (RateState, Millis)>,
+    /// Counters: key → (state, expires_at, tenant).
+    counters: HashMap<String, (RateState, Millis, Tenant)>,
     /// (expires_at, counter key), for the sweeper.
     counter_expiry: ExpiryQueue,
     budget: Budget,
+    /// Live counters per tenant, against `quota.memory_counters`.
+    per_tenant: HashMap<Tenant, u64>,
+    quotas: Arc<QuotaConfig>,
 }
 
 /// Bytes a counter costs: its key twice (map and expiry queue) plus the containers' overhead.
@@ -45,7 +49,7 @@ fn footprint(key: &str) -> usize {
 impl State {
     fn counter(&mut self, key: &str, now: Millis) -> Option<RateState> {
         match self.counters.get(key) {
-            Some((state, expires)) if *expires > now => Some(*state),
+            Some((state, expires, _)) if *expires > now => Some(*state),
             Some(_) => {
                 self.remove(key);
                 None
@@ -54,18 +58,49 @@ impl State {
         }
     }
 
-    /// Writes a counter; a new one must already be charged to the budget.
-    fn set_counter(&mut self, key: String, state: RateState, expires: Millis) {
-        if let Some((_, old)) = self.counters.insert(key.clone(), (state, expires)) {
+    /// Charges `tenant`'s new counters at `keys` (those not yet held), all or none: to the
+    /// tenant's `quota.memory_counters` and to the shared budget.
+    fn charge_new(&mut self, tenant: &Tenant, keys: &[String]) -> Result<(), StoreError> {
+        let new: Vec<&String> = keys
+            .iter()
+            .filter(|k| !self.counters.contains_key(*k))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let cap = self.quotas.for_tenant(tenant.as_str()).memory_counters;
+        let live = self.per_tenant.get(tenant).copied().unwrap_or(0);
+        if cap > 0 && live + new.len() as u64 > cap {
+            return Err(StoreError::Full(
+                "the tenant's quota.memory_counters is reached",
+            ));
+        }
+        self.budget.charge(new.iter().map(|k| footprint(k)).sum())?;
+        *self.per_tenant.entry(tenant.clone()).or_default() += new.len() as u64;
+        Ok(())
+    }
+
+    /// Writes a counter; a new one must already be charged ([`State::charge_new`]).
+    fn set_counter(&mut self, key: String, tenant: &Tenant, state: RateState, expires: Millis) {
+        if let Some((_, old, _)) = self
+            .counters
+            .insert(key.clone(), (state, expires, tenant.clone()))
+        {
             self.counter_expiry.remove(old, &key);
         }
         self.counter_expiry.insert(expires, key);
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some((_, expires)) = self.counters.remove(key) {
+        if let Some((_, expires, tenant)) = self.counters.remove(key) {
             self.counter_expiry.remove(expires, key);
             self.budget.release(footprint(key));
+            if let Some(n) = self.per_tenant.get_mut(&tenant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_tenant.remove(&tenant);
+                }
+            }
         }
     }
 
@@ -85,6 +120,8 @@ impl MemoryRateLimitStore {
             counters: HashMap::new(),
             counter_expiry: ExpiryQueue::default(),
             budget: backend.budget().clone(),
+            per_tenant: HashMap::new(),
+            quotas: Arc::new(backend.quotas().clone()),
         }));
         backend.spawn_sweeper("rate-limit counters", Arc::downgrade(&state), State::sweep);
         Self {
@@ -122,15 +159,10 @@ impl RateLimitStore for MemoryRateLimitStore {
             updates.push(update);
         }
         if commit && decisions.iter().all(|d| d.allowed) {
-            // New counters are charged first, together: a full store consumes from none.
-            let new: usize = keys
-                .iter()
-                .filter(|k| !state.counters.contains_key(*k))
-                .map(|k| footprint(k))
-                .sum();
-            state.budget.charge(new)?;
+            // New counters are charged first, together: a full store or tenant consumes from none.
+            state.charge_new(tenant, &keys)?;
             for (key, update) in keys.into_iter().zip(updates) {
-                state.set_counter(key, update.state, now.saturating_add(update.ttl_ms));
+                state.set_counter(key, tenant, update.state, now.saturating_add(update.ttl_ms));
             }
         }
         Ok(decisions)
@@ -140,5 +172,79 @@ impl RateLimitStore for MemoryRateLimitStore {
         let key = self.keys.counter(tenant, id);
         self.lock().remove(&key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ratelimit::algorithm::{Algorithm, FailureMode, Policy};
+
+    fn counter(limit: &str, key: &str) -> Counter {
+        Counter {
+            id: CounterId {
+                limit: limit.into(),
+                algorithm: Algorithm::FixedWindow.code(),
+                key: key.into(),
+            },
+            policy: Policy {
+                algorithm: Algorithm::FixedWindow,
+                limit: 10,
+                period_ms: 60_000,
+                burst: 0,
+                failure_mode: FailureMode::Closed,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_counter_cap_is_refused_whole_and_others_are_not() {
+        let quotas = QuotaConfig {
+            memory_counters: 3,
+            ..QuotaConfig::default()
+        };
+        let backend = MemoryBackend::new("t", Duration::from_secs(60), 1 << 20).with_quotas(quotas);
+        let store = MemoryRateLimitStore::new(&backend);
+        let (a, b) = (
+            Tenant::new("a").expect("tenant"),
+            Tenant::new("b").expect("tenant"),
+        );
+        for key in ["k1", "k2"] {
+            store
+                .check(&a, &[counter("l", key)], 1, true)
+                .await
+                .expect("within the cap");
+        }
+        // Two new counters where one fits: neither is created.
+        let over = store
+            .check(&a, &[counter("l", "k3"), counter("l", "k4")], 1, true)
+            .await;
+        assert!(matches!(over, Err(StoreError::Full(_))), "{over:?}");
+        assert_eq!(store.lock().per_tenant.get(&a), Some(&2));
+        // Existing counters keep counting at the cap; other tenants are not affected.
+        store
+            .check(&a, &[counter("l", "k1"), counter("l", "k3")], 1, true)
+            .await
+            .expect("one new counter fits");
+        store
+            .check(&a, &[counter("l", "k1")], 1, true)
+            .await
+            .expect("an existing counter at the cap");
+        for key in ["k1", "k2", "k3"] {
+            store
+                .check(&b, &[counter("l", key)], 1, true)
+                .await
+                .expect("another tenant has its own cap");
+        }
+        store
+            .reset(&a, &counter("l", "k2").id)
+            .await
+            .expect("reset");
+        store
+            .check(&a, &[counter("l", "k4")], 1, true)
+            .await
+            .expect("room again after a reset");
     }
 }

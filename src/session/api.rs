@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{MethodPermissions, permission::Permission, tenant_and},
+    auth::{MethodPermissions, permission::Permission, require, tenant_and},
     proto::v1::{self as pb, session_service_server::SessionService},
     session::{CreateSession, Session, SessionUpdate, Sessions, model::DeleteTarget},
     time::{from_duration, to_timestamp},
@@ -58,6 +58,10 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        // Touching extends the session: a write, like TouchSession.
+        if request.get_ref().touch {
+            require(&request, Permission::SessionsWrite)?;
+        }
         let (tenant, r) = tenant_and(request)?;
         let session = self.sessions.get(&tenant, &r.id, r.touch).await?;
         Ok(Response::new(session.into()))
