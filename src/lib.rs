@@ -18,6 +18,7 @@
 //! - [`store`]: the backends (Redis pool and script registry, memory), the key scheme, store errors.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
 //! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
+//! - [`deadline`]: the current call's deadline, for store retries that must stop in time.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
@@ -30,6 +31,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod middleware;

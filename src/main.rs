@@ -148,7 +148,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         if config.metrics.enabled {
-            let store = if config.redis.url.is_some() {
+            let store = if config.redis.is_configured() {
                 "redis"
             } else {
                 "memory"

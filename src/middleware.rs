@@ -158,7 +158,8 @@ where
             tenant = caller.map(|c| tracing::field::display(&c.tenant)),
             caller = caller.map(|c| tracing::field::display(&c.identity)),
         );
-        let call = self.inner.call(req);
+        let call =
+            crate::deadline::scope(std::time::Instant::now() + timeout, self.inner.call(req));
         Box::pin(
             async move {
                 match tokio::time::timeout(timeout, call).await {

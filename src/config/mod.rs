@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     load::ENV_PREFIX,
     server::{ClientAuth, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig},
-    store::{MemoryConfig, RedisConfig, redact_url},
+    store::{MemoryConfig, RedisConfig, RedisMode, redact_url},
 };
 pub use crate::{
     auth::config::{AuthConfig, AuthMode, ClientIdentity, QuotaConfig, TenantQuota},
@@ -39,9 +39,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
-    /// Redis store; used when `redis.url` is set.
+    /// Redis store; used when `redis.url` is set or `redis.mode` is cluster or sentinel.
     pub redis: RedisConfig,
-    /// Embedded in-memory store; used when `redis.url` is not set.
+    /// Embedded in-memory store; used when no Redis is configured.
     pub memory: MemoryConfig,
     /// Session policy and input limits.
     pub session: SessionConfig,
@@ -100,13 +100,27 @@ impl Config {
 
     /// The effective configuration as TOML with secrets replaced by `***` (the `config` command).
     pub fn to_redacted_toml(&self) -> String {
-        let store = match &self.redis.url {
-            Some(_) => "# store: redis\n",
-            None => "# store: memory (redis.url is not set)\n",
+        let store = if self.redis.is_configured() {
+            format!("# store: redis ({})\n", self.redis.mode.as_str())
+        } else {
+            "# store: memory (redis.url is not set)\n".to_owned()
         };
         let mut shown = self.clone();
         shown.redis.url = shown.redis.url.as_deref().map(redact_url);
-        shown.redis.password = shown.redis.password.map(|_| REDACTED.to_owned());
+        for url in shown
+            .redis
+            .nodes
+            .iter_mut()
+            .chain(&mut shown.redis.sentinels)
+        {
+            *url = redact_url(url);
+        }
+        for secret in [
+            &mut shown.redis.password,
+            &mut shown.redis.sentinel_password,
+        ] {
+            *secret = secret.as_ref().map(|_| REDACTED.to_owned());
+        }
         match toml::to_string_pretty(&shown) {
             Ok(text) => format!("{store}{text}"),
             Err(e) => format!("# cannot render the configuration: {e}\n"),

@@ -6,14 +6,60 @@ use serde::{Deserialize, Serialize};
 
 use super::{REDACTED, require_positive};
 
+/// How flowstate reaches Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (`redis.url`), possibly behind a Service or a managed endpoint.
+    #[default]
+    Standalone,
+    /// Redis Cluster: seed nodes (`redis.nodes`, or `redis.url` as the one seed); the client
+    /// learns the slot map and follows it through resharding and failover.
+    Cluster,
+    /// Redis Sentinel: the sentinels (`redis.sentinels`) name the master of
+    /// `redis.master_name`; connections follow it through failover.
+    Sentinel,
+}
+
+impl RedisMode {
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
 /// Redis store settings.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS. Unset: in-memory store.
+    /// `standalone`, `cluster` or `sentinel`.
+    pub mode: RedisMode,
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS: the server (standalone)
+    /// or the one seed node (cluster). Unset in every mode: the in-memory store.
     pub url: Option<String>,
+    /// Cluster: seed node URLs (any reachable one suffices; the rest are learned). In the
+    /// environment, comma-separated.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
+    /// Sentinel: sentinel URLs (`redis://[:password@]host:26379`, `rediss://` for TLS). In the
+    /// environment, comma-separated.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub sentinels: Vec<String>,
+    /// Sentinel: the name the sentinels monitor the master under.
+    pub master_name: Option<String>,
+    /// Sentinel: connect to the master with TLS (the sentinels' own TLS is their URLs' scheme).
+    pub master_tls: bool,
+    /// Username for the data nodes (ACL), overriding any in the URLs.
+    pub username: Option<String>,
     /// Password, overriding any in the URL (lets the URL live in a ConfigMap, this in a Secret).
+    /// In cluster and sentinel mode, every data node's.
     pub password: Option<String>,
+    /// Sentinel: the sentinels' password, when it is not in their URLs.
+    pub sentinel_password: Option<String>,
     /// First component of every key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Connections in the pool. Each is multiplexed: many calls share it in flight.
@@ -24,20 +70,53 @@ pub struct RedisConfig {
     /// Time allowed for one store call (one round trip); past it the RPC fails with UNAVAILABLE.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// How long a call keeps retrying a store that refused it without running it (a failover
+    /// or resharding in progress: MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY, LOADING,
+    /// MASTERDOWN, a refused connection) before it fails with UNAVAILABLE; always within the
+    /// call's own deadline. 0: no such retries.
+    #[serde(with = "humantime_serde")]
+    pub failover_wait: Duration,
     /// How often the health task pings Redis; readiness follows within about twice this.
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
 }
 
+/// A list from a file (`["a", "b"]`) or a comma-separated string (an environment variable).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(items) => items,
+        ListOrString::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            master_tls: false,
+            username: None,
             password: None,
+            sentinel_password: None,
             key_prefix: "fs".to_owned(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
+            failover_wait: Duration::from_secs(1),
             health_interval: Duration::from_millis(500),
         }
     }
@@ -45,14 +124,26 @@ impl Default for RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Hand-written so a `{:?}` in a log line can never print the password.
+        // Hand-written so a `{:?}` in a log line can never print a password.
+        let urls = |list: &[String]| list.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
         f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
             .field("url", &self.url.as_deref().map(redact_url))
+            .field("nodes", &urls(&self.nodes))
+            .field("sentinels", &urls(&self.sentinels))
+            .field("master_name", &self.master_name)
+            .field("master_tls", &self.master_tls)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| REDACTED),
+            )
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("failover_wait", &self.failover_wait)
             .field("health_interval", &self.health_interval)
             .finish()
     }
@@ -105,13 +196,100 @@ impl RedisConfig {
                     .to_owned(),
             );
         }
-        if let Some(url) = &self.url
-            && let Err(e) = redis::Client::open(url.as_str())
-        {
-            bad.push(format!(
-                "`redis.url` ({}) is not a Redis URL: {e}",
-                redact_url(url)
-            ));
+        for (key, url) in self.urls() {
+            if let Err(e) = redis::Client::open(url) {
+                bad.push(format!(
+                    "`{key}` ({}) is not a Redis URL: {e}",
+                    redact_url(url)
+                ));
+            }
+        }
+        self.validate_mode(bad);
+    }
+
+    /// Whether a Redis store is configured (otherwise the memory store runs).
+    pub fn is_configured(&self) -> bool {
+        self.mode != RedisMode::Standalone || self.url.is_some()
+    }
+
+    /// Every URL of the configuration, with the key it came from.
+    fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.url
+            .iter()
+            .map(|u| ("redis.url", u.as_str()))
+            .chain(self.nodes.iter().map(|u| ("redis.nodes", u.as_str())))
+            .chain(
+                self.sentinels
+                    .iter()
+                    .map(|u| ("redis.sentinels", u.as_str())),
+            )
+    }
+
+    /// Settings that belong to another mode are errors, never silently ignored: a sentinel
+    /// list under `mode = standalone` would otherwise run on one server nobody meant.
+    fn validate_mode(&self, bad: &mut Vec<String>) {
+        let mut only = |key: &str, set: bool, mode: RedisMode| {
+            if set && self.mode != mode {
+                bad.push(format!(
+                    "`{key}` is set but `redis.mode` is {}: it is a {} setting (set redis.mode = \"{}\")",
+                    self.mode.as_str(),
+                    mode.as_str(),
+                    mode.as_str()
+                ));
+            }
+        };
+        only("redis.nodes", !self.nodes.is_empty(), RedisMode::Cluster);
+        only(
+            "redis.sentinels",
+            !self.sentinels.is_empty(),
+            RedisMode::Sentinel,
+        );
+        only(
+            "redis.master_name",
+            self.master_name.is_some(),
+            RedisMode::Sentinel,
+        );
+        only("redis.master_tls", self.master_tls, RedisMode::Sentinel);
+        only(
+            "redis.sentinel_password",
+            self.sentinel_password.is_some(),
+            RedisMode::Sentinel,
+        );
+        match self.mode {
+            RedisMode::Standalone => {}
+            RedisMode::Cluster => {
+                if self.nodes.is_empty() && self.url.is_none() {
+                    bad.push(
+                        "`redis.mode` is cluster but no seed node is given: set `redis.nodes` \
+                         (or `redis.url` for a single seed)"
+                            .to_owned(),
+                    );
+                }
+                if !self.nodes.is_empty() && self.url.is_some() {
+                    bad.push(
+                        "`redis.url` and `redis.nodes` are both set: in cluster mode list every \
+                         seed in `redis.nodes`"
+                            .to_owned(),
+                    );
+                }
+            }
+            RedisMode::Sentinel => {
+                if self.sentinels.is_empty() {
+                    bad.push("`redis.mode` is sentinel but `redis.sentinels` is empty".to_owned());
+                }
+                if self.master_name.as_deref().is_none_or(str::is_empty) {
+                    bad.push(
+                        "`redis.mode` is sentinel but `redis.master_name` is not set".to_owned(),
+                    );
+                }
+                if self.url.is_some() {
+                    bad.push(
+                        "`redis.url` is set but `redis.mode` is sentinel: the sentinels name the \
+                         master (list them in `redis.sentinels`)"
+                            .to_owned(),
+                    );
+                }
+            }
         }
     }
 }

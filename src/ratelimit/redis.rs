@@ -45,7 +45,7 @@ impl RateLimitStore for RedisRateLimitStore {
         cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
-        let mut call = self.check.prepare_invoke();
+        let mut call = self.check.call();
         call.arg(cost).arg(if commit { "1" } else { "0" });
         for c in counters {
             call.key(self.backend.keys().counter(tenant, &c.id))

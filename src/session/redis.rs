@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use redis::{ScriptInvocation, Value};
+use redis::Value;
 
 use super::{
     id::{SessionKey, UserTag},
@@ -21,7 +21,7 @@ use crate::{
         redis::{
             RedisBackend, lua,
             reply::{self, int, string, utf8},
-            scripts::LuaScript,
+            scripts::{LuaScript, ScriptCall},
         },
     },
     tenant::Tenant,
@@ -83,7 +83,7 @@ impl SessionStore for RedisSessionStore {
         new: NewSession,
         max_per_user: u32,
     ) -> Result<(SessionRecord, u32), StoreError> {
-        let mut call = self.scripts.create.prepare_invoke();
+        let mut call = self.scripts.create.call();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
             .arg(max_per_user)
@@ -111,7 +111,7 @@ impl SessionStore for RedisSessionStore {
         key: &SessionKey,
         touch: bool,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut call = self.scripts.get.prepare_invoke();
+        let mut call = self.scripts.get.call();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
             .arg(if touch { "1" } else { "0" });
@@ -133,7 +133,7 @@ impl SessionStore for RedisSessionStore {
         update: &SessionUpdate,
         limits: DataLimits,
     ) -> Result<UpdateOutcome, StoreError> {
-        let mut call = self.scripts.update.prepare_invoke();
+        let mut call = self.scripts.update.call();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
             .arg(update.expected_version)
@@ -177,7 +177,7 @@ impl SessionStore for RedisSessionStore {
         old: &SessionKey,
         new: &SessionKey,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut call = self.scripts.rotate.prepare_invoke();
+        let mut call = self.scripts.rotate.call();
         call.key(self.backend.keys().session(tenant, old))
             .key(self.backend.keys().session(tenant, new))
             .key(self.backend.keys().user_index(tenant, old.tag()))
@@ -194,7 +194,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError> {
-        let mut call = self.scripts.delete.prepare_invoke();
+        let mut call = self.scripts.delete.call();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
             .arg(key.member());
@@ -209,7 +209,7 @@ impl SessionStore for RedisSessionStore {
         tag: UserTag,
         user_id: &str,
     ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
-        let mut call = self.scripts.list.prepare_invoke();
+        let mut call = self.scripts.list.call();
         call.key(self.backend.keys().user_index(tenant, tag))
             .arg(self.backend.keys().session_base(tenant, tag));
         let reply: Vec<Value> = self
@@ -238,7 +238,7 @@ impl SessionStore for RedisSessionStore {
         user_id: &str,
         keep: Option<&SessionKey>,
     ) -> Result<u64, StoreError> {
-        let mut call = self.scripts.delete_user.prepare_invoke();
+        let mut call = self.scripts.delete_user.call();
         call.key(self.backend.keys().user_index(tenant, tag))
             .arg(self.backend.keys().session_base(tenant, tag))
             .arg(user_id)
@@ -249,7 +249,7 @@ impl SessionStore for RedisSessionStore {
 }
 
 /// HSET arguments for a new session's data and metadata (see `lua/prelude.lua`).
-fn encode_fields(call: &mut ScriptInvocation<'_>, new: &NewSession) {
+fn encode_fields(call: &mut ScriptCall, new: &NewSession) {
     let mut name = String::new();
     for (k, v) in &new.data {
         name.clear();

@@ -89,12 +89,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend `config` asks for: Redis when `redis.url` is set, the memory backend
-    /// otherwise. Connects lazily (an unreachable Redis shows in health, not here).
+    /// The backend `config` asks for: Redis when one is configured (`redis.url`, or
+    /// `redis.mode` cluster or sentinel), the memory backend otherwise. Connects lazily (an
+    /// unreachable Redis shows in health, not here).
     pub fn open(config: &Config) -> Result<Self, StoreError> {
-        Ok(match &config.redis.url {
-            Some(_) => Backend::Redis(RedisBackend::new(&config.redis)?),
-            None => Backend::Memory(
+        Ok(match config.redis.is_configured() {
+            true => Backend::Redis(RedisBackend::new(&config.redis)?),
+            false => Backend::Memory(
                 MemoryBackend::new(
                     &config.redis.key_prefix,
                     config.memory.sweep_interval,

@@ -1,14 +1,23 @@
 //! The Redis backend: a pool of multiplexed connections (see [`pool`]), the Lua script
 //! registry (see [`scripts`]), and the call helpers every domain's Redis store uses.
 //!
+//! # Modes
+//! `redis.mode` is standalone (one server), sentinel (the master the sentinels name) or
+//! cluster (redis-rs's cluster client: slot map, MOVED/ASK). Every domain store is written
+//! once against this backend: scripts declare their keys and keep them in one hash slot, and
+//! [`RedisBackend::pipeline`] splits a pipeline by slot on a cluster.
+//!
 //! # One round trip per call
 //! A call checks a connection out without I/O, sends one script invocation or one pipeline,
 //! and gives the connection back at once; many calls share each socket.
 //!
 //! # Failures
-//! Every call is bounded by `redis.command_timeout` and fails with [`StoreError`]; idempotent
-//! calls may be retried once after a dropped connection ([`RedisBackend::invoke_idempotent`]),
-//! never after a timeout (that would double the wait).
+//! Every call is bounded by `redis.command_timeout` and fails with [`StoreError`]. What Redis
+//! refused without running it (a failover or resharding in progress, see [`not_executed`]) is
+//! sent again with a growing pause for up to `redis.failover_wait`, within the RPC's deadline.
+//! Idempotent calls may also be retried once after a dropped connection
+//! ([`RedisBackend::invoke_idempotent`]); nothing else is resent, and never after a timeout
+//! (that would double the wait).
 
 pub mod pool;
 pub mod reply;
@@ -31,32 +40,51 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use deadpool::managed;
 use redis::{
-    AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, ScriptInvocation,
-    ServerErrorKind, Value, aio::MultiplexedConnection,
+    Arg, AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
+    ServerErrorKind, Value,
+    cluster::ClusterClientBuilder,
+    sentinel::{SentinelClientBuilder, SentinelServerType},
 };
 
 use self::{
-    pool::{Manager, Pool},
-    scripts::{LuaScript, Scripts},
+    pool::{Conn, Connector, Manager, Pool},
+    scripts::{LuaScript, ScriptCall, Scripts},
 };
 use super::{StoreError, keys::Keys};
-use crate::config::{RedisConfig, redact_url};
+use crate::config::{RedisConfig, RedisMode, redact_url};
+
+/// First pause between retries of a call Redis refused without running; it doubles up to
+/// [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The Redis backend. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisBackend {
     pool: Pool,
+    /// Connections held by one call for its whole length: `WAIT` blocks the connection it is
+    /// sent on, so it never goes over the shared multiplexed ones.
+    exclusive: Pool,
+    mode: RedisMode,
     keys: Keys,
     scripts: Arc<Scripts>,
     generation: Arc<AtomicU64>,
     command_timeout: Duration,
-    /// The URL with its password hidden, for log lines.
+    failover_wait: Duration,
+    /// Where Redis is, passwords hidden, for log lines.
     display_url: Arc<str>,
+}
+
+/// A call's failure, and whether Redis refused it without running it (so it may be sent
+/// again whatever it does).
+struct Failure {
+    error: StoreError,
+    not_executed: bool,
 }
 
 impl RedisBackend {
@@ -65,47 +93,42 @@ impl RedisBackend {
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
         // rediss:// needs a process-wide rustls crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| StoreError::Protocol("redis.url is not set".into()))?;
-        let mut info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?;
-        // Nagle's algorithm against Redis's delayed ACKs adds ~40 ms to pipelined replies.
-        info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        if let Some(password) = &config.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
-        let inner = deadpool_redis::Manager::new_with_config(info, connection_config)
-            .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?;
         let generation = Arc::new(AtomicU64::new(0));
         let scripts = Arc::new(Scripts::default());
-        let manager = Manager {
-            inner,
-            generation: generation.clone(),
-            scripts: scripts.clone(),
+        let pool = |connector: Connector, size: usize| {
+            let manager = Manager {
+                connector,
+                generation: generation.clone(),
+                scripts: scripts.clone(),
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(deadpool::Runtime::Tokio1)
+                .wait_timeout(Some(config.command_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .recycle_timeout(Some(config.command_timeout))
+                .build()
+                .map_err(|e| StoreError::Protocol(format!("redis pool: {e}")))
         };
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.command_timeout))
-            .build()
-            .map_err(|e| StoreError::Protocol(format!("redis pool: {e}")))?;
+        let (shared, display_url) = connector(config)?;
+        let (exclusive, _) = connector(config)?;
         Ok(Self {
-            pool,
+            pool: pool(shared, config.pool_size)?,
+            // Opened only when a call needs one (a write concern); as many as the pool.
+            exclusive: pool(exclusive, config.pool_size.max(4))?,
+            mode: config.mode,
             keys: Keys::new(&config.key_prefix),
             scripts,
             generation,
             command_timeout: config.command_timeout,
-            display_url: redact_url(url).into(),
+            failover_wait: config.failover_wait,
+            display_url: display_url.into(),
         })
+    }
+
+    /// How Redis is reached.
+    pub fn mode(&self) -> RedisMode {
+        self.mode
     }
 
     /// The key scheme.
@@ -127,7 +150,7 @@ impl RedisBackend {
         self.scripts.list()
     }
 
-    /// The Redis URL with any password replaced by `***`.
+    /// Where Redis is (URL, seed nodes or sentinels and master name), passwords as `***`.
     pub fn display_url(&self) -> &str {
         &self.display_url
     }
@@ -139,56 +162,135 @@ impl RedisBackend {
     }
 
     /// Makes every pooled connection be replaced on its next checkout (called by the health task
-    /// when Redis fails, so no call reuses a connection to a dead or replaced server).
+    /// when Redis fails, so no call reuses a connection to a dead or replaced server, and a
+    /// cluster connection relearns the slot map from the seeds).
     pub fn invalidate_connections(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    async fn connection(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>), StoreError> {
-        let pooled = self.pool.get().await.map_err(|e| match e {
+    /// Checks a connection out of `pool`: the shared one hands back a clone of the handle at
+    /// once; `hold` keeps the pooled object (returned when it drops).
+    async fn checkout(
+        &self,
+        pool: &Pool,
+    ) -> Result<(managed::Object<Manager>, Conn, Arc<AtomicBool>), Failure> {
+        let pooled = pool.get().await.map_err(|e| match e {
             // Failing to open a connection (refused, TLS) makes the store unreachable right now;
             // a wrong password or an ACL that forbids SCRIPT LOAD is a configuration fault
             // (Refused), never transient.
-            managed::PoolError::Backend(e) => match classify(&e, self.command_timeout) {
-                StoreError::Protocol(reason) => StoreError::Unavailable(reason),
-                other => other,
+            managed::PoolError::Backend(e) => Failure {
+                not_executed: true,
+                error: match classify(&e, self.command_timeout) {
+                    StoreError::Protocol(reason) => StoreError::Unavailable(reason),
+                    other => other,
+                },
             },
-            managed::PoolError::Timeout(_) => StoreError::Timeout(self.command_timeout),
-            other => StoreError::Unavailable(other.to_string()),
+            managed::PoolError::Timeout(_) => Failure {
+                not_executed: false,
+                error: StoreError::Timeout(self.command_timeout),
+            },
+            other => Failure {
+                not_executed: false,
+                error: StoreError::Unavailable(other.to_string()),
+            },
         })?;
-        // Clone the multiplexed handle and let the pool object go back at once.
-        Ok((pooled.conn.clone(), pooled.broken.clone()))
+        let conn = pooled.conn.clone();
+        let broken = pooled.broken.clone();
+        Ok((pooled, conn, broken))
     }
 
-    /// Runs `f` on a pooled connection within the command timeout, marking the connection
-    /// broken when the error says it cannot be reused. `op` names the operation in the store
-    /// metrics.
+    /// Until when a call that began at `start` may retry what Redis refused without running:
+    /// `redis.failover_wait`, and never past four fifths of the time the RPC had left, so the
+    /// RPC can still answer (a fail-open rate limit says "not enforced" in time).
+    fn retry_until(&self, start: Instant) -> Instant {
+        let until = start + self.failover_wait;
+        match crate::deadline::remaining() {
+            Some(left) => until.min(start + left.mul_f32(0.8)),
+            None => until,
+        }
+    }
+
+    /// Runs `f` on a connection within the command timeout, marking the connection broken when
+    /// the error says it cannot be reused. `op` names the operation in the store metrics.
+    ///
+    /// A call Redis refused without running it (a failover or resharding in progress: see
+    /// [`not_executed`]) is sent again after a short, growing pause until it succeeds or
+    /// [`retry_until`](Self::retry_until) passes; nothing that may have run is resent here.
     pub async fn with_connection<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let start = std::time::Instant::now();
+        self.run(op, &self.pool, false, f).await
+    }
+
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        hold: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let start = Instant::now();
+        let mut until = None;
+        let mut pause = FIRST_RETRY_PAUSE;
         // No timer of our own here: the pool's wait/create timeouts bound the checkout and
         // redis-rs's response timeout (`redis.command_timeout`) bounds the round trip, so a
         // second timer per call would only cost time-wheel work on the hot path.
-        let result = async {
-            let (conn, broken) = self.connection().await?;
-            f(conn).await.map_err(|e| {
-                if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                    broken.store(true, Ordering::Release);
+        let result = loop {
+            let attempt = async {
+                let (pooled, conn, broken) = self.checkout(pool).await?;
+                // The shared pool's object goes back at once (the handle is multiplexed); an
+                // exclusive one is held until the call is over.
+                let held = if hold { Some(pooled) } else { None };
+                let result = f(conn).await.map_err(|e| {
+                    if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                        broken.store(true, Ordering::Release);
+                    }
+                    if self.mode != RedisMode::Cluster && server_changed_role(&e) {
+                        // The server behind this address is not (or no longer) the writable
+                        // master: a failover demoted it, or it is still loading. No connection
+                        // to it is reused; new ones go wherever the address (DNS, Service) or
+                        // the sentinels point now. (A cluster connection follows the slot map
+                        // itself.)
+                        broken.store(true, Ordering::Release);
+                        self.invalidate_connections();
+                    }
+                    if self.mode == RedisMode::Cluster
+                        && (e.is_connection_refusal()
+                            || e.kind() == ErrorKind::ClusterConnectionNotFound)
+                    {
+                        // A node is gone: this connection's slot map may still point at it.
+                        broken.store(true, Ordering::Release);
+                    }
+                    Failure {
+                        not_executed: not_executed(&e),
+                        error: classify(&e, self.command_timeout),
+                    }
+                });
+                drop(held);
+                result
+            }
+            .await;
+            match attempt {
+                Ok(value) => break Ok(value),
+                Err(failure) if failure.not_executed => {
+                    let until = *until.get_or_insert_with(|| self.retry_until(start));
+                    if Instant::now() + pause >= until {
+                        break Err(failure.error);
+                    }
+                    metrics::counter!("flowstate_store_retries_total", "op" => op).increment(1);
+                    tracing::debug!(op, error = %failure.error, "store refused a call without running it; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
-                if server_changed_role(&e) {
-                    // The server behind this address is not (or no longer) the writable master:
-                    // a failover demoted it, or it is still loading. No connection to it is
-                    // reused; new ones go wherever the address (DNS, Service) points now.
-                    broken.store(true, Ordering::Release);
-                    self.invalidate_connections();
-                }
-                classify(&e, self.command_timeout)
-            })
-        }
-        .await;
+                Err(failure) => break Err(failure.error),
+            }
+        };
         metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
             .record(start.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -198,16 +300,27 @@ impl RedisBackend {
         result
     }
 
-    /// Runs one script invocation: one round trip (EVALSHA; EVAL once after a NOSCRIPT).
+    /// Runs one script call: one round trip (EVALSHA; the scripts are loaded and it is sent
+    /// once more after a NOSCRIPT, which proves it did not run).
     pub async fn invoke<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        call: &ScriptInvocation<'_>,
+        call: &ScriptCall,
     ) -> Result<T, StoreError> {
-        self.with_connection(
-            op,
-            |mut conn| async move { call.invoke_async(&mut conn).await },
-        )
+        let cmd = call.cmd();
+        let scripts = self.scripts.clone();
+        self.with_connection(op, |mut conn| {
+            let (cmd, scripts) = (&cmd, &scripts);
+            async move {
+                match cmd.query_async::<T>(&mut conn).await {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        scripts.load_all(&mut conn).await?;
+                        cmd.query_async(&mut conn).await
+                    }
+                    other => other,
+                }
+            }
+        })
         .await
     }
 
@@ -215,7 +328,7 @@ impl RedisBackend {
     pub async fn invoke_idempotent<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        call: &ScriptInvocation<'_>,
+        call: &ScriptCall,
     ) -> Result<T, StoreError> {
         self.retry_once(op, || self.invoke(op, call)).await
     }
@@ -241,47 +354,368 @@ impl RedisBackend {
         }
     }
 
-    /// Sends a pipeline in one round trip; reloads the scripts and resends once on NOSCRIPT
-    /// (a Redis restarted or flushed under a live connection).
+    /// Sends a pipeline and returns one reply per command, in order; reloads the scripts and
+    /// resends on NOSCRIPT (a Redis restarted or flushed under a live connection).
+    ///
+    /// On one server that is one round trip. On a cluster the commands are grouped by hash
+    /// slot (a keyless command such as `TIME` goes with the command before it, so it reads the
+    /// clock of the node that holds those keys) and the groups are sent at once, each to its
+    /// node: one round trip of latency, one request per slot. Commands of one slot stay in
+    /// order; commands of different slots have no order between them, so callers put what must
+    /// happen together in one slot (or one script).
     pub async fn pipeline(
         &self,
         op: &'static str,
         pipe: &Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
-        let scripts = self.scripts.clone();
-        self.with_connection(op, |mut conn| async move {
-            match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    scripts.load_all(&mut conn).await?;
-                    pipe.query_async(&mut conn).await
-                }
-                other => other,
+        if self.mode != RedisMode::Cluster {
+            return self.send(op, pipe).await;
+        }
+        let groups = by_slot(pipe)?;
+        if groups.len() == 1 {
+            return self.send(op, pipe).await;
+        }
+        let sent = groups.iter().map(|(group, _)| self.send(op, group));
+        let replies = futures_util::future::try_join_all(sent).await?;
+        let mut out = vec![Value::Nil; pipe.len()];
+        for ((_, positions), replies) in groups.iter().zip(replies) {
+            if replies.len() != positions.len() {
+                return Err(StoreError::Protocol(format!(
+                    "{op}: {} replies for {} commands",
+                    replies.len(),
+                    positions.len()
+                )));
             }
-        })
-        .await
+            for (&i, reply) in positions.iter().zip(replies) {
+                out[i] = reply;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pipeline to one server (or one slot's node).
+    async fn send(&self, op: &'static str, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let scripts = self.scripts.clone();
+        self.with_connection(op, |conn| send_on(conn, pipe, &scripts))
+            .await
+    }
+
+    /// Sends `pipe` (one slot) followed by `WAIT replicas timeout` on a connection of its own,
+    /// and returns the replies to `pipe` and how many replicas acknowledged its writes within
+    /// `timeout`. Used for a write concern: the write happened on the master either way; the
+    /// count says whether it would survive the master's loss.
+    pub async fn pipeline_wait(
+        &self,
+        op: &'static str,
+        pipe: &Pipeline,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(Vec<Value>, u32), StoreError> {
+        let mut waited = pipe.clone();
+        waited
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let scripts = self.scripts.clone();
+        let mut replies = self
+            .run(op, &self.exclusive, true, |conn| {
+                send_on(conn, &waited, &scripts)
+            })
+            .await?;
+        let acked = match replies.pop() {
+            Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+            Some(other) => return Err(reply::unexpected("WAIT", "an integer", &other)),
+            None => return Err(StoreError::Protocol(format!("{op}: no WAIT reply"))),
+        };
+        Ok((replies, acked))
     }
 
     /// Checks Redis answers and takes writes (a replica answers PING but refuses writes: not
-    /// ready), with a write of flowstate's own health key; on failure, every pooled connection
-    /// is replaced.
+    /// ready), with a write of flowstate's own health key; on a cluster, also that every master
+    /// answers and sees the cluster as `ok` (every slot served). On failure every pooled
+    /// connection is replaced (a cluster connection relearns the slot map, a sentinel
+    /// connection asks the sentinels for the master again).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let key = self.keys.system("health");
-        let result = self
-            .with_connection("ping", |mut conn| async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg("1")
-                    .arg("PX")
-                    .arg(60_000)
-                    .query_async::<()>(&mut conn)
-                    .await
+        let write = self
+            .with_connection("ping", |mut conn| {
+                let key = &key;
+                async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg("1")
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
             })
             .await;
+        let result = match (write, self.mode) {
+            (Ok(()), RedisMode::Cluster) => self.cluster_state().await,
+            (other, _) => other,
+        };
         if result.is_err() {
             self.invalidate_connections();
         }
         result
     }
+
+    /// Asks every master for `CLUSTER INFO`: all must answer and say `cluster_state:ok`.
+    async fn cluster_state(&self) -> Result<(), StoreError> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let infos: Vec<String> = self
+            .with_connection("ping", |conn| async move {
+                let Conn::Cluster(mut conn) = conn else {
+                    return Ok(Vec::new());
+                };
+                let reply = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("INFO").clone(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                Ok(cluster_infos(reply))
+            })
+            .await?;
+        if infos.is_empty() {
+            return Err(StoreError::Unavailable("no cluster master answered".into()));
+        }
+        match infos
+            .iter()
+            .find(|info| !info.lines().any(|l| l.trim() == "cluster_state:ok"))
+        {
+            Some(_) => Err(StoreError::Unavailable(
+                "a cluster master reports cluster_state other than ok (slots not served)".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The texts of a fanned-out `CLUSTER INFO` (a map of node to text, or a list of texts).
+fn cluster_infos(reply: Value) -> Vec<String> {
+    let text = |v: Value| match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::VerbatimString { text, .. } => Some(text),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    };
+    match reply {
+        Value::Map(pairs) => pairs.into_iter().filter_map(|(_, v)| text(v)).collect(),
+        Value::Array(items) => items.into_iter().filter_map(text).collect(),
+        other => text(other).into_iter().collect(),
+    }
+}
+
+/// Sends `pipe` on `conn`, loading the scripts and resending once after a NOSCRIPT.
+async fn send_on(
+    mut conn: Conn,
+    pipe: &Pipeline,
+    scripts: &Scripts,
+) -> redis::RedisResult<Vec<Value>> {
+    match pipe.query_async::<Vec<Value>>(&mut conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            scripts.load_all(&mut conn).await?;
+            pipe.query_async(&mut conn).await
+        }
+        other => other,
+    }
+}
+
+/// The hash slot a command is routed by: its key (for EVALSHA the first of its keys); `None`
+/// for the keyless commands flowstate pipelines (`TIME`, `WAIT`), which go with the command
+/// before them. A command this does not know is an error, so a new one cannot be sent to the
+/// wrong node unnoticed.
+fn command_slot(cmd: &Cmd) -> Result<Option<u16>, StoreError> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next().unwrap_or_default().to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVALSHA" | b"EVAL" => {
+            let _script = args.next();
+            let keys = args
+                .next()
+                .and_then(reply::parse_int)
+                .ok_or_else(|| StoreError::Protocol("EVALSHA without a key count".into()))?;
+            if keys == 0 {
+                return Err(StoreError::Protocol(
+                    "a script without keys cannot be routed on a cluster".into(),
+                ));
+            }
+            args.next()
+        }
+        b"TIME" | b"WAIT" => return Ok(None),
+        b"GET" | b"SET" | b"DEL" | b"HMGET" | b"HGETALL" | b"HSET" | b"ZSCAN" | b"ZRANGE"
+        | b"PEXPIRE" | b"PTTL" | b"EXISTS" => args.next(),
+        other => {
+            return Err(StoreError::Protocol(format!(
+                "{} has no known key position for cluster routing",
+                String::from_utf8_lossy(other)
+            )));
+        }
+    };
+    key.map(|k| Some(super::keys::slot(k)))
+        .ok_or_else(|| StoreError::Protocol("a command without its key".into()))
+}
+
+/// `pipe` split by hash slot, in order of first appearance: each group's commands (in their
+/// order) and their positions in `pipe`.
+fn by_slot(pipe: &Pipeline) -> Result<Vec<(Pipeline, Vec<usize>)>, StoreError> {
+    let slots = pipe
+        .cmd_iter()
+        .map(command_slot)
+        .collect::<Result<Vec<_>, _>>()?;
+    // A keyless command takes the slot before it, or, at the start, the first one after it.
+    let first = slots.iter().flatten().next().copied().unwrap_or(0);
+    let mut groups: Vec<(u16, Pipeline, Vec<usize>)> = Vec::new();
+    let mut last = first;
+    for (i, (cmd, slot)) in pipe.cmd_iter().zip(slots).enumerate() {
+        let slot = slot.unwrap_or(last);
+        last = slot;
+        let at = match groups.iter().position(|(s, ..)| *s == slot) {
+            Some(at) => at,
+            None => {
+                groups.push((slot, redis::pipe(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[at].1.add_command(cmd.clone());
+        groups[at].2.push(i);
+    }
+    Ok(groups.into_iter().map(|(_, p, at)| (p, at)).collect())
+}
+
+/// The connector of `config`'s mode, and how to name it in logs (passwords hidden).
+fn connector(config: &RedisConfig) -> Result<(Connector, String), StoreError> {
+    let bad = |key: &str, e: RedisError| StoreError::Protocol(format!("{key}: {e}"));
+    let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+    let connection_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout));
+    match config.mode {
+        RedisMode::Standalone => {
+            let url = config
+                .url
+                .as_deref()
+                .ok_or_else(|| StoreError::Protocol("redis.url is not set".into()))?;
+            let mut info = url
+                .into_connection_info()
+                .map_err(|e| bad("redis.url", e))?;
+            // Nagle's algorithm against Redis's delayed ACKs adds ~40 ms to pipelined replies.
+            info = info.set_tcp_settings(nodelay);
+            let mut settings = info.redis_settings().clone();
+            if let Some(username) = &config.username {
+                settings = settings.set_username(username);
+            }
+            if let Some(password) = &config.password {
+                settings = settings.set_password(password);
+            }
+            info = info.set_redis_settings(settings);
+            let manager = deadpool_redis::Manager::new_with_config(info, connection_config)
+                .map_err(|e| bad("redis.url", e))?;
+            Ok((Connector::Standalone(manager), redact_url(url)))
+        }
+        RedisMode::Cluster => {
+            let seeds: Vec<&str> = if config.nodes.is_empty() {
+                config.url.iter().map(String::as_str).collect()
+            } else {
+                config.nodes.iter().map(String::as_str).collect()
+            };
+            let mut infos = Vec::with_capacity(seeds.len());
+            for seed in &seeds {
+                infos.push(
+                    seed.into_connection_info()
+                        .map_err(|e| bad("redis.nodes", e))?,
+                );
+            }
+            let mut builder = ClusterClientBuilder::new(infos)
+                // See `pool`: the client never resends on its own.
+                .retries(0)
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.command_timeout)
+                .tcp_settings(nodelay);
+            if let Some(username) = &config.username {
+                builder = builder.username(username);
+            }
+            if let Some(password) = &config.password {
+                builder = builder.password(password);
+            }
+            let client = builder.build().map_err(|e| bad("redis.nodes", e))?;
+            let shown: Vec<String> = seeds.iter().map(|s| redact_url(s)).collect();
+            Ok((
+                Connector::Cluster(client),
+                format!("cluster seeds {}", shown.join(",")),
+            ))
+        }
+        RedisMode::Sentinel => {
+            let master = config.master_name.clone().unwrap_or_default();
+            let mut addrs = Vec::with_capacity(config.sentinels.len());
+            let mut url_password = None;
+            let mut url_username = None;
+            for url in &config.sentinels {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| bad("redis.sentinels", e))?;
+                url_password = url_password.or(info.redis_settings().password().map(str::to_owned));
+                url_username = url_username.or(info.redis_settings().username().map(str::to_owned));
+                addrs.push(info.addr().clone());
+            }
+            let mut builder =
+                SentinelClientBuilder::new(addrs, master.clone(), SentinelServerType::Master)
+                    .map_err(|e| bad("redis.sentinels", e))?
+                    .set_client_to_sentinel_tcp_settings(nodelay.clone())
+                    .set_client_to_redis_tcp_settings(nodelay);
+            if let Some(password) = config.sentinel_password.clone().or(url_password) {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+            if let Some(username) = url_username {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+            if let Some(username) = &config.username {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            if let Some(password) = &config.password {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            if config.master_tls {
+                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            }
+            let client = builder.build().map_err(|e| bad("redis.sentinels", e))?;
+            let shown: Vec<String> = config.sentinels.iter().map(|s| redact_url(s)).collect();
+            Ok((
+                Connector::Sentinel {
+                    client: tokio::sync::Mutex::new(client),
+                    config: connection_config,
+                },
+                format!("sentinels {} master {master}", shown.join(",")),
+            ))
+        }
+    }
+}
+
+/// Whether Redis refused the command without running it, so sending it again cannot apply
+/// it twice: a redirection (MOVED, ASK), a cluster or server state that passes (TRYAGAIN,
+/// CLUSTERDOWN, LOADING, MASTERDOWN, BUSY), a write sent to a replica (READONLY), or no
+/// connection to send it on (refused, no node for the slot).
+pub fn not_executed(e: &RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            "MOVED"
+                | "ASK"
+                | "TRYAGAIN"
+                | "CLUSTERDOWN"
+                | "LOADING"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "BUSY"
+        )
+    ) || e.is_connection_refusal()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
 }
 
 /// Whether `e` says the server cannot take writes as a master right now.
@@ -294,7 +728,11 @@ pub fn classify(e: &RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
         return StoreError::Timeout(timeout);
     }
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
+    {
         return StoreError::Unavailable(describe(e));
     }
     if e.kind() == ErrorKind::AuthenticationFailed {
@@ -303,9 +741,10 @@ pub fn classify(e: &RedisError, timeout: Duration) -> StoreError {
     match e.code() {
         // Server states that pass: loading a dataset, a busy script, a failover in progress, a
         // server that cannot take writes right now.
-        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN") => {
-            StoreError::Unavailable(describe(e))
-        }
+        Some(
+            "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "MOVED"
+            | "ASK",
+        ) => StoreError::Unavailable(describe(e)),
         Some("OOM") => StoreError::Full("Redis is at maxmemory and refuses writes"),
         // flowstate's credentials or ACL: a fault to fix, not to wait out.
         Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreError::Refused(describe(e)),

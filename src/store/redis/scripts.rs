@@ -10,7 +10,9 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use redis::{Script, ScriptInvocation, aio::MultiplexedConnection};
+use redis::{Cmd, Script, ToRedisArgs};
+
+use super::pool::Conn;
 
 use crate::store::StoreError;
 
@@ -27,9 +29,50 @@ impl LuaScript {
         self.script.get_hash()
     }
 
-    /// Starts an invocation (keys and arguments are added by the caller).
-    pub fn prepare_invoke(&self) -> ScriptInvocation<'_> {
-        self.script.prepare_invoke()
+    /// Starts a call (keys and arguments are added by the caller).
+    pub fn call(&self) -> ScriptCall {
+        ScriptCall {
+            hash: self.script.get_hash().to_owned(),
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// One invocation of a registered script: sent as `EVALSHA` (alone, or inside a pipeline with
+/// what must follow it on the same connection, such as `WAIT`), routed on a cluster by its
+/// first key.
+#[derive(Clone)]
+pub struct ScriptCall {
+    hash: String,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall {
+    /// Adds a key (`KEYS[n]`).
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// The `EVALSHA` command.
+    pub fn cmd(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key.as_slice());
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
     }
 }
 
@@ -66,8 +109,11 @@ impl Scripts {
         Ok(script)
     }
 
-    /// Loads every registered script on `conn` (one pipelined round trip).
-    pub async fn load_all(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    /// Loads every registered script on `conn`: one pipelined round trip to a single server;
+    /// on a cluster one `SCRIPT LOAD` per script, each sent to every node (replicas too, so a
+    /// replica promoted by a failover already has them). A node that joins later, or one that
+    /// restarted empty, answers NOSCRIPT once and is loaded then.
+    pub async fn load_all(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         let sources: Vec<&'static str> = self
             .by_name
             .read()
@@ -78,11 +124,30 @@ impl Scripts {
         if sources.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for source in sources {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+        match conn {
+            Conn::Single(_) => {
+                let mut pipe = redis::pipe();
+                for source in sources {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+                }
+                pipe.query_async::<()>(conn).await
+            }
+            Conn::Cluster(_) => {
+                // A pipeline of keyless commands would go to one random node; single commands
+                // are routed to all of them.
+                let loads = sources.into_iter().map(|source| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(source)
+                            .query_async::<redis::Value>(&mut conn)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(loads).await.map(drop)
+            }
         }
-        pipe.query_async::<()>(conn).await
     }
 
     /// Every registered script as (name, SHA1), sorted by name.
