@@ -9,13 +9,16 @@
 //! the entry's life.
 //!
 //! # Generations, one round trip
-//! An entry's key embeds its namespace's generation (`InvalidateNamespace` starts a new one, so
-//! old entries are never seen again and simply expire). Each call pipelines the generation read
-//! (`GET`; for a write, `lua/generation.lua` when the generation is missing or its TTL is due
-//! for a refresh) with its operation on the generation this process last saw; when Redis
-//! answers with another generation the operation is sent once more on the new one. Work sent to a stale generation lands on keys
-//! nobody reads, which expire. A missing generation reads as "nothing cached": a lost counter
-//! costs misses, never brings older entries back.
+//! An entry's key embeds its bucket's generation (a namespace is spread over 64 buckets, each
+//! one hash slot; see `keys.rs`): `InvalidateNamespace` starts a new generation in every bucket,
+//! so old entries are never seen again and simply expire. Each call pipelines, per bucket it
+//! touches, the generation read (`GET`; for a write, `lua/generation.lua` when the generation
+//! is missing or its TTL is due for a refresh) with its operations on the generation this
+//! process last saw; when Redis answers with another generation those operations are sent once
+//! more on the new one. Work sent to a stale generation lands on keys nobody reads, which
+//! expire. A missing generation reads as "nothing cached": a lost counter costs misses, never
+//! brings older entries back. A bucket's generation and entries share a slot, so on a cluster
+//! each bucket's part of a call is one request to one node, and the call one round trip.
 //!
 //! # Tags
 //! A tagged Set lists the entry under each tag (`lua/tag.lua`, which also reads when the tag was
@@ -27,7 +30,7 @@
 //! refused if one of its tags was invalidated at or after its lease was granted.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -36,6 +39,7 @@ use bytes::Bytes;
 use redis::{Pipeline, Value};
 
 use super::{
+    keys::{GENERATION_BUCKETS, bucket},
     model::{Condition, Freshness, Lease, Lookup, Write},
     store::{CacheStore, CacheStoreSettings},
 };
@@ -52,8 +56,12 @@ use crate::{
     time::Millis,
 };
 
-/// Generations remembered per process before the memo is cleared (bounds unknown namespaces).
-const MAX_REMEMBERED_GENERATIONS: usize = 10_000;
+/// Bucket generations remembered per process before the memo is cleared (bounds unknown
+/// namespaces: 64 buckets each).
+const MAX_REMEMBERED_GENERATIONS: usize = 65_536;
+
+/// Rounds of a call whose generations changed under it before it gives up.
+const GENERATION_ATTEMPTS: usize = 4;
 
 /// How much longer than its entry a tag index member is kept: room for the write that follows
 /// the listing (one pipeline, or at worst one more round trip within the call's deadline).
@@ -78,11 +86,11 @@ pub struct RedisCacheStore {
     backend: RedisBackend,
     scripts: Scripts,
     settings: CacheStoreSettings,
-    /// Namespace generations last seen (see the module docs).
+    /// Bucket generations last seen, by generation key (see the module docs).
     generations: Arc<RwLock<HashMap<String, Known>>>,
 }
 
-/// What a call needs of its namespace's generation.
+/// What a call needs of its buckets' generations.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GenerationRead {
     /// Reading: a missing generation means nothing is cached.
@@ -92,11 +100,42 @@ enum GenerationRead {
     Write,
 }
 
-/// A namespace generation this process last saw, and when it last refreshed its TTL.
+/// A bucket generation this process last saw, and when it last refreshed its TTL.
 #[derive(Clone, Copy)]
 struct Known {
     generation: u64,
     refreshed: Option<Instant>,
+}
+
+/// The items of one bucket of a call, and what Redis answered for them.
+struct InBucket {
+    /// Positions of the bucket's items in the caller's list, in order.
+    items: Vec<usize>,
+    /// The generation the commands ran in (`None`: the bucket has none, nothing is cached).
+    generation: Option<u64>,
+    /// The replies to the commands the caller added for this bucket.
+    replies: Vec<Value>,
+}
+
+/// A bucket still to be answered, in [`RedisCacheStore::in_generations`].
+struct Pending {
+    items: Vec<usize>,
+    key: String,
+    generation: u64,
+    ensure: bool,
+}
+
+/// A generation reply: `GET` (bulk string or nil) or `generation.lua` (integer).
+fn generation_reply(v: Value) -> Result<Option<u64>, StoreError> {
+    let parsed = match v {
+        Value::Nil => return Ok(None),
+        Value::Int(g) => u64::try_from(g).ok(),
+        Value::BulkString(b) => reply::parse_int(&b).and_then(|g| u64::try_from(g).ok()),
+        other => return Err(reply::unexpected("generation", "a number", &other)),
+    };
+    parsed
+        .map(Some)
+        .ok_or_else(|| StoreError::Protocol("generation: not a number".into()))
 }
 
 impl RedisCacheStore {
@@ -130,47 +169,6 @@ impl RedisCacheStore {
             .copied()
     }
 
-    /// The first call of this process to a namespace reads its generation alone (or, for a
-    /// write, makes sure one exists), so no operation is sent to a made-up generation: a
-    /// SetMany sent blind would leave its values unread in Redis until they expire.
-    async fn first_generation(
-        &self,
-        op: &'static str,
-        key: &str,
-        read: GenerationRead,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut pipe = redis::pipe();
-        match read {
-            GenerationRead::Read => {
-                pipe.cmd("GET").arg(key);
-            }
-            GenerationRead::Write => {
-                pipe.cmd("EVALSHA")
-                    .arg(self.scripts.generation.hash())
-                    .arg(1)
-                    .arg(key)
-                    .arg(self.settings.generation_keep_ms)
-                    .arg("0");
-            }
-        }
-        let reply = self.backend.pipeline(op, &pipe).await?;
-        let generation = match reply.first() {
-            None | Some(Value::Nil) => return Ok(None),
-            Some(Value::Int(g)) => u64::try_from(*g).ok(),
-            Some(Value::BulkString(b)) => reply::parse_int(b).and_then(|g| u64::try_from(g).ok()),
-            Some(other) => return Err(reply::unexpected("generation", "a number", other)),
-        }
-        .ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?;
-        self.remember(
-            key,
-            Known {
-                generation,
-                refreshed: (read == GenerationRead::Write).then(Instant::now),
-            },
-        );
-        Ok(Some(generation))
-    }
-
     fn remember(&self, key: &str, known: Known) {
         let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_REMEMBERED_GENERATIONS {
@@ -179,104 +177,183 @@ impl RedisCacheStore {
         map.insert(key.to_owned(), known);
     }
 
-    /// Runs `build`'s commands against the namespace's current generation (see the module
-    /// docs). Returns the generation used (`None`: the namespace has none, so nothing is
-    /// cached; only for [`GenerationRead::Read`]) and the replies to `build`'s commands.
+    /// Adds the read of a bucket generation to `pipe`: `GET`, or for a write that must make
+    /// sure it exists and lives on, `generation.lua` (`new`: start a new generation).
+    fn push_generation(&self, pipe: &mut Pipeline, key: &str, ensure: bool, new: bool) {
+        if ensure || new {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.generation.hash())
+                .arg(1)
+                .arg(key)
+                .arg(self.settings.generation_keep_ms)
+                .arg(if new { "1" } else { "0" });
+        } else {
+            pipe.cmd("GET").arg(key);
+        }
+    }
+
+    /// Runs `build`'s commands for the items at `keys`, grouped by bucket, each group against
+    /// its bucket's current generation (see the module docs), all in one pipeline: on a cluster
+    /// each bucket's generation read and commands share one slot, so each group is one request
+    /// to one node and the call is still one round trip.
     ///
-    /// The generation is read with a plain `GET`; writes run `lua/generation.lua` instead when
-    /// the generation is missing (it creates one) or this process has not refreshed its TTL
-    /// for a quarter of its life, so an active namespace's generation never expires.
-    async fn in_generation(
+    /// `build(generation, items, pipe)` adds the commands of the items (positions in `keys`)
+    /// of one bucket. Each group is sent with the generation this process last saw and that
+    /// generation's read; a group whose generation turns out to have changed is sent again on
+    /// the new one (work sent to a stale generation lands on keys nobody reads, which expire).
+    /// The first call of this process to a bucket reads its generation alone first (or, for a
+    /// write, makes sure one exists), so no operation is sent to a made-up generation.
+    ///
+    /// Writes run `lua/generation.lua` instead of a plain `GET` when the generation is missing
+    /// (it creates one) or this process has not refreshed its TTL for a quarter of its life, so
+    /// an active bucket's generation never expires.
+    async fn in_generations(
         &self,
         op: &'static str,
         tenant: &Tenant,
         namespace: &str,
         read: GenerationRead,
-        build: impl Fn(u64, &mut Pipeline),
-    ) -> Result<(Option<u64>, Vec<Value>), StoreError> {
-        let generation_key = self.backend.keys().cache_generation(tenant, namespace);
-        let known = match self.known(&generation_key) {
-            Some(known) => known,
-            None => match self.first_generation(op, &generation_key, read).await? {
-                Some(generation) => self.known(&generation_key).unwrap_or(Known {
-                    generation,
-                    refreshed: None,
-                }),
-                // A read of a namespace without a generation: nothing is cached.
-                None => return Ok((None, Vec::new())),
-            },
-        };
-        let mut generation = known.generation;
+        keys: &[&str],
+        build: impl Fn(u64, &[usize], &mut Pipeline),
+    ) -> Result<Vec<InBucket>, StoreError> {
+        let mut by_bucket: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_bucket.entry(bucket(key)).or_default().push(i);
+        }
         let refresh_every = Duration::from_millis(
             u64::try_from(self.settings.generation_keep_ms / 4).unwrap_or(u64::MAX),
         );
-        let mut ensure = read == GenerationRead::Write
-            && known
-                .refreshed
-                .is_none_or(|at| at.elapsed() >= refresh_every);
-        for _ in 0..4 {
+        let mut done = Vec::with_capacity(by_bucket.len());
+        let mut pending = Vec::with_capacity(by_bucket.len());
+        let mut unknown = Vec::new();
+        for (b, items) in by_bucket {
+            let key = self
+                .backend
+                .keys()
+                .cache_bucket_generation(tenant, namespace, b);
+            match self.known(&key) {
+                Some(known) => pending.push(Pending {
+                    items,
+                    ensure: read == GenerationRead::Write
+                        && known
+                            .refreshed
+                            .is_none_or(|at| at.elapsed() >= refresh_every),
+                    key,
+                    generation: known.generation,
+                }),
+                None => unknown.push((items, key)),
+            }
+        }
+        if !unknown.is_empty() {
             let mut pipe = redis::pipe();
-            if ensure {
-                pipe.cmd("EVALSHA")
-                    .arg(self.scripts.generation.hash())
-                    .arg(1)
-                    .arg(&generation_key)
-                    .arg(self.settings.generation_keep_ms)
-                    .arg("0");
-            } else {
-                pipe.cmd("GET").arg(&generation_key);
+            for (_, key) in &unknown {
+                self.push_generation(&mut pipe, key, read == GenerationRead::Write, false);
             }
-            build(generation, &mut pipe);
-            let mut replies = self.backend.pipeline(op, &pipe).await?;
-            if replies.is_empty() {
-                return Err(StoreError::Protocol("empty pipeline reply".into()));
+            let replies = self.backend.pipeline(op, &pipe).await?;
+            if replies.len() != unknown.len() {
+                return Err(StoreError::Protocol(format!(
+                    "{op}: generation reply count"
+                )));
             }
-            let current = match replies.remove(0) {
-                Value::Nil => None,
-                Value::Int(g) => Some(u64::try_from(g).ok()),
-                Value::BulkString(b) => {
-                    Some(reply::parse_int(&b).and_then(|g| u64::try_from(g).ok()))
-                }
-                other => return Err(reply::unexpected("generation", "a number", &other)),
-            };
-            let current = match current {
-                // Nothing is cached in a namespace without a generation. A write sent with it
-                // landed on an old generation nobody reads; it is sent again on a new one.
-                None if read == GenerationRead::Read => return Ok((None, replies)),
-                None => {
-                    ensure = true;
-                    continue;
-                }
-                Some(g) => {
-                    g.ok_or_else(|| StoreError::Protocol("generation: not a number".into()))?
-                }
-            };
-            let refreshed = if ensure {
-                Some(Instant::now())
-            } else {
-                self.known(&generation_key).and_then(|k| k.refreshed)
-            };
-            if current == generation {
-                if ensure {
-                    self.remember(
-                        &generation_key,
-                        Known {
+            for ((items, key), reply) in unknown.into_iter().zip(replies) {
+                match generation_reply(reply)? {
+                    Some(generation) => {
+                        let refreshed = (read == GenerationRead::Write).then(Instant::now);
+                        self.remember(
+                            &key,
+                            Known {
+                                generation,
+                                refreshed,
+                            },
+                        );
+                        pending.push(Pending {
+                            items,
+                            key,
                             generation,
+                            ensure: false,
+                        });
+                    }
+                    // A read of a bucket without a generation: nothing is cached there.
+                    None => done.push(InBucket {
+                        items,
+                        generation: None,
+                        replies: Vec::new(),
+                    }),
+                }
+            }
+        }
+        for _ in 0..GENERATION_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(done);
+            }
+            let mut pipe = redis::pipe();
+            let mut spans = Vec::with_capacity(pending.len());
+            for p in &pending {
+                let start = pipe.len();
+                self.push_generation(&mut pipe, &p.key, p.ensure, false);
+                build(p.generation, &p.items, &mut pipe);
+                spans.push(pipe.len() - start);
+            }
+            let mut replies = self.backend.pipeline(op, &pipe).await?.into_iter();
+            let mut again = Vec::new();
+            for (mut p, span) in pending.into_iter().zip(spans) {
+                let mut group: Vec<Value> = replies.by_ref().take(span).collect();
+                if group.len() != span {
+                    return Err(StoreError::Protocol(format!("{op}: short pipeline reply")));
+                }
+                let current = generation_reply(group.remove(0))?;
+                let Some(current) = current else {
+                    // Nothing is cached in a bucket without a generation. A write sent with it
+                    // landed on an old generation nobody reads; it is sent again on a new one.
+                    if read == GenerationRead::Read {
+                        done.push(InBucket {
+                            items: p.items,
+                            generation: None,
+                            replies: group,
+                        });
+                    } else {
+                        p.ensure = true;
+                        again.push(p);
+                    }
+                    continue;
+                };
+                let refreshed = if p.ensure {
+                    Some(Instant::now())
+                } else {
+                    self.known(&p.key).and_then(|k| k.refreshed)
+                };
+                if current == p.generation {
+                    if p.ensure {
+                        self.remember(
+                            &p.key,
+                            Known {
+                                generation: current,
+                                refreshed,
+                            },
+                        );
+                    }
+                    done.push(InBucket {
+                        items: p.items,
+                        generation: Some(current),
+                        replies: group,
+                    });
+                } else {
+                    self.remember(
+                        &p.key,
+                        Known {
+                            generation: current,
                             refreshed,
                         },
                     );
+                    p.generation = current;
+                    p.ensure = false;
+                    again.push(p);
                 }
-                return Ok((Some(generation), replies));
             }
-            self.remember(
-                &generation_key,
-                Known {
-                    generation: current,
-                    refreshed,
-                },
-            );
-            generation = current;
-            ensure = false;
+            pending = again;
+        }
+        if pending.is_empty() {
+            return Ok(done);
         }
         Err(StoreError::Unavailable(
             "namespace generation changed during four attempts".into(),
@@ -303,49 +380,60 @@ impl RedisCacheStore {
             .arg(self.settings.lease_ttl_ms);
     }
 
-    /// Plain lookups: `HMGET v e s` per key, then `TIME` for the store's now (no script: a
-    /// read changes nothing). One round trip with the generation read.
+    /// Plain lookups: per bucket `HMGET v e s` per key, then `TIME` for that node's now (no
+    /// script: a read changes nothing). One round trip with the generation reads.
     async fn read(
         &self,
         op: &'static str,
         tenant: &Tenant,
         namespace: &str,
-        keys: &[impl AsRef<str>],
+        keys: &[&str],
     ) -> Result<Vec<Lookup>, StoreError> {
-        let (generation, mut replies) = self
-            .in_generation(op, tenant, namespace, GenerationRead::Read, |g, pipe| {
-                for key in keys {
-                    pipe.cmd("HMGET")
-                        .arg(
-                            self.backend
-                                .keys()
-                                .cache_entry(tenant, namespace, g, key.as_ref()),
-                        )
-                        .arg("v")
-                        .arg("e")
-                        .arg("s");
-                }
-                pipe.cmd("TIME");
-            })
+        let buckets = self
+            .in_generations(
+                op,
+                tenant,
+                namespace,
+                GenerationRead::Read,
+                keys,
+                |g, items, pipe| {
+                    for &i in items {
+                        pipe.cmd("HMGET")
+                            .arg(
+                                self.backend
+                                    .keys()
+                                    .cache_entry(tenant, namespace, g, keys[i]),
+                            )
+                            .arg("v")
+                            .arg("e")
+                            .arg("s");
+                    }
+                    pipe.cmd("TIME");
+                },
+            )
             .await?;
-        if generation.is_none() {
-            return Ok(keys.iter().map(|_| Lookup::miss()).collect());
+        let mut lookups: Vec<Lookup> = keys.iter().map(|_| Lookup::miss()).collect();
+        for b in buckets {
+            if b.generation.is_none() {
+                continue;
+            }
+            let mut replies = b.replies;
+            let now = match replies.pop() {
+                Some(time) => store_time(&time)?,
+                None => return Err(StoreError::Protocol(format!("{op}: no TIME reply"))),
+            };
+            if replies.len() != b.items.len() {
+                return Err(StoreError::Protocol(format!(
+                    "{op}: {} replies for {} keys",
+                    replies.len(),
+                    b.items.len()
+                )));
+            }
+            for (i, reply) in b.items.into_iter().zip(replies) {
+                lookups[i] = lookup_from_hash(reply, now)?;
+            }
         }
-        let now = match replies.pop() {
-            Some(time) => store_time(&time)?,
-            None => return Err(StoreError::Protocol(format!("{op}: no TIME reply"))),
-        };
-        if replies.len() != keys.len() {
-            return Err(StoreError::Protocol(format!(
-                "{op}: {} replies for {} keys",
-                replies.len(),
-                keys.len()
-            )));
-        }
-        replies
-            .into_iter()
-            .map(|r| lookup_from_hash(r, now))
-            .collect()
+        Ok(lookups)
     }
 
     /// Adds the listing of `entry` under each of `tags` to `pipe`.
@@ -406,14 +494,17 @@ impl RedisCacheStore {
         namespace: &str,
         writes: &[Write],
     ) -> Result<Vec<bool>, StoreError> {
-        let (generation, marks) = self
-            .in_generation(
+        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+        let buckets = self
+            .in_generations(
                 "cache_set",
                 tenant,
                 namespace,
                 GenerationRead::Write,
-                |g, pipe| {
-                    for w in writes {
+                &keys,
+                |g, items, pipe| {
+                    for &i in items {
+                        let w = &writes[i];
                         let entry = self
                             .backend
                             .keys()
@@ -423,43 +514,53 @@ impl RedisCacheStore {
                 },
             )
             .await?;
-        let generation = generation
-            .ok_or_else(|| StoreError::Protocol("no generation after creating it".into()))?;
-        let mut marks = marks.iter();
-        let mut pipe = redis::pipe();
-        for w in writes {
-            let mut invalidated = 0;
-            for mark in marks.by_ref().take(w.tags.len()) {
-                invalidated = invalidated.max(int(mark)?);
+        // Each write's bucket generation and the latest invalidation of its tags.
+        let mut planned: Vec<Option<(u64, Millis)>> = vec![None; writes.len()];
+        for b in buckets {
+            let generation = b
+                .generation
+                .ok_or_else(|| StoreError::Protocol("no generation after creating it".into()))?;
+            let mut marks = b.replies.iter();
+            for i in b.items {
+                let mut invalidated = 0;
+                for mark in marks.by_ref().take(writes[i].tags.len()) {
+                    invalidated = invalidated.max(int(mark)?);
+                }
+                planned[i] = Some((generation, invalidated));
             }
+        }
+        let mut pipe = redis::pipe();
+        for (w, plan) in writes.iter().zip(planned) {
+            let (generation, invalidated) = plan.ok_or_else(|| {
+                StoreError::Protocol("cache_set: a write without a bucket".into())
+            })?;
             self.push_set(&mut pipe, tenant, namespace, generation, w, invalidated);
         }
         let replies = self.backend.pipeline("cache_set", &pipe).await?;
         stored(&replies, writes.len())
     }
 
-    /// Adds the deletion of the entries `members` (entry keys from tag indexes) and their
-    /// leases to `pipe`, one script each (they live in different slots); returns the entries
-    /// it deletes, in order.
-    fn push_deletes<'m>(
+    /// Adds a `delete.lua` call for `entry` (an entry key) to `pipe`: it deletes the entry and
+    /// its lease and counts it when it held a value in its bucket's current generation. `None`
+    /// for a key that is not one of the namespace's entries.
+    fn push_delete(
         &self,
         pipe: &mut Pipeline,
         tenant: &Tenant,
-        members: &'m [Vec<u8>],
-    ) -> Vec<&'m [u8]> {
-        let mut deleting = Vec::with_capacity(members.len());
-        for entry in members {
-            let Some(lease) = self.backend.keys().cache_lease_of(tenant, entry) else {
-                continue;
-            };
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.delete.hash())
-                .arg(2)
-                .arg(entry.as_slice())
-                .arg(lease);
-            deleting.push(entry.as_slice());
-        }
-        deleting
+        namespace: &str,
+        entry: &[u8],
+    ) -> Option<()> {
+        let keys = self.backend.keys();
+        let lease = keys.cache_lease_of(tenant, entry)?;
+        let (generation_key, generation) = keys.cache_entry_generation(tenant, namespace, entry)?;
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.delete.hash())
+            .arg(3)
+            .arg(entry)
+            .arg(lease)
+            .arg(generation_key)
+            .arg(generation);
+        Some(())
     }
 }
 
@@ -479,19 +580,21 @@ impl CacheStore for RedisCacheStore {
                 .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()));
         };
         // A lease must live in a generation that exists: a lease request creates one.
-        let (_, replies) = self
-            .in_generation(
+        let buckets = self
+            .in_generations(
                 "cache_get",
                 tenant,
                 namespace,
                 GenerationRead::Write,
-                |g, pipe| {
+                &[key],
+                |g, _, pipe| {
                     self.push_leased_get(pipe, tenant, namespace, g, key, token);
                 },
             )
             .await?;
-        let reply = replies
+        let reply = buckets
             .into_iter()
+            .flat_map(|b| b.replies)
             .next()
             .ok_or_else(|| StoreError::Protocol("cache_get: no reply".into()))?;
         leased_lookup(reply, token)
@@ -503,7 +606,8 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<Vec<Lookup>, StoreError> {
-        self.read("cache_get_many", tenant, namespace, keys).await
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.read("cache_get_many", tenant, namespace, &keys).await
     }
 
     async fn set(
@@ -515,20 +619,28 @@ impl CacheStore for RedisCacheStore {
         if writes.iter().any(|w| !w.tags.is_empty()) {
             return self.set_tagged(tenant, namespace, writes).await;
         }
-        let (_, replies) = self
-            .in_generation(
+        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+        let buckets = self
+            .in_generations(
                 "cache_set",
                 tenant,
                 namespace,
                 GenerationRead::Write,
-                |g, pipe| {
-                    for w in writes {
-                        self.push_set(pipe, tenant, namespace, g, w, 0);
+                &keys,
+                |g, items, pipe| {
+                    for &i in items {
+                        self.push_set(pipe, tenant, namespace, g, &writes[i], 0);
                     }
                 },
             )
             .await?;
-        stored(&replies, writes.len())
+        let mut out = vec![false; writes.len()];
+        for b in buckets {
+            for (i, flag) in b.items.iter().zip(stored(&b.replies, b.items.len())?) {
+                out[*i] = flag;
+            }
+        }
+        Ok(out)
     }
 
     async fn delete(
@@ -537,28 +649,31 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         keys: &[String],
     ) -> Result<u64, StoreError> {
-        let (generation, replies) = self
-            .in_generation(
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let buckets = self
+            .in_generations(
                 "cache_delete",
                 tenant,
                 namespace,
                 GenerationRead::Read,
-                |g, pipe| {
-                    // One script per key: the keys live in different slots.
-                    for key in keys {
-                        pipe.cmd("EVALSHA")
-                            .arg(self.scripts.delete.hash())
-                            .arg(2)
-                            .arg(self.backend.keys().cache_entry(tenant, namespace, g, key))
-                            .arg(self.backend.keys().cache_lease(tenant, namespace, g, key));
+                &names,
+                |g, items, pipe| {
+                    for &i in items {
+                        let entry = self
+                            .backend
+                            .keys()
+                            .cache_entry(tenant, namespace, g, names[i]);
+                        // Our own key: always one of the namespace's entries.
+                        let _ = self.push_delete(pipe, tenant, namespace, entry.as_bytes());
                     }
                 },
             )
             .await?;
-        if generation.is_none() {
-            return Ok(0);
+        let mut deleted = 0;
+        for b in buckets.iter().filter(|b| b.generation.is_some()) {
+            deleted += count_ones(&b.replies)?;
         }
-        count_ones(&replies)
+        Ok(deleted)
     }
 
     async fn invalidate_tags(
@@ -572,13 +687,9 @@ impl CacheStore for RedisCacheStore {
             .iter()
             .map(|t| keys.cache_tag(tenant, namespace, t))
             .collect();
-        // Round trip 1: the namespace's generation (only its entries count as deleted: older
-        // ones are invisible already), then mark every tag invalidated and read the first
-        // chunk of its index.
+        // Round trip 1: mark every tag invalidated and read the first chunk of its index.
         let mark_keep = self.settings.lease_ttl_ms.saturating_add(TAG_MARGIN_MS);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(keys.cache_generation(tenant, namespace));
         for (tag, index) in tags.iter().zip(&indexes) {
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.invalidate_tag.hash())
@@ -592,15 +703,10 @@ impl CacheStore for RedisCacheStore {
         let mut pending: Vec<Vec<u8>> = Vec::new();
         // Indexes still being scanned: (index, cursor, the store's time at the invalidation).
         let mut scanning: Vec<(&String, u64, Millis)> = Vec::new();
-        let mut replies = self
+        let replies = self
             .backend
             .pipeline("cache_invalidate_tags", &pipe)
-            .await?
-            .into_iter();
-        let generation = match replies.next() {
-            Some(Value::BulkString(g)) => reply::parse_int(&g).and_then(|g| u64::try_from(g).ok()),
-            _ => None,
-        };
+            .await?;
         for (index, reply) in indexes.iter().zip(replies) {
             let Value::Array(items) = reply else {
                 return Err(reply::unexpected("invalidate_tag", "an array", &reply));
@@ -622,10 +728,20 @@ impl CacheStore for RedisCacheStore {
             }
         }
         // Then chunk by chunk: delete what was read, read the next chunk, in one round trip.
+        // Only entries of their bucket's current generation count as deleted: older ones are
+        // invisible already.
         let mut deleted = 0;
         while !pending.is_empty() || !scanning.is_empty() {
             let mut pipe = redis::pipe();
-            let deletes = self.push_deletes(&mut pipe, tenant, &pending);
+            let mut deleting = 0;
+            for entry in &pending {
+                if self
+                    .push_delete(&mut pipe, tenant, namespace, entry)
+                    .is_some()
+                {
+                    deleting += 1;
+                }
+            }
             for (index, cursor, _) in &scanning {
                 pipe.cmd("ZSCAN")
                     .arg(*index)
@@ -637,19 +753,12 @@ impl CacheStore for RedisCacheStore {
                 .backend
                 .pipeline("cache_invalidate_tags", &pipe)
                 .await?;
-            if replies.len() != deletes.len() + scanning.len() {
+            if replies.len() != deleting + scanning.len() {
                 return Err(StoreError::Protocol(
                     "invalidate_tags: reply count mismatch".into(),
                 ));
             }
-            let deleting = deletes.len();
-            for (entry, reply) in deletes.into_iter().zip(&replies) {
-                let current = generation.is_some()
-                    && keys.cache_entry_generation(tenant, namespace, entry) == generation;
-                if int(reply)? > 0 && current {
-                    deleted += 1;
-                }
-            }
+            deleted += count_ones(&replies[..deleting])?;
             pending.clear();
             let mut next = Vec::new();
             for ((index, _, now), reply) in scanning.iter().zip(&replies[deleting..]) {
@@ -682,32 +791,41 @@ impl CacheStore for RedisCacheStore {
         tenant: &Tenant,
         namespace: &str,
     ) -> Result<(), StoreError> {
-        let key = self.backend.keys().cache_generation(tenant, namespace);
+        // A new generation in every bucket (one request per node on a cluster). A call that
+        // fails half-way leaves some buckets renewed; repeating it renews them all (a new
+        // generation is never a reused one).
+        let keys: Vec<String> = (0..GENERATION_BUCKETS)
+            .map(|b| {
+                self.backend
+                    .keys()
+                    .cache_bucket_generation(tenant, namespace, b)
+            })
+            .collect();
         let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(self.scripts.generation.hash())
-            .arg(1)
-            .arg(&key)
-            .arg(self.settings.generation_keep_ms)
-            .arg("1");
+        for key in &keys {
+            self.push_generation(&mut pipe, key, true, true);
+        }
         let replies = self
             .backend
             .pipeline("cache_invalidate_namespace", &pipe)
             .await?;
-        let generation = replies
-            .first()
-            .map(int)
-            .transpose()?
-            .and_then(|g| u64::try_from(g).ok())
-            .ok_or_else(|| StoreError::Protocol("no generation returned".into()))?;
-        // The generation script just set its TTL: refreshed now.
-        self.remember(
-            &key,
-            Known {
-                generation,
-                refreshed: Some(Instant::now()),
-            },
-        );
+        if replies.len() != keys.len() {
+            return Err(StoreError::Protocol(
+                "invalidate_namespace: reply count mismatch".into(),
+            ));
+        }
+        for (key, reply) in keys.iter().zip(replies) {
+            let generation = generation_reply(reply)?
+                .ok_or_else(|| StoreError::Protocol("no generation returned".into()))?;
+            // The generation script just set its TTL: refreshed now.
+            self.remember(
+                key,
+                Known {
+                    generation,
+                    refreshed: Some(Instant::now()),
+                },
+            );
+        }
         Ok(())
     }
 }

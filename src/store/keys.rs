@@ -49,7 +49,8 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(tagged.unwrap_or(key)) % 16384
 }
 
-fn crc16(data: &[u8]) -> u16 {
+/// CRC16 (XMODEM), as Redis Cluster computes slots.
+pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for byte in data {
         crc ^= u16::from(*byte) << 8;
