@@ -178,7 +178,10 @@ pub async fn run(
         (None, None)
     };
 
-    let sessions = Sessions::new(session::open_store(&backend)?, config.session.clone());
+    let sessions = Sessions::new(
+        session::open_store(&backend, &config.session)?,
+        config.session.clone(),
+    );
     let session_service = SessionServiceServer::new(SessionApi::new(sessions))
         .max_decoding_message_size(config.server.max_message_bytes);
     let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone());

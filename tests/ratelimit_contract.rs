@@ -23,6 +23,8 @@ contract_tests! {
     token_bucket_is_exact_under_concurrency with super::limits,
     gcra_is_exact_under_concurrency with super::limits,
     all_or_nothing_across_limits with super::limits,
+    all_or_nothing_across_slots_gives_back_exactly with super::limits,
+    two_counters_in_different_slots_are_exact_under_concurrency with super::limits,
     dry_run_and_zero_cost_consume_nothing with super::limits,
     weighted_cost with super::limits,
     reset_restores_the_full_limit with super::limits,
@@ -52,6 +54,19 @@ fn limits(c: &mut Config) {
     l.insert("tb".into(), limit(Algorithm::TokenBucket, 100, LONG, 100));
     l.insert("gcra".into(), limit(Algorithm::Gcra, 100, LONG, 100));
     l.insert("five".into(), limit(Algorithm::FixedWindow, 5, LONG, 0));
+    l.insert(
+        "big-fw".into(),
+        limit(Algorithm::FixedWindow, 1000, LONG, 0),
+    );
+    l.insert(
+        "big-sw".into(),
+        limit(Algorithm::SlidingWindow, 1000, LONG, 0),
+    );
+    l.insert(
+        "big-tb".into(),
+        limit(Algorithm::TokenBucket, 1000, LONG, 1000),
+    );
+    l.insert("big-gcra".into(), limit(Algorithm::Gcra, 1000, LONG, 1000));
     l.insert("three".into(), limit(Algorithm::SlidingWindow, 3, LONG, 0));
     l.insert(
         "second".into(),
@@ -177,6 +192,101 @@ async fn all_or_nothing_across_limits(b: Backend) {
         5,
         "keys are independent"
     );
+}
+
+/// Two check keys whose counters land in different Redis Cluster slots, on different masters of
+/// a default three-master cluster (slots 0-5460, 5461-10922, 10923-16383); a counter's hash tag
+/// is its check key.
+fn keys_in_different_slots() -> (&'static str, &'static str) {
+    let (user, tenant) = ("user-42", "tenant-acme");
+    let third = |k: &str| flowstate::store::keys::slot(k.as_bytes()) / 5461;
+    assert_ne!(third(user), third(tenant), "pick keys on different masters");
+    (user, tenant)
+}
+
+/// A counter in one slot allows, one in another denies: nothing is consumed anywhere. On a
+/// Cluster the first counter's slot reserved and was refunded; the refund must give back
+/// exactly what was taken, for every algorithm.
+async fn all_or_nothing_across_slots_gives_back_exactly(b: Backend) {
+    let mut c = RateLimitServiceClient::new(b.server.channel.clone());
+    let (user, tenant) = keys_in_different_slots();
+    for big in ["big-fw", "big-sw", "big-tb", "big-gcra"] {
+        let both = || vec![named(big, user), named("three", tenant)];
+        for _ in 0..3 {
+            assert!(
+                check(&mut c, both(), None, false)
+                    .await
+                    .expect("check")
+                    .allowed
+            );
+        }
+        let before = remaining(&mut c, big, user).await;
+        assert_eq!(before, 997, "{big}: three admitted");
+        for _ in 0..5 {
+            let denied = check(&mut c, both(), None, false).await.expect("check");
+            assert!(!denied.allowed, "{big}: `three` is spent");
+            assert!(denied.results[0].allowed && !denied.results[1].allowed);
+        }
+        assert_eq!(
+            remaining(&mut c, big, user).await,
+            before,
+            "{big}: denied checks gave back everything they reserved"
+        );
+        // A weighted check over both, denied by the other slot, gives back its whole cost.
+        let denied = check(&mut c, both(), Some(2), false).await.expect("check");
+        assert!(!denied.allowed);
+        assert_eq!(remaining(&mut c, big, user).await, before, "{big}: cost 2");
+        c.reset(pb::ResetRequest {
+            limit: Some(pb::reset_request::Limit::Name("three".into())),
+            key: tenant.into(),
+        })
+        .await
+        .expect("reset");
+    }
+}
+
+/// 16 callers × 200 checks of a per-user limit of 100 together with a per-tenant limit of 1000
+/// whose counters live in different slots: exactly 100 admitted, and the tenant counter, which
+/// every denied check reserved from and was refunded, counts exactly those 100. Then the other
+/// way round (the tenant limit is the one that runs out).
+async fn two_counters_in_different_slots_are_exact_under_concurrency(b: Backend) {
+    let (user, tenant) = keys_in_different_slots();
+    for (tight, tight_key, loose, loose_key) in [
+        ("fw", user, "big-sw", tenant),
+        ("gcra", tenant, "big-tb", user),
+    ] {
+        let c = RateLimitServiceClient::new(b.server.channel.clone());
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut allowed = 0u32;
+                for _ in 0..200 {
+                    let checks = vec![named(tight, tight_key), named(loose, loose_key)];
+                    if check(&mut c, checks, None, false)
+                        .await
+                        .expect("check")
+                        .allowed
+                    {
+                        allowed += 1;
+                    }
+                }
+                allowed
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("task");
+        }
+        assert_eq!(total, 100, "{tight} + {loose}: exactly the tighter limit");
+        let mut c = c.clone();
+        assert_eq!(remaining(&mut c, tight, tight_key).await, 0);
+        assert_eq!(
+            remaining(&mut c, loose, loose_key).await,
+            900,
+            "{loose} counts exactly the admitted checks: every refund was exact"
+        );
+    }
 }
 
 async fn dry_run_and_zero_cost_consume_nothing(b: Backend) {

@@ -5,7 +5,8 @@
 //! hash tag, computed here.
 //!
 //! The one exception is a rate-limit Check naming several counters: one script over several
-//! slots, as documented for standalone Redis (a Cluster needs reserve-then-commit per slot).
+//! slots, as documented for standalone Redis (on a Cluster the same Check reserves in each
+//! slot and refunds, one script per slot).
 
 mod common;
 
@@ -234,7 +235,7 @@ async fn every_script_touches_one_slot() {
     // The scripts the server registers, by SHA1 (the same sources give the same SHA1s).
     let backend = RedisBackend::new(&config.redis).expect("backend");
     let wrapped = Backend::Redis(backend.clone());
-    session::open_store(&wrapped).expect("session store");
+    session::open_store(&wrapped, &config.session).expect("session store");
     cache::open_store(&wrapped, &config).expect("cache store");
     ratelimit::open_store(&wrapped).expect("rate-limit store");
     let scripts = backend.scripts();
@@ -316,7 +317,13 @@ async fn every_script_touches_one_slot() {
             current = Some((script, numkeys, declared));
         }
     }
+    // A reservation and its refund run only for a Check over several Cluster slots, so not
+    // here; tests/cluster.rs runs them on a real Cluster, where a key outside the slot of a
+    // script's first key fails the script.
     for (name, _) in &scripts {
+        if matches!(*name, "ratelimit.reserve" | "ratelimit.refund") {
+            continue;
+        }
         assert!(seen_scripts.contains(name), "the workload never ran {name}");
     }
     // The two-counter Check is the only script allowed to span slots, as documented.

@@ -91,6 +91,12 @@ impl Config {
         self.auth
             .validate(self.server.tls.client_ca_file.is_some(), &mut bad);
         self.quota.validate(&mut bad);
+        if self.session.write_concern.replicas > 0 && !self.redis.is_configured() {
+            bad.push(
+                "`session.write_concern.replicas` needs Redis: the memory store has no replicas"
+                    .to_owned(),
+            );
+        }
         if bad.is_empty() {
             Ok(())
         } else {

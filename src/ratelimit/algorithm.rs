@@ -87,7 +87,7 @@ pub struct Policy {
 pub type State = [i64; 3];
 
 /// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Decision {
     /// Whether this check alone would admit the request.
     pub allowed: bool,

@@ -1,5 +1,25 @@
 //! The Redis rate-limit store: one script (`lua/algorithm.lua` + `lua/check.lua`, on Redis's
 //! clock) decides every counter of a request and consumes from all or none.
+//!
+//! # Counters in several Cluster slots
+//! A counter's hash tag is its own key, never the other counters it is checked with (the same
+//! counter must land in the same slot whatever it is checked with), so on Redis Cluster the
+//! counters of one Check (per user and per tenant, say) are often in different slots, where no
+//! script can reach them all. Such a Check is decided in two steps:
+//! 1. **reserve**: in every slot at once, `lua/reserve.lua` decides that slot's counters and,
+//!    when they all allow, consumes right away;
+//! 2. if every slot allowed, the reservations stand: that is the commit, and the success path
+//!    stays one round trip. If any slot denied (or failed), `lua/refund.lua` takes back the
+//!    reservations of the slots that consumed, the exact inverse of the consumption.
+//!
+//! It never over-admits: every admission was consumed in every slot before it was answered.
+//! It may under-admit: between a reservation and its refund (one round trip, well under a
+//! millisecond on a LAN), a concurrent Check of the same counter sees the reservation and may
+//! be denied for it. The bound is the cost of the reservations in flight that end up refunded.
+//! A refund that fails (the node is down, the process dies between the two steps) leaves its
+//! reservation consumed until the counter's window passes: under-admission, never over-, and
+//! counted in `flowstate_ratelimit_refund_failures_total`. Refunds are not resent after a
+//! dropped connection, since one that ran twice would give back twice.
 
 use super::{
     algorithm::Decision,
@@ -7,9 +27,14 @@ use super::{
     store::RateLimitStore,
 };
 use crate::{
+    config::RedisMode,
     store::{
         StoreError,
-        redis::{RedisBackend, lua, scripts::LuaScript},
+        keys::slot,
+        redis::{
+            RedisBackend, lua,
+            scripts::{LuaScript, ScriptCall},
+        },
     },
     tenant::Tenant,
 };
@@ -18,6 +43,13 @@ use crate::{
 pub struct RedisRateLimitStore {
     backend: RedisBackend,
     check: LuaScript,
+    reserve: LuaScript,
+    refund: LuaScript,
+}
+
+/// The counters of one Check that share a slot: their positions in the request.
+struct SlotGroup {
+    positions: Vec<usize>,
 }
 
 impl RedisRateLimitStore {
@@ -30,14 +62,203 @@ impl RedisRateLimitStore {
                 "src/ratelimit/lua/check.lua"
             ),
         )?;
-        Ok(Self { backend, check })
+        let reserve = backend.register(
+            "ratelimit.reserve",
+            lua!(
+                "src/ratelimit/lua/algorithm.lua",
+                "src/ratelimit/lua/reserve.lua"
+            ),
+        )?;
+        let refund = backend.register(
+            "ratelimit.refund",
+            lua!(
+                "src/ratelimit/lua/algorithm.lua",
+                "src/ratelimit/lua/refund.lua"
+            ),
+        )?;
+        Ok(Self {
+            backend,
+            check,
+            reserve,
+            refund,
+        })
+    }
+
+    /// The counters grouped by hash slot, in order of first appearance; a single group on a
+    /// standalone or sentinel Redis (one server holds every key).
+    fn slot_groups(&self, keys: &[String]) -> Vec<SlotGroup> {
+        if self.backend.mode() != RedisMode::Cluster {
+            return vec![SlotGroup {
+                positions: (0..keys.len()).collect(),
+            }];
+        }
+        let mut groups: Vec<(u16, SlotGroup)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let s = slot(key.as_bytes());
+            match groups.iter_mut().find(|(g, _)| *g == s) {
+                Some((_, group)) => group.positions.push(i),
+                None => groups.push((s, SlotGroup { positions: vec![i] })),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// The `check.lua` / `reserve.lua` call for the counters at `positions`.
+    fn decide_call(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        counters: &[Counter],
+        positions: &[usize],
+        cost: u64,
+        commit: bool,
+    ) -> ScriptCall {
+        let mut call = script.call();
+        call.arg(cost).arg(if commit { "1" } else { "0" });
+        for &i in positions {
+            let c = &counters[i];
+            call.key(&keys[i])
+                .arg(c.policy.algorithm.code())
+                .arg(c.policy.limit)
+                .arg(c.policy.period_ms)
+                .arg(c.policy.capacity());
+        }
+        call
+    }
+
+    /// A Check over counters in several slots: reserve in each, refund if any denied (see the
+    /// module docs).
+    async fn check_across_slots(
+        &self,
+        keys: &[String],
+        counters: &[Counter],
+        groups: &[SlotGroup],
+        cost: u64,
+        commit: bool,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let script = if commit { &self.reserve } else { &self.check };
+        let width = if commit { 5 } else { 4 };
+        let calls: Vec<ScriptCall> = groups
+            .iter()
+            .map(|g| self.decide_call(script, keys, counters, &g.positions, cost, commit))
+            .collect();
+        // Every slot at once; each outcome kept, since a failed slot must not hide which
+        // others consumed.
+        let replies = futures_util::future::join_all(calls.iter().map(|call| async move {
+            if commit {
+                self.backend
+                    .invoke::<Vec<i64>>("ratelimit_reserve", call)
+                    .await
+            } else {
+                self.backend
+                    .invoke_idempotent::<Vec<i64>>("ratelimit_check", call)
+                    .await
+            }
+        }))
+        .await;
+        let mut decisions = vec![Decision::default(); counters.len()];
+        let mut windows = vec![0i64; counters.len()];
+        let mut reserved = Vec::new();
+        let mut failure = None;
+        let mut all = true;
+        for (group, reply) in groups.iter().zip(replies) {
+            let reply = match reply.and_then(|r| {
+                if r.len() == group.positions.len() * width {
+                    Ok(r)
+                } else {
+                    Err(StoreError::Protocol(format!(
+                        "ratelimit: {} values for {} counters",
+                        r.len(),
+                        group.positions.len()
+                    )))
+                }
+            }) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    all = false;
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            let mut group_allows = true;
+            for (&i, r) in group.positions.iter().zip(reply.chunks_exact(width)) {
+                decisions[i] = decision(r);
+                group_allows &= decisions[i].allowed;
+                if commit {
+                    windows[i] = r[4];
+                }
+            }
+            all &= group_allows;
+            if commit && group_allows {
+                reserved.push(group);
+            }
+        }
+        if commit && !all && !reserved.is_empty() {
+            self.refund(keys, counters, &reserved, &windows, cost).await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(decisions),
+        }
+    }
+
+    /// Takes back the reservations of `groups`; a failure is logged and counted, never
+    /// resent blindly (see the module docs).
+    async fn refund(
+        &self,
+        keys: &[String],
+        counters: &[Counter],
+        groups: &[&SlotGroup],
+        windows: &[i64],
+        cost: u64,
+    ) {
+        let calls: Vec<ScriptCall> = groups
+            .iter()
+            .map(|g| {
+                let mut call = self.refund.call();
+                call.arg(cost);
+                for &i in &g.positions {
+                    let c = &counters[i];
+                    call.key(&keys[i])
+                        .arg(c.policy.algorithm.code())
+                        .arg(c.policy.limit)
+                        .arg(c.policy.period_ms)
+                        .arg(c.policy.capacity())
+                        .arg(windows[i]);
+                }
+                call
+            })
+            .collect();
+        let results = futures_util::future::join_all(
+            calls
+                .iter()
+                .map(|call| self.backend.invoke::<i64>("ratelimit_refund", call)),
+        )
+        .await;
+        for result in results {
+            if let Err(e) = result {
+                metrics::counter!("flowstate_ratelimit_refund_failures_total").increment(1);
+                tracing::warn!(error = %e, "a rate-limit reservation could not be refunded: its counters stay consumed until their window passes");
+            }
+        }
+    }
+}
+
+/// One counter's four values from `check.lua` / `reserve.lua`.
+fn decision(r: &[i64]) -> Decision {
+    Decision {
+        allowed: r[0] == 1,
+        remaining: u64::try_from(r[1]).unwrap_or(0),
+        reset_after_ms: r[2],
+        retry_after_ms: r[3],
     }
 }
 
 #[tonic::async_trait]
 impl RateLimitStore for RedisRateLimitStore {
-    /// One script for every counter of the request: all-or-nothing on standalone Redis. On Redis
-    /// Cluster the counters' different hash tags would need reserve-then-commit per slot instead.
+    /// One script for every counter of the request: all-or-nothing in one step, whenever the
+    /// counters share a server (standalone, sentinel) or a slot. Counters in several Cluster
+    /// slots are reserved and refunded instead (see the module docs).
     async fn check(
         &self,
         tenant: &Tenant,
@@ -45,16 +266,26 @@ impl RateLimitStore for RedisRateLimitStore {
         cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
-        let mut call = self.check.call();
-        call.arg(cost).arg(if commit { "1" } else { "0" });
-        for c in counters {
-            call.key(self.backend.keys().counter(tenant, &c.id))
-                .arg(c.policy.algorithm.code())
-                .arg(c.policy.limit)
-                .arg(c.policy.period_ms)
-                .arg(c.policy.capacity());
+        let keys: Vec<String> = counters
+            .iter()
+            .map(|c| self.backend.keys().counter(tenant, &c.id))
+            .collect();
+        let groups = self.slot_groups(&keys);
+        if groups.len() > 1 {
+            return self
+                .check_across_slots(&keys, counters, &groups, cost, commit)
+                .await;
         }
-        // A consuming check is never retried: the first attempt may have counted.
+        let call = self.decide_call(
+            &self.check,
+            &keys,
+            counters,
+            &groups[0].positions,
+            cost,
+            commit,
+        );
+        // A consuming check is never resent after a dropped connection: the first attempt may
+        // have counted.
         let reply: Vec<i64> = if commit {
             self.backend.invoke("ratelimit_check", &call).await?
         } else {
@@ -69,15 +300,7 @@ impl RateLimitStore for RedisRateLimitStore {
                 counters.len()
             )));
         }
-        Ok(reply
-            .chunks_exact(4)
-            .map(|r| Decision {
-                allowed: r[0] == 1,
-                remaining: u64::try_from(r[1]).unwrap_or(0),
-                reset_after_ms: r[2],
-                retry_after_ms: r[3],
-            })
-            .collect())
+        Ok(reply.chunks_exact(4).map(decision).collect())
     }
 
     async fn reset(&self, tenant: &Tenant, id: &CounterId) -> Result<(), StoreError> {

@@ -31,6 +31,34 @@ pub struct SessionConfig {
     pub max_data_bytes: usize,
     /// Total size of a session's metadata (names plus values), in bytes.
     pub max_metadata_bytes: usize,
+    /// Redis only: how many replicas must have a session write before it is answered.
+    pub write_concern: WriteConcern,
+}
+
+/// A write concern for session writes (`[session.write_concern]`): each create, update,
+/// rotation and deletion is followed by Redis's `WAIT replicas timeout`. Redis replicates
+/// asynchronously: without it, a write acknowledged by a master that dies before its replica
+/// received it is lost in the failover (a new session vanishes, a logout comes undone). With
+/// it, a write is answered only once `replicas` replicas have it; one that was not confirmed in
+/// time answers UNAVAILABLE (it was made on the master and may or may not survive a failover).
+/// Touches are not waited for: a lost touch only brings an idle expiry forward.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WriteConcern {
+    /// Replicas that must acknowledge; 0 (the default) waits for none.
+    pub replicas: u32,
+    /// How long to wait for them.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WriteConcern {
+    fn default() -> Self {
+        Self {
+            replicas: 0,
+            timeout: Duration::from_millis(100),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -45,6 +73,7 @@ impl Default for SessionConfig {
             max_field_name_bytes: 128,
             max_data_bytes: 64 * 1024,
             max_metadata_bytes: 4 * 1024,
+            write_concern: WriteConcern::default(),
         }
     }
 }
@@ -72,6 +101,13 @@ impl SessionConfig {
             "session.max_metadata_bytes",
             self.max_metadata_bytes > 0,
         );
+        if self.write_concern.replicas > 0 {
+            require_positive(
+                bad,
+                "session.write_concern.timeout",
+                !self.write_concern.timeout.is_zero(),
+            );
+        }
         for (key, value) in [
             ("session.idle_timeout", self.idle_timeout),
             ("session.absolute_timeout", self.absolute_timeout),

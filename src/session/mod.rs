@@ -32,10 +32,16 @@ pub use self::{
 };
 use crate::store::{Backend, StoreError};
 
-/// The session store of `backend`.
-pub fn open_store(backend: &Backend) -> Result<Arc<dyn SessionStore>, StoreError> {
+/// The session store of `backend`, with the write concern of `config` on Redis.
+pub fn open_store(
+    backend: &Backend,
+    config: &config::SessionConfig,
+) -> Result<Arc<dyn SessionStore>, StoreError> {
     Ok(match backend {
         Backend::Memory(m) => Arc::new(memory::MemorySessionStore::new(m)),
-        Backend::Redis(r) => Arc::new(redis::RedisSessionStore::new(r.clone())?),
+        Backend::Redis(r) => Arc::new(redis::RedisSessionStore::new(
+            r.clone(),
+            config.write_concern,
+        )?),
     })
 }

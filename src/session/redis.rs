@@ -8,6 +8,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::{
+    config::WriteConcern,
     id::{SessionKey, UserTag},
     model::{
         DataLimits, LimitExceeded, NewSession, SessionRecord, SessionUpdate, UpdateOutcome,
@@ -49,11 +50,12 @@ struct Scripts {
 pub struct RedisSessionStore {
     backend: RedisBackend,
     scripts: Scripts,
+    write_concern: WriteConcern,
 }
 
 impl RedisSessionStore {
-    /// Registers the session scripts with `backend`.
-    pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
+    /// Registers the session scripts with `backend`; writes wait for `write_concern`.
+    pub fn new(backend: RedisBackend, write_concern: WriteConcern) -> Result<Self, StoreError> {
         let scripts = Scripts {
             create: backend
                 .register("session.create", session_lua!("src/session/lua/create.lua"))?,
@@ -70,7 +72,43 @@ impl RedisSessionStore {
                 session_lua!("src/session/lua/delete_user.lua"),
             )?,
         };
-        Ok(Self { backend, scripts })
+        Ok(Self {
+            backend,
+            scripts,
+            write_concern,
+        })
+    }
+
+    /// Runs a script that changes sessions, waiting for the write concern when one is set.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        call: &ScriptCall,
+    ) -> Result<T, StoreError> {
+        let WriteConcern { replicas, timeout } = self.write_concern;
+        if replicas == 0 {
+            return self.backend.invoke(op, call).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.cmd());
+        let (mut replies, acked) = self
+            .backend
+            .pipeline_wait(op, &pipe, replicas, timeout)
+            .await?;
+        if acked < replicas {
+            metrics::counter!("flowstate_session_write_concern_missed_total", "op" => op)
+                .increment(1);
+            return Err(StoreError::Unavailable(format!(
+                "the session write was acknowledged by {acked} of {replicas} replicas within \
+                 {} ms; it may not survive a failover",
+                timeout.as_millis()
+            )));
+        }
+        let reply = replies
+            .pop()
+            .ok_or_else(|| StoreError::Protocol(format!("{op}: no reply")))?;
+        T::from_redis_value(reply)
+            .map_err(|_| StoreError::Protocol(format!("{op}: unexpected reply shape")))
     }
 }
 
@@ -95,7 +133,7 @@ impl SessionStore for RedisSessionStore {
             .arg(new.data.len())
             .arg(data_size(&new.data));
         encode_fields(&mut call, &new);
-        let reply: Vec<i64> = self.backend.invoke("session_create", &call).await?;
+        let reply: Vec<i64> = self.write("session_create", &call).await?;
         let [evicted, created_at, expires_at, absolute_expires_at] = <[i64; 4]>::try_from(reply)
             .map_err(|_| StoreError::Protocol("session_create: expected four integers".into()))?;
         let mut record = new.created_at(created_at);
@@ -149,7 +187,7 @@ impl SessionStore for RedisSessionStore {
         for name in removed {
             call.arg(name);
         }
-        let reply: Vec<Value> = self.backend.invoke("session_update", &call).await?;
+        let reply: Vec<Value> = self.write("session_update", &call).await?;
         let mut reply = reply.into_iter();
         let status = reply.next().map(|v| int(&v)).transpose()?;
         match (status, reply.next()) {
@@ -183,11 +221,7 @@ impl SessionStore for RedisSessionStore {
             .key(self.backend.keys().user_index(tenant, old.tag()))
             .arg(old.member())
             .arg(new.member());
-        match self
-            .backend
-            .invoke::<Value>("session_rotate", &call)
-            .await?
-        {
+        match self.write::<Value>("session_rotate", &call).await? {
             Value::Nil => Ok(None),
             other => decode_record(other).map(Some),
         }
@@ -200,7 +234,7 @@ impl SessionStore for RedisSessionStore {
             .arg(key.member());
         // Not retried: deleting twice ends in the same state, but the second answer ("already
         // gone") would hide that the first attempt deleted it.
-        Ok(self.backend.invoke::<i64>("session_delete", &call).await? == 1)
+        Ok(self.write::<i64>("session_delete", &call).await? == 1)
     }
 
     async fn list(
@@ -244,7 +278,7 @@ impl SessionStore for RedisSessionStore {
             .arg(user_id)
             .arg(keep.map(SessionKey::member).unwrap_or_default());
         // Not retried, for the same reason as session_delete: the count would be wrong.
-        self.backend.invoke("session_delete_user", &call).await
+        self.write("session_delete_user", &call).await
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod pki;
 pub mod raw;
+pub mod topology;
 
 use std::{
     future::Future,
@@ -29,8 +30,10 @@ macro_rules! tweak {
     };
 }
 
-/// Generates `memory_store::$name` and `redis_store::$name` for each contract test `$name(Backend)`,
-/// optionally with a config tweak applied to both.
+/// Generates `memory_store::$name`, `redis_store::$name`, `cluster_store::$name` and
+/// `sentinel_store::$name` for each contract test `$name(Backend)`, optionally with a config
+/// tweak applied to all. The cluster and sentinel variants share one topology per test binary
+/// (see `topology`), each test under its own key prefix.
 #[allow(unused_macros)]
 macro_rules! contract_tests {
     ($($name:ident $(with $tweak:expr)?),* $(,)?) => {
@@ -52,10 +55,31 @@ macro_rules! contract_tests {
                 }
             )*
         }
+        mod cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::cluster(tweak!($($tweak)?)).await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
+        mod sentinel_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::sentinel(tweak!($($tweak)?)).await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
     };
 }
 
-use flowstate::{config::Config, proto::v1::session_service_client::SessionServiceClient};
+use flowstate::{
+    config::{Config, RedisMode},
+    proto::v1::session_service_client::SessionServiceClient,
+};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
@@ -346,37 +370,94 @@ impl Drop for TestServer {
 pub struct Backend {
     pub server: TestServer,
     pub redis: Option<RedisServer>,
+    /// Standalone Redis only: its URL.
     pub redis_url: Option<String>,
+    /// Every node holding this test's keys (the masters of a cluster; empty for memory).
+    pub nodes: Vec<String>,
     pub prefix: String,
 }
 
 impl Backend {
     pub async fn memory(tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::start(None, None, tweak).await
+        Self::start(None, |_| {}, tweak).await
     }
 
     pub async fn redis(tweak: impl FnOnce(&mut Config)) -> Self {
         match std::env::var("FLOWSTATE_TEST_REDIS_URL") {
-            Ok(url) if !url.is_empty() => Self::start(None, Some(url), tweak).await,
+            Ok(url) if !url.is_empty() => {
+                let u = url.clone();
+                Self::start(None, move |c| c.redis.url = Some(u), tweak).await
+            }
             _ => {
                 let redis = RedisServer::start().await;
                 let url = redis.url();
-                Self::start(Some(redis), Some(url), tweak).await
+                Self::start(Some(redis), move |c| c.redis.url = Some(url), tweak).await
             }
         }
     }
 
-    /// Starts flowstate on the Redis at `redis_url` (the memory store when `None`) and waits
+    /// On the shared Redis Cluster of this test binary.
+    pub async fn cluster(tweak: impl FnOnce(&mut Config)) -> Self {
+        let cluster = tokio::task::spawn_blocking(topology::shared_cluster)
+            .await
+            .expect("cluster");
+        let seeds = cluster.seeds();
+        Self::start(
+            None,
+            move |c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis.nodes = seeds;
+            },
+            tweak,
+        )
+        .await
+    }
+
+    /// On the shared Sentinel topology of this test binary.
+    pub async fn sentinel(tweak: impl FnOnce(&mut Config)) -> Self {
+        let sentinel = tokio::task::spawn_blocking(topology::shared_sentinel)
+            .await
+            .expect("sentinel");
+        let urls = sentinel.urls();
+        Self::start(
+            None,
+            move |c| {
+                c.redis.mode = RedisMode::Sentinel;
+                c.redis.sentinels = urls;
+                c.redis.master_name = Some(topology::MASTER_NAME.to_owned());
+            },
+            tweak,
+        )
+        .await
+    }
+
+    /// Starts flowstate with `store` applied to the test config, then `tweak`, and waits
     /// until it is ready.
     async fn start(
         redis: Option<RedisServer>,
-        redis_url: Option<String>,
+        store: impl FnOnce(&mut Config),
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
         let mut config = test_config();
-        config.redis.url = redis_url.clone();
+        store(&mut config);
         tweak(&mut config);
         let prefix = config.redis.key_prefix.clone();
+        let redis_url = (config.redis.mode == RedisMode::Standalone)
+            .then(|| config.redis.url.clone())
+            .flatten();
+        let nodes = match config.redis.mode {
+            RedisMode::Standalone => redis_url.iter().cloned().collect(),
+            RedisMode::Cluster => topology::shared_cluster()
+                .masters()
+                .into_iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+            RedisMode::Sentinel => topology::shared_sentinel()
+                .master_port()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .into_iter()
+                .collect(),
+        };
         let server = TestServer::start(config).await;
         assert!(
             server
@@ -387,6 +468,7 @@ impl Backend {
             server,
             redis,
             redis_url,
+            nodes,
             prefix,
         }
     }
@@ -394,20 +476,21 @@ impl Backend {
     /// Every key this test's server wrote to Redis for tenants (flowstate's own keys, such as
     /// the health probe's `{prefix}:_:health`, left out; empty for the memory store).
     pub async fn redis_keys(&self) -> Vec<String> {
-        let Some(url) = &self.redis_url else {
-            return Vec::new();
-        };
-        let mut conn = redis::Client::open(url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
         let own = format!("{}:_:", self.prefix);
-        keys.into_iter().filter(|k| !k.starts_with(&own)).collect()
+        let mut all = Vec::new();
+        for url in &self.nodes {
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            all.extend(keys.into_iter().filter(|k| !k.starts_with(&own)));
+        }
+        all
     }
 }

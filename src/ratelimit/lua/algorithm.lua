@@ -114,8 +114,10 @@ end
 -- KEYS[i]  counter i (a hash: a, b, c = the three state integers)
 -- ARGV[1] cost, ARGV[2] commit ('1' or '0'),
 -- ARGV[3 + 4(i-1) ..]: algorithm code, limit, period ms, capacity of counter i
--- Returns per counter: allowed (0/1), remaining, reset_after ms, retry_after ms.
-local function run_check(now)
+-- Returns per counter: allowed (0/1), remaining, reset_after ms, retry_after ms, and with
+-- `windows` (a reservation, reserve.lua) a fifth value: the window the counter was decided in
+-- (what refund.lua needs to take the consumption back; 0 for the bucket algorithms).
+local function run_check(now, windows)
   local cost = tonumber(ARGV[1])
   local out = {}
   local writes = {}
@@ -134,6 +136,10 @@ local function run_check(now)
     out[#out + 1] = remaining
     out[#out + 1] = reset
     out[#out + 1] = retry
+    if windows then
+      local alg = tonumber(ARGV[base + 1])
+      if alg == 1 or alg == 2 then out[#out + 1] = int(n0) else out[#out + 1] = 0 end
+    end
     writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
   end
   if all and ARGV[2] == '1' then
@@ -144,4 +150,56 @@ local function run_check(now)
     end
   end
   return out
+end
+
+-- Takes back what a reservation (reserve.lua) consumed, when the reservation's other slots
+-- denied: the exact inverse of the consumption, whatever other callers did since.
+-- KEYS[i] counter i; ARGV[1] cost;
+-- ARGV[2 + 5(i-1) ..]: algorithm code, limit, period ms, capacity, and the window the
+-- reservation was decided in (from reserve.lua).
+-- A counter that expired meanwhile has nothing to give back; a fixed or sliding window that
+-- has moved on gives back only what still counts (a sliding window's previous window).
+-- Returns the number of counters it gave back to.
+local function run_refund(now)
+  local cost = tonumber(ARGV[1])
+  local given = 0
+  for i = 1, #KEYS do
+    local base = 1 + (i - 1) * 5
+    local alg, l, p, cap, window = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+      tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
+    local st = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
+    if st[1] then
+      local s0, s1, s2 = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
+      if alg == 1 then
+        if s0 == window then
+          redis.call('HSET', KEYS[i], 'b', int(math.max(s1 - cost, 0)))
+          given = given + 1
+        end
+      elseif alg == 2 then
+        if s0 == window then
+          redis.call('HSET', KEYS[i], 'b', int(math.max(s1 - cost, 0)))
+          given = given + 1
+        elseif s0 == window + 1 then
+          redis.call('HSET', KEYS[i], 'c', int(math.max(s2 - cost, 0)))
+          given = given + 1
+        end
+      elseif alg == 3 then
+        if s2 == 1 then
+          redis.call('HSET', KEYS[i], 'a', int(math.min(s0 + cost * p, cap * p)))
+          given = given + 1
+        end
+      else
+        if s2 >= 1 then
+          local at = math.max(now, s2)
+          local ahead = math.max((s0 - at) * l + s1, 0)
+          local after = math.max(ahead - cost * p, 0)
+          local q = math.floor(after / l)
+          redis.call('HSET', KEYS[i], 'a', int(at + q), 'b', int(after - q * l),
+            'c', int(math.max(at, 1)))
+          given = given + 1
+        end
+      end
+    end
+  end
+  return given
 end

@@ -1,0 +1,2 @@
+-- Takes back a reservation of reserve.lua (after the store clock and algorithm.lua).
+return run_refund(store_now())

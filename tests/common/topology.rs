@@ -1,0 +1,428 @@
+//! Real Redis topologies on loopback, started by the tests: a Cluster (masters with replicas,
+//! `redis-server --cluster-enabled yes` + `redis-cli --cluster create`) and Sentinel (a master,
+//! a replica, three sentinels). Failure timeouts are short (1 s) so failovers finish within a
+//! test.
+//!
+//! A test that kills nodes starts its own topology (killed on drop). The contract suites share
+//! one of each per test binary ([`shared_cluster`], [`shared_sentinel`]), each test under its
+//! own key prefix; those live until the test binary exits, when a watchdog process (a shell
+//! loop watching this process's pid) kills them, since statics are never dropped.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// A node's port: below 55536, because a Cluster node also listens on port + 10000 (its bus).
+fn node_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand::random::<u16>() % 30_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` every 20 ms for up to `limit` (blocking: topologies start outside any runtime).
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A synchronous connection to one node (the topology is driven from outside the runtime).
+pub fn node_client(port: u16) -> Option<redis::Connection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()
+}
+
+fn info(port: u16, section: &[&str]) -> Option<String> {
+    let mut c = node_client(port)?;
+    let mut cmd = redis::cmd(section[0]);
+    for arg in &section[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query::<String>(&mut c).ok()
+}
+
+/// One `redis-server` process.
+pub struct Node {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(port: u16, args: &[String]) -> Self {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server: is it installed (apt-get install redis-server)?");
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the node vanishes without a word to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills `pids` once this process is gone (statics are never dropped).
+fn watchdog(pids: &[u32]) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg("p=$1; shift; while kill -0 $p 2>/dev/null; do sleep 0.5; done; kill -9 \"$@\" 2>/dev/null")
+        .arg("flowstate-test-watchdog")
+        .arg(std::process::id().to_string())
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// A Redis Cluster on loopback.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `masters` masters with `replicas` replicas each; returns once every node sees every
+    /// slot served and every replica is in sync with its master.
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        for _ in 0..total {
+            let port = node_port();
+            nodes.push(Self::spawn_node(dir.path().to_path_buf(), port));
+        }
+        for node in &nodes {
+            let port = node.port;
+            wait_for(Duration::from_secs(10), "a cluster node to start", || {
+                node_client(port).is_some()
+            });
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create (redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes, dir };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    fn spawn_node(dir: PathBuf, port: u16) -> Node {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-config-file",
+            conf.to_str().expect("utf-8 path"),
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        Node::spawn(port, &args)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and agrees on the masters,
+    /// and every replica's link to its master is up.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let running: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.port)
+            .collect();
+        wait_for(limit, "the cluster to be healthy", || {
+            running.iter().all(|&p| {
+                info(p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                    && info(p, &["INFO", "replication"]).is_some_and(|i| {
+                        i.contains("role:master") || i.contains("master_link_status:up")
+                    })
+            }) && self.masters().len() == self.master_count()
+        });
+    }
+
+    /// How many masters the cluster should have (the nodes that serve slots).
+    fn master_count(&self) -> usize {
+        let Some(port) = self.nodes.iter().find(|n| n.is_running()).map(|n| n.port) else {
+            return 0;
+        };
+        info(port, &["CLUSTER", "NODES"]).map_or(0, |nodes| {
+            nodes
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+                .count()
+        })
+    }
+
+    /// The ports of the masters serving slots now (as the first running node sees them).
+    pub fn masters(&self) -> Vec<u16> {
+        let Some(port) = self.nodes.iter().find(|n| n.is_running()).map(|n| n.port) else {
+            return Vec::new();
+        };
+        let Some(nodes) = info(port, &["CLUSTER", "NODES"]) else {
+            return Vec::new();
+        };
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+            .filter_map(|l| {
+                let addr = l.split(' ').nth(1)?;
+                addr.split('@').next()?.rsplit(':').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Seed URLs for flowstate (every node: any reachable one suffices).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill();
+        }
+    }
+
+    /// Keeps the processes past this value (for a shared cluster: the watchdog ends them).
+    fn leak(self) -> &'static Self {
+        let pids: Vec<u32> = self.nodes.iter().filter_map(Node::pid).collect();
+        watchdog(&pids);
+        Box::leak(Box::new(self))
+    }
+
+    /// Where its files are (node configs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// One 3-master, 3-replica cluster per test binary, started by the first test that asks.
+pub fn shared_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<&'static Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start(3, 1).leak())
+}
+
+/// Redis Sentinel on loopback: a master, a replica, three sentinels.
+pub struct Sentinel {
+    pub master: Node,
+    pub replica: Node,
+    pub sentinels: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+/// The master name the sentinels monitor.
+pub const MASTER_NAME: &str = "fsmaster";
+
+impl Sentinel {
+    /// Starts the topology; returns once every sentinel knows the master, the replica and the
+    /// other two sentinels (so a failover can be agreed).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("sentinel dir");
+        let data = |port: u16, extra: &[&str]| -> Vec<String> {
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.path().to_str().expect("utf-8 path"),
+                "--dbfilename",
+                &format!("dump-{port}.rdb"),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args
+        };
+        let master_port = node_port();
+        let master = Node::spawn(master_port, &data(master_port, &[]));
+        wait_for(Duration::from_secs(10), "the master to start", || {
+            node_client(master_port).is_some()
+        });
+        let replica_port = node_port();
+        let replica = Node::spawn(
+            replica_port,
+            &data(
+                replica_port,
+                &["--replicaof", "127.0.0.1", &master_port.to_string()],
+            ),
+        );
+        wait_for(Duration::from_secs(10), "the replica to sync", || {
+            info(replica_port, &["INFO", "replication"])
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        });
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = node_port();
+            let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 5000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("sentinel config");
+            sentinels.push(Node::spawn(
+                port,
+                &[
+                    conf.to_str().expect("utf-8 path").to_owned(),
+                    "--sentinel".to_owned(),
+                ],
+            ));
+        }
+        let topology = Self {
+            master,
+            replica,
+            sentinels,
+            dir,
+        };
+        topology.wait_ready(Duration::from_secs(30));
+        topology
+    }
+
+    /// Waits until every running sentinel knows a master with a replica and two other
+    /// sentinels.
+    pub fn wait_ready(&self, limit: Duration) {
+        let ports: Vec<u16> = self.sentinels.iter().map(|n| n.port).collect();
+        wait_for(limit, "the sentinels to agree", || {
+            ports.iter().all(|&p| {
+                let Some(mut c) = node_client(p) else {
+                    return false;
+                };
+                let master: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+                    .arg("MASTER")
+                    .arg(MASTER_NAME)
+                    .query(&mut c);
+                master.is_ok_and(|fields| {
+                    let get = |name: &str| {
+                        fields
+                            .iter()
+                            .position(|f| f == name)
+                            .and_then(|i| fields.get(i + 1))
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    get("num-slaves") == "1"
+                        && get("num-other-sentinels") == "2"
+                        && get("flags") == "master"
+                })
+            })
+        });
+    }
+
+    /// Sentinel URLs for flowstate.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The master's port as the sentinels say now.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let mut c = node_client(s.port)?;
+            let addr: Vec<String> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(MASTER_NAME)
+                .query(&mut c)
+                .ok()?;
+            addr.get(1)?.parse().ok()
+        })
+    }
+
+    fn leak(self) -> &'static Self {
+        let pids: Vec<u32> = [&self.master, &self.replica]
+            .into_iter()
+            .chain(&self.sentinels)
+            .filter_map(Node::pid)
+            .collect();
+        watchdog(&pids);
+        Box::leak(Box::new(self))
+    }
+
+    /// Where its files are.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// One sentinel topology per test binary, started by the first test that asks.
+pub fn shared_sentinel() -> &'static Sentinel {
+    static SENTINEL: OnceLock<&'static Sentinel> = OnceLock::new();
+    SENTINEL.get_or_init(|| Sentinel::start().leak())
+}
