@@ -55,21 +55,32 @@ fn info(port: u16, section: &[&str]) -> Option<String> {
 /// One `redis-server` process.
 pub struct Node {
     pub port: u16,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Node {
     fn spawn(port: u16, args: &[String]) -> Self {
+        let mut node = Self {
+            port,
+            args: args.to_vec(),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the process again with the same arguments (a cluster node rejoins with its
+    /// nodes.conf, a sentinel-managed server is turned into a replica by the sentinels).
+    pub fn restart(&mut self) {
+        self.kill();
         let child = Command::new("redis-server")
-            .args(args)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning redis-server: is it installed (apt-get install redis-server)?");
-        Self {
-            port,
-            child: Some(child),
-        }
+        self.child = Some(child);
     }
 
     fn pid(&self) -> Option<u32> {
@@ -238,11 +249,36 @@ impl Cluster {
             .collect()
     }
 
-    /// Kills the node on `port` (SIGKILL).
-    pub fn kill(&mut self, port: u16) {
-        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
-            node.kill();
-        }
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// The port of the master serving `slot` now.
+    pub fn master_of(&self, slot: u16) -> Option<u16> {
+        let port = self.nodes.iter().find(|n| n.is_running())?.port;
+        let mut c = node_client(port)?;
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).ok()?;
+        slots.into_iter().find_map(|range| {
+            let redis::Value::Array(parts) = range else {
+                return None;
+            };
+            let int = |v: &redis::Value| match v {
+                redis::Value::Int(i) => Some(*i),
+                _ => None,
+            };
+            let (start, end) = (int(parts.first()?)?, int(parts.get(1)?)?);
+            if !(start..=end).contains(&i64::from(slot)) {
+                return None;
+            }
+            let redis::Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            u16::try_from(int(master.get(1)?)?).ok()
+        })
     }
 
     /// Keeps the processes past this value (for a shared cluster: the watchdog ends them).
