@@ -241,6 +241,26 @@ async fn under_failover(server: &TestServer, mut step: impl FnMut(Step)) -> Repo
     });
     let stop = Arc::new(AtomicBool::new(false));
     let run = Instant::now();
+    // Readiness, sampled every 50 ms: it must turn NOT_SERVING while a master is missing.
+    let seen_not_ready = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, seen, channel) = (stop.clone(), seen_not_ready.clone(), server.channel.clone());
+        tokio::spawn(async move {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            while !stop.load(Ordering::Relaxed) {
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "readiness".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status() == ServingStatus::Serving);
+                if !matches!(status, Ok(true)) {
+                    seen.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     let tasks: Vec<_> = (0..CALLERS)
         .map(|i| {
             tokio::spawn(caller(
@@ -283,6 +303,11 @@ async fn under_failover(server: &TestServer, mut step: impl FnMut(Step)) -> Repo
     for t in tasks {
         t.await.expect("caller");
     }
+    sampler.await.expect("readiness sampler");
+    assert!(
+        seen_not_ready.load(Ordering::Relaxed),
+        "readiness never turned NOT_SERVING while the master was gone"
+    );
     assert!(
         server
             .wait_health("readiness", ServingStatus::Serving)

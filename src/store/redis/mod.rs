@@ -461,25 +461,42 @@ impl RedisBackend {
         result
     }
 
-    /// Asks every master for `CLUSTER INFO`: all must answer and say `cluster_state:ok`.
+    /// Every slot is served: `CLUSTER SLOTS` (from any node) covers all 16384 slots, and every
+    /// master it names answers `CLUSTER INFO` with `cluster_state:ok`. A master that is gone is
+    /// noticed at once (it does not answer), before the cluster itself marks it failed; once a
+    /// replica has taken over, the connections are replaced and learn the new map.
     async fn cluster_state(&self) -> Result<(), StoreError> {
-        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-        let infos: Vec<String> = self
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+        let (masters, infos) = self
             .with_connection("ping", |conn| async move {
                 let Conn::Cluster(mut conn) = conn else {
-                    return Ok(Vec::new());
+                    return Ok((0, Vec::new()));
                 };
-                let reply = conn
+                let slots = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await?;
+                let infos = conn
                     .route_command(
                         redis::cmd("CLUSTER").arg("INFO").clone(),
                         RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
                     )
                     .await?;
-                Ok(cluster_infos(reply))
+                Ok((slot_masters(&slots), cluster_infos(infos)))
             })
             .await?;
-        if infos.is_empty() {
-            return Err(StoreError::Unavailable("no cluster master answered".into()));
+        let Some(masters) = std::num::NonZeroUsize::new(masters) else {
+            return Err(StoreError::Unavailable(
+                "the cluster does not serve every slot".into(),
+            ));
+        };
+        if infos.len() < masters.get() {
+            return Err(StoreError::Unavailable(format!(
+                "{} of {masters} cluster masters answered",
+                infos.len()
+            )));
         }
         match infos
             .iter()
@@ -491,6 +508,37 @@ impl RedisBackend {
             None => Ok(()),
         }
     }
+}
+
+/// How many masters a `CLUSTER SLOTS` reply names, when its ranges cover every slot; 0 when
+/// some slot has no master.
+fn slot_masters(reply: &Value) -> usize {
+    let Value::Array(ranges) = reply else {
+        return 0;
+    };
+    let mut covered = 0i64;
+    let mut masters = std::collections::HashSet::new();
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            return 0;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            return 0;
+        };
+        covered += end - start + 1;
+        let host = match master.first() {
+            Some(Value::BulkString(h)) => h.clone(),
+            _ => Vec::new(),
+        };
+        let port = match master.get(1) {
+            Some(Value::Int(p)) => *p,
+            _ => 0,
+        };
+        masters.insert((host, port));
+    }
+    if covered == 16384 { masters.len() } else { 0 }
 }
 
 /// The texts of a fanned-out `CLUSTER INFO` (a map of node to text, or a list of texts).

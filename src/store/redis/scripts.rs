@@ -110,9 +110,10 @@ impl Scripts {
     }
 
     /// Loads every registered script on `conn`: one pipelined round trip to a single server;
-    /// on a cluster one `SCRIPT LOAD` per script, each sent to every node (replicas too, so a
-    /// replica promoted by a failover already has them). A node that joins later, or one that
-    /// restarted empty, answers NOSCRIPT once and is loaded then.
+    /// on a cluster one `SCRIPT LOAD` per script, each sent to every node the connection holds
+    /// (the masters: flowstate reads from masters only). A replica promoted by a failover, a
+    /// node that joins later or one that restarted empty answers NOSCRIPT once, and this runs
+    /// again (with the new topology) before the call is resent.
     pub async fn load_all(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         let sources: Vec<&'static str> = self
             .by_name
