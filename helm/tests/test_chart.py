@@ -145,7 +145,47 @@ def test_schema_rejects_redis_without_a_url():
     chart.validate_schema({"store": "memory"})
 
 
-@pytest.mark.parametrize("values", [None, PRODUCTION], ids=["defaults", "production"])
+CLUSTER = {
+    "store": "redis",
+    "redis": {
+        "mode": "cluster",
+        "nodes": ["redis://redis-cluster-0.redis-cluster:6379", "redis://redis-cluster-1.redis-cluster:6379"],
+    },
+}
+SENTINEL = {
+    "store": "redis",
+    "redis": {
+        "mode": "sentinel",
+        "sentinels": ["redis://redis-sentinel-0.redis:26379", "redis://redis-sentinel-1.redis:26379"],
+        "masterName": "mymaster",
+    },
+}
+
+
+def test_cluster_and_sentinel_modes_render_their_own_settings():
+    _, c = container(render(CLUSTER))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLOWSTATE_REDIS__MODE"] == "cluster"
+    assert env["FLOWSTATE_REDIS__NODES"] == ",".join(CLUSTER["redis"]["nodes"])
+    assert "FLOWSTATE_REDIS__URL" not in env
+    _, c = container(render(SENTINEL))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLOWSTATE_REDIS__MODE"] == "sentinel"
+    assert env["FLOWSTATE_REDIS__SENTINELS"] == ",".join(SENTINEL["redis"]["sentinels"])
+    assert env["FLOWSTATE_REDIS__MASTER_NAME"] == "mymaster"
+    assert "FLOWSTATE_REDIS__URL" not in env
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"store": "redis", "redis": {"mode": "sentinel", "sentinels": ["redis://s:26379"]}})
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"store": "redis", "redis": {"mode": "cluster"}})
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"store": "redis", "redis": {"mode": "ring"}})
+
+
+@pytest.mark.parametrize(
+    "values", [None, PRODUCTION, CLUSTER, SENTINEL], ids=["defaults", "production", "cluster", "sentinel"]
+)
 def test_rendered_config_is_accepted_by_flowstate(values):
     """The ConfigMap with the container's own environment, as the pod starts it."""
     binary = os.environ.get("FLOWSTATE_BIN", str(ROOT / "target" / "debug" / "flowstate"))
