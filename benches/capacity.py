@@ -34,12 +34,13 @@ def cli(port: int, *args: str) -> str:
     return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True).stdout
 
 
-def commandstats(port: int) -> dict[str, int]:
+def commandstats(port: int) -> dict[str, tuple[int, int]]:
+    """Command -> (calls, microseconds of Redis CPU spent in it)."""
     stats = {}
     for line in cli(port, "INFO", "commandstats").splitlines():
-        m = re.match(r"cmdstat_([\w|]+):calls=(\d+)", line)
+        m = re.match(r"cmdstat_([\w|]+):calls=(\d+),usec=(\d+)", line)
         if m:
-            stats[m.group(1)] = int(m.group(2))
+            stats[m.group(1)] = (int(m.group(2)), int(m.group(3)))
     return stats
 
 
@@ -97,12 +98,17 @@ def main() -> int:
             before = commandstats(rport)
             run()
             after = commandstats(rport)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-            # `info` is redis-cli's own INFO of the previous reading.
-            delta = {k: v for k, v in delta.items() if v and k != "info"}
-            total = sum(delta.values()) / count
-            results["per_rpc"][name] = {"commands": total,
-                                        "detail": {k: v / count for k, v in sorted(delta.items())}}
+            calls = {k: after[k][0] - before.get(k, (0, 0))[0] for k in after}
+            usec = {k: after[k][1] - before.get(k, (0, 0))[1] for k in after}
+            # `info` is redis-cli's own INFO of the previous reading. A script's usec includes
+            # the commands it ran (they are also listed on their own): count EVALSHA's.
+            calls = {k: v for k, v in calls.items() if v and k != "info"}
+            scripted = "evalsha" in calls
+            cpu = usec.get("evalsha", 0) if scripted else sum(v for k, v in usec.items() if k in calls)
+            if scripted:
+                cpu += sum(usec[k] for k in ("get", "hmget", "zscan") if k in calls and calls[k] >= count)
+            results["per_rpc"][name] = {"commands": sum(calls.values()) / count, "usec": cpu / count,
+                                        "detail": {k: v / count for k, v in sorted(calls.items())}}
 
         per_object("session (2 data fields, 1 metadata field)", create_sessions)
         per_object("cache entry (100-byte value, no tags)",
@@ -138,10 +144,11 @@ def main() -> int:
     print(f"\nper object ({args.n} of each), Redis 7 used_memory and DBSIZE deltas")
     for name, r in results["per_object"].items():
         print(f"  {name:<52} {r['bytes']:>7.0f} B  {r['keys']:.2f} keys")
-    print("\nper RPC: Redis commands executed (a script counts as EVALSHA plus what it runs)")
+    print("\nper RPC: Redis commands executed (a script counts as EVALSHA plus what it runs) and Redis CPU "
+          "in command execution (INFO commandstats usec; network and parsing not included)")
     for name, r in results["per_rpc"].items():
         detail = " ".join(f"{k}={v:.2g}" for k, v in r["detail"].items())
-        print(f"  {name:<30} {r['commands']:>6.2f}   {detail}")
+        print(f"  {name:<30} {r['commands']:>6.2f} cmds {r['usec']:>6.1f} µs   {detail}")
     (OUT / "capacity.json").write_text(json.dumps(results, indent=2))
     return 0
 

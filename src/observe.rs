@@ -106,6 +106,18 @@ fn describe() {
         "Version and store kind of this process."
     );
     describe_counter!(
+        "flowstate_store_retries_total",
+        "Store calls resent because Redis refused them without running them (failover, resharding), by op."
+    );
+    describe_counter!(
+        "flowstate_ratelimit_refund_failures_total",
+        "Cluster: reservations of a multi-slot Check that could not be refunded (they stay consumed until their window passes)."
+    );
+    describe_counter!(
+        "flowstate_session_write_concern_missed_total",
+        "Session writes not confirmed by session.write_concern.replicas replicas in time (answered UNAVAILABLE), by op."
+    );
+    describe_counter!(
         "flowstate_auth_denied_total",
         "Calls refused by authentication or authorization, by reason (unauthenticated, \
          permission_denied, quota, unknown_method) and tenant (empty when unidentified)."

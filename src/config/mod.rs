@@ -331,6 +331,96 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_take_their_own_settings_and_refuse_the_others() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_REDIS__MODE", "cluster"),
+                ("FLOWSTATE_REDIS__NODES", "redis://a:6379, redis://b:6379"),
+            ]),
+        )
+        .expect("cluster from the environment");
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(c.redis.nodes, ["redis://a:6379", "redis://b:6379"]);
+        assert!(c.redis.is_configured() && c.redis.url.is_none());
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_REDIS__MODE", "sentinel"),
+                (
+                    "FLOWSTATE_REDIS__SENTINELS",
+                    "redis://s1:26379,redis://s2:26379",
+                ),
+                ("FLOWSTATE_REDIS__MASTER_NAME", "mymaster"),
+            ]),
+        )
+        .expect("sentinel from the environment");
+        assert_eq!(c.redis.sentinels.len(), 2);
+        for (pairs, named) in [
+            (
+                &[("FLOWSTATE_REDIS__SENTINELS", "redis://s:26379")][..],
+                "redis.sentinels",
+            ),
+            (&[("FLOWSTATE_REDIS__MODE", "cluster")][..], "no seed node"),
+            (
+                &[
+                    ("FLOWSTATE_REDIS__MODE", "cluster"),
+                    ("FLOWSTATE_REDIS__URL", "redis://a:6379"),
+                    ("FLOWSTATE_REDIS__NODES", "redis://b:6379"),
+                ][..],
+                "both set",
+            ),
+            (
+                &[
+                    ("FLOWSTATE_REDIS__MODE", "sentinel"),
+                    ("FLOWSTATE_REDIS__SENTINELS", "redis://s:26379"),
+                ][..],
+                "redis.master_name",
+            ),
+            (
+                &[
+                    ("FLOWSTATE_REDIS__MODE", "sentinel"),
+                    ("FLOWSTATE_REDIS__SENTINELS", "redis://s:26379"),
+                    ("FLOWSTATE_REDIS__MASTER_NAME", "m"),
+                    ("FLOWSTATE_REDIS__URL", "redis://a:6379"),
+                ][..],
+                "the sentinels name the master",
+            ),
+            (&[("FLOWSTATE_REDIS__MODE", "ring")][..], "redis.mode"),
+            (
+                &[("FLOWSTATE_SESSION__WRITE_CONCERN__REPLICAS", "1")][..],
+                "needs Redis",
+            ),
+        ] {
+            let err = Config::load(None, env(pairs))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(named), "{pairs:?}: {err}");
+        }
+        // The cluster's single seed may be redis.url.
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_REDIS__MODE", "cluster"),
+                ("FLOWSTATE_REDIS__URL", "redis://a:6379"),
+            ]),
+        )
+        .expect("a single seed");
+        assert!(c.redis.is_configured());
+        // Passwords in node and sentinel URLs are redacted like the URL's.
+        let mut c = Config::default();
+        c.redis.mode = RedisMode::Sentinel;
+        c.redis.sentinels = vec!["redis://:hunter2@s:26379".into()];
+        c.redis.sentinel_password = Some("s3cret".into());
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", c.redis).contains("hunter2"));
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         assert_eq!(
             redact_url("redis://user:hunter2@host:6379/0"),
