@@ -244,9 +244,15 @@ impl RedisBackend {
         let result = loop {
             let attempt = async {
                 let (pooled, conn, broken) = self.checkout(pool).await?;
-                // The shared pool's object goes back at once (the handle is multiplexed); an
-                // exclusive one is held until the call is over.
-                let held = if hold { Some(pooled) } else { None };
+                // The shared pool's object goes back at once (the handle is multiplexed, and
+                // holding it would cap calls in flight at the pool size); an exclusive one is
+                // held until the call is over.
+                let held = if hold {
+                    Some(pooled)
+                } else {
+                    drop(pooled);
+                    None
+                };
                 let result = f(conn).await.map_err(|e| {
                     if e.is_unrecoverable_error() || e.is_connection_dropped() {
                         broken.store(true, Ordering::Release);
