@@ -106,6 +106,13 @@ impl From<Error> for Status {
                     tracing::warn!(error = %e, "store full");
                     Status::resource_exhausted("the store is full")
                 }
+                StoreError::NotReplicated { acked, wanted } => {
+                    tracing::warn!(error = %e, "write concern not met");
+                    Status::unavailable(format!(
+                        "the write was made, but {acked} of the {wanted} replicas the write \
+                         concern asks for confirmed it in time: it may not survive a failover"
+                    ))
+                }
             },
         }
     }

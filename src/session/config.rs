@@ -56,7 +56,7 @@ impl Default for WriteConcern {
     fn default() -> Self {
         Self {
             replicas: 0,
-            timeout: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
         }
     }
 }

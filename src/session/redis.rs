@@ -98,11 +98,10 @@ impl RedisSessionStore {
         if acked < replicas {
             metrics::counter!("flowstate_session_write_concern_missed_total", "op" => op)
                 .increment(1);
-            return Err(StoreError::Unavailable(format!(
-                "the session write was acknowledged by {acked} of {replicas} replicas within \
-                 {} ms; it may not survive a failover",
-                timeout.as_millis()
-            )));
+            return Err(StoreError::NotReplicated {
+                acked,
+                wanted: replicas,
+            });
         }
         let reply = replies
             .pop()

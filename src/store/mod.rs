@@ -35,6 +35,15 @@ pub enum StoreError {
     /// `memory.max_bytes` spent.
     #[error("store full: {0}")]
     Full(&'static str),
+    /// A write made on the master that fewer replicas than its write concern confirmed in
+    /// time: it may or may not survive a failover.
+    #[error("write acknowledged by {acked} of {wanted} replicas in time")]
+    NotReplicated {
+        /// Replicas that confirmed it.
+        acked: u32,
+        /// Replicas the write concern asks for.
+        wanted: u32,
+    },
 }
 
 impl StoreError {
@@ -43,7 +52,9 @@ impl StoreError {
     /// these let a rate limit with `failure_mode = open` admit.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Timeout(_) | StoreError::Unavailable(_) => true,
+            StoreError::Timeout(_)
+            | StoreError::Unavailable(_)
+            | StoreError::NotReplicated { .. } => true,
             StoreError::Protocol(_) | StoreError::Refused(_) | StoreError::Full(_) => false,
         }
     }
@@ -56,6 +67,7 @@ impl StoreError {
             StoreError::Protocol(_) => "protocol",
             StoreError::Refused(_) => "refused",
             StoreError::Full(_) => "full",
+            StoreError::NotReplicated { .. } => "not_replicated",
         }
     }
 }

@@ -110,8 +110,10 @@ impl RedisBackend {
                 .build()
                 .map_err(|e| StoreError::Protocol(format!("redis pool: {e}")))
         };
-        let (shared, display_url) = connector(config)?;
-        let (exclusive, _) = connector(config)?;
+        let (shared, display_url) = connector(config, Some(config.command_timeout))?;
+        // No reply timeout of the connection's own: a WAIT's round trip is bounded per call
+        // (`pipeline_wait`), by the command timeout plus the WAIT's own.
+        let (exclusive, _) = connector(config, None)?;
         Ok(Self {
             pool: pool(shared, config.pool_size)?,
             // Opened only when a call needs one (a write concern); as many as the pool.
@@ -254,7 +256,12 @@ impl RedisBackend {
                     None
                 };
                 let result = f(conn).await.map_err(|e| {
-                    if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    // A connection held for one call that timed out may still get its late
+                    // reply: nobody else may inherit it.
+                    if e.is_unrecoverable_error()
+                        || e.is_connection_dropped()
+                        || (hold && e.is_timeout())
+                    {
                         broken.store(true, Ordering::Release);
                     }
                     if self.mode != RedisMode::Cluster && server_changed_role(&e) {
@@ -268,9 +275,12 @@ impl RedisBackend {
                     }
                     if self.mode == RedisMode::Cluster
                         && (e.is_connection_refusal()
-                            || e.kind() == ErrorKind::ClusterConnectionNotFound)
+                            || e.kind() == ErrorKind::ClusterConnectionNotFound
+                            || e.code() == Some("MOVED"))
                     {
-                        // A node is gone: this connection's slot map may still point at it.
+                        // A node is gone or a slot moved: this connection's slot map is stale.
+                        // The client refreshes it in the background, but a refresh during a
+                        // failover can fail; a new connection learns the map afresh.
                         broken.store(true, Ordering::Release);
                     }
                     Failure {
@@ -423,9 +433,17 @@ impl RedisBackend {
             .arg(replicas)
             .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let scripts = self.scripts.clone();
+        let limit = self.command_timeout + timeout;
         let mut replies = self
             .run(op, &self.exclusive, true, |conn| {
-                send_on(conn, &waited, &scripts)
+                let (waited, scripts) = (&waited, &scripts);
+                async move {
+                    tokio::time::timeout(limit, send_on(conn, waited, scripts))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+                        })
+                }
             })
             .await?;
         let acked = match replies.pop() {
@@ -643,12 +661,15 @@ fn by_slot(pipe: &Pipeline) -> Result<Vec<(Pipeline, Vec<usize>)>, StoreError> {
 }
 
 /// The connector of `config`'s mode, and how to name it in logs (passwords hidden).
-fn connector(config: &RedisConfig) -> Result<(Connector, String), StoreError> {
+fn connector(
+    config: &RedisConfig,
+    response_timeout: Option<Duration>,
+) -> Result<(Connector, String), StoreError> {
     let bad = |key: &str, e: RedisError| StoreError::Protocol(format!("{key}: {e}"));
     let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
     let connection_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.command_timeout));
+        .set_response_timeout(response_timeout);
     match config.mode {
         RedisMode::Standalone => {
             let url = config
@@ -689,8 +710,10 @@ fn connector(config: &RedisConfig) -> Result<(Connector, String), StoreError> {
                 // See `pool`: the client never resends on its own.
                 .retries(0)
                 .connection_timeout(config.connect_timeout)
-                .response_timeout(config.command_timeout)
                 .tcp_settings(nodelay);
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
+            }
             if let Some(username) = &config.username {
                 builder = builder.username(username);
             }
