@@ -62,12 +62,13 @@ def main() -> int:
                     rounds[name][s].append(result[s]["rps"])
                 print(f"round {r + 1} {name}: " + ", ".join(f"{s} {result[s]['rps']:.0f}" for s in SCENARIOS),
                       flush=True)
-        print(f"\n{'scenario':<17}{'before (rounds)':>28}{'after (rounds)':>28}{'change (medians)':>18}")
+        width = 7 * args.rounds + 2
+        print(f"\n{'scenario':<17}{'before (rounds)':>{width}}  {'after (rounds)':>{width}}  {'change (medians)':>16}")
         for s in SCENARIOS:
             b, a = rounds["before"][s], rounds["after"][s]
             change = statistics.median(a) / statistics.median(b) - 1
-            print(f"{s:<17}{', '.join(f'{x:.0f}' for x in b):>28}{', '.join(f'{x:.0f}' for x in a):>28}"
-                  f"{change:>+17.1%}")
+            print(f"{s:<17}{', '.join(f'{x:.0f}' for x in b):>{width}}  {', '.join(f'{x:.0f}' for x in a):>{width}}"
+                  f"  {change:>+16.1%}")
     finally:
         for p in reversed(procs):
             p.terminate()
