@@ -19,6 +19,12 @@ pub fn scope<F: Future>(deadline: Instant, fut: F) -> impl Future<Output = F::Ou
     DEADLINE.scope(deadline, fut)
 }
 
+/// The current call's deadline; `None` outside a call. A task spawned for the call takes it
+/// along with [`scope`].
+pub fn current() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
 /// Time left until the current call's deadline; `None` outside a call (background tasks).
 pub fn remaining() -> Option<Duration> {
     DEADLINE

@@ -10,9 +10,12 @@
 //!    when they all allow, consumes right away;
 //! 2. if every slot allowed, the reservations stand: that is the commit, and the success path
 //!    stays one round trip. If any slot denied (or failed), `lua/refund.lua` takes back the
-//!    reservations of the slots that consumed, the exact inverse of the consumption.
+//!    reservations of the slots that consumed: what each still holds (all of it for the
+//!    windows; for a bucket or GCRA, less what refilled or drained meanwhile, which the
+//!    reservation can no longer have kept from anyone).
 //!
-//! It never over-admits: every admission was consumed in every slot before it was answered.
+//! It never over-admits: every admission was consumed in every slot before it was answered,
+//! and a refund never gives back more than the reservation still keeps out.
 //! It may under-admit: between a reservation and its refund (one round trip, well under a
 //! millisecond on a LAN), a concurrent Check of the same counter sees the reservation and may
 //! be denied for it. The bound is the cost of the reservations in flight that end up refunded.
@@ -39,7 +42,8 @@ use crate::{
     tenant::Tenant,
 };
 
-/// Rate-limit counters in Redis.
+/// Rate-limit counters in Redis. Cheap to clone (a multi-slot Check runs in a task of its own).
+#[derive(Clone)]
 pub struct RedisRateLimitStore {
     backend: RedisBackend,
     check: LuaScript,
@@ -47,7 +51,18 @@ pub struct RedisRateLimitStore {
     refund: LuaScript,
 }
 
+/// What the slots of a multi-slot Check answered.
+struct SlotsOutcome {
+    /// Every counter's decision, or the first slot's failure.
+    decisions: Result<Vec<Decision>, StoreError>,
+    /// Per counter, what `refund.lua` needs (from `reserve.lua`).
+    windows: Vec<(i64, i64)>,
+    /// The groups that consumed and must be refunded (another slot denied or failed).
+    to_refund: Vec<usize>,
+}
+
 /// The counters of one Check that share a slot: their positions in the request.
+#[derive(Clone)]
 struct SlotGroup {
     positions: Vec<usize>,
 }
@@ -127,17 +142,43 @@ impl RedisRateLimitStore {
     }
 
     /// A Check over counters in several slots: reserve in each, refund if any denied (see the
-    /// module docs).
+    /// module docs). Runs in a task of its own, to completion even if the RPC is cancelled
+    /// (deadline, client gone) meanwhile: reservations made must be refunded either way. The
+    /// reservations retry within the RPC's deadline (`deadline`); the refunds within
+    /// `redis.failover_wait` alone.
     async fn check_across_slots(
+        self,
+        keys: Vec<String>,
+        counters: Vec<Counter>,
+        groups: Vec<SlotGroup>,
+        cost: u64,
+        commit: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let decide = self.decide_across_slots(&keys, &counters, &groups, cost, commit);
+        let outcome = match deadline {
+            Some(deadline) => crate::deadline::scope(deadline, decide).await,
+            None => decide.await,
+        };
+        if !outcome.to_refund.is_empty() {
+            let reserved: Vec<&SlotGroup> = outcome.to_refund.iter().map(|&g| &groups[g]).collect();
+            self.refund(&keys, &counters, &reserved, &outcome.windows, cost)
+                .await;
+        }
+        outcome.decisions
+    }
+
+    /// Every slot's part of the Check, at once.
+    async fn decide_across_slots(
         &self,
         keys: &[String],
         counters: &[Counter],
         groups: &[SlotGroup],
         cost: u64,
         commit: bool,
-    ) -> Result<Vec<Decision>, StoreError> {
+    ) -> SlotsOutcome {
         let script = if commit { &self.reserve } else { &self.check };
-        let width = if commit { 5 } else { 4 };
+        let width = if commit { 6 } else { 4 };
         let calls: Vec<ScriptCall> = groups
             .iter()
             .map(|g| self.decide_call(script, keys, counters, &g.positions, cost, commit))
@@ -157,11 +198,11 @@ impl RedisRateLimitStore {
         }))
         .await;
         let mut decisions = vec![Decision::default(); counters.len()];
-        let mut windows = vec![0i64; counters.len()];
+        let mut windows = vec![(0i64, 0i64); counters.len()];
         let mut reserved = Vec::new();
         let mut failure = None;
         let mut all = true;
-        for (group, reply) in groups.iter().zip(replies) {
+        for (g, (group, reply)) in groups.iter().zip(replies).enumerate() {
             let reply = match reply.and_then(|r| {
                 if r.len() == group.positions.len() * width {
                     Ok(r)
@@ -185,20 +226,24 @@ impl RedisRateLimitStore {
                 decisions[i] = decision(r);
                 group_allows &= decisions[i].allowed;
                 if commit {
-                    windows[i] = r[4];
+                    windows[i] = (r[4], r[5]);
                 }
             }
             all &= group_allows;
             if commit && group_allows {
-                reserved.push(group);
+                reserved.push(g);
             }
         }
-        if commit && !all && !reserved.is_empty() {
-            self.refund(keys, counters, &reserved, &windows, cost).await;
+        if all || !commit {
+            reserved.clear();
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(decisions),
+        SlotsOutcome {
+            decisions: match failure {
+                Some(e) => Err(e),
+                None => Ok(decisions),
+            },
+            windows,
+            to_refund: reserved,
         }
     }
 
@@ -209,7 +254,7 @@ impl RedisRateLimitStore {
         keys: &[String],
         counters: &[Counter],
         groups: &[&SlotGroup],
-        windows: &[i64],
+        windows: &[(i64, i64)],
         cost: u64,
     ) {
         let calls: Vec<ScriptCall> = groups
@@ -224,7 +269,8 @@ impl RedisRateLimitStore {
                         .arg(c.policy.limit)
                         .arg(c.policy.period_ms)
                         .arg(c.policy.capacity())
-                        .arg(windows[i]);
+                        .arg(windows[i].0)
+                        .arg(windows[i].1);
                 }
                 call
             })
@@ -272,18 +318,22 @@ impl RateLimitStore for RedisRateLimitStore {
             .collect();
         let groups = self.slot_groups(&keys);
         if groups.len() > 1 {
-            return self
-                .check_across_slots(&keys, counters, &groups, cost, commit)
-                .await;
+            let task = tokio::spawn(self.clone().check_across_slots(
+                keys,
+                counters.to_vec(),
+                groups,
+                cost,
+                commit,
+                crate::deadline::current(),
+            ));
+            return task
+                .await
+                .map_err(|e| StoreError::Protocol(format!("rate-limit check task: {e}")))?;
         }
-        let call = self.decide_call(
-            &self.check,
-            &keys,
-            counters,
-            &groups[0].positions,
-            cost,
-            commit,
-        );
+        let Some(group) = groups.first() else {
+            return Ok(Vec::new());
+        };
+        let call = self.decide_call(&self.check, &keys, counters, &group.positions, cost, commit);
         // A consuming check is never resent after a dropped connection: the first attempt may
         // have counted.
         let reply: Vec<i64> = if commit {

@@ -115,8 +115,10 @@ end
 -- ARGV[1] cost, ARGV[2] commit ('1' or '0'),
 -- ARGV[3 + 4(i-1) ..]: algorithm code, limit, period ms, capacity of counter i
 -- Returns per counter: allowed (0/1), remaining, reset_after ms, retry_after ms, and with
--- `windows` (a reservation, reserve.lua) a fifth value: the window the counter was decided in
--- (what refund.lua needs to take the consumption back; 0 for the bucket algorithms).
+-- `windows` (a reservation, reserve.lua) two more: what refund.lua needs to take the
+-- consumption back. Fixed and sliding window: the window decided in, and 0. Token bucket: the
+-- tokens left after it and the time they were counted at. GCRA: how far ahead the schedule was
+-- after it, and that time.
 local function run_check(now, windows)
   local cost = tonumber(ARGV[1])
   local out = {}
@@ -137,8 +139,17 @@ local function run_check(now, windows)
     out[#out + 1] = reset
     out[#out + 1] = retry
     if windows then
-      local alg = tonumber(ARGV[base + 1])
-      if alg == 1 or alg == 2 then out[#out + 1] = int(n0) else out[#out + 1] = 0 end
+      local alg, l = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+      if alg == 1 or alg == 2 then
+        out[#out + 1] = int(n0)
+        out[#out + 1] = 0
+      elseif alg == 3 then
+        out[#out + 1] = int(n0)
+        out[#out + 1] = int(n1)
+      else
+        out[#out + 1] = int((n0 - n2) * l + n1)
+        out[#out + 1] = int(n2)
+      end
     end
     writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
   end
@@ -153,50 +164,66 @@ local function run_check(now, windows)
 end
 
 -- Takes back what a reservation (reserve.lua) consumed, when the reservation's other slots
--- denied: the exact inverse of the consumption, whatever other callers did since.
+-- denied, without ever giving back more than the reservation still holds: other callers may
+-- have come and gone since, and a bucket may have refilled to the top meanwhile (the top caps
+-- what the reservation kept out, so it can never be given back whole).
 -- KEYS[i] counter i; ARGV[1] cost;
--- ARGV[2 + 5(i-1) ..]: algorithm code, limit, period ms, capacity, and the window the
--- reservation was decided in (from reserve.lua).
--- A counter that expired meanwhile has nothing to give back; a fixed or sliding window that
--- has moved on gives back only what still counts (a sliding window's previous window).
+-- ARGV[2 + 6(i-1) ..]: algorithm code, limit, period ms, capacity, and the two values
+-- reserve.lua returned for the counter.
+-- - fixed window: the cost comes off the count if the window is the same;
+-- - sliding window: off the current window's count, or off the previous one's if the window
+--   moved on by one (the estimate weighs it the same way);
+-- - token bucket: the tokens the reservation still keeps out: the cost, less what the bucket
+--   would have refilled beyond its capacity since (had the tokens not been taken);
+-- - GCRA: the part of the reservation's increment the schedule has not yet drained.
+-- A counter that expired meanwhile has nothing to give back.
 -- Returns the number of counters it gave back to.
 local function run_refund(now)
   local cost = tonumber(ARGV[1])
   local given = 0
   for i = 1, #KEYS do
-    local base = 1 + (i - 1) * 5
-    local alg, l, p, cap, window = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
-      tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
+    local base = 1 + (i - 1) * 6
+    local alg, l, p, cap = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+      tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+    local v1, v2 = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
     local st = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
     if st[1] then
       local s0, s1, s2 = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
       if alg == 1 then
-        if s0 == window then
+        if s0 == v1 then
           redis.call('HSET', KEYS[i], 'b', int(math.max(s1 - cost, 0)))
           given = given + 1
         end
       elseif alg == 2 then
-        if s0 == window then
+        if s0 == v1 then
           redis.call('HSET', KEYS[i], 'b', int(math.max(s1 - cost, 0)))
           given = given + 1
-        elseif s0 == window + 1 then
+        elseif s0 == v1 + 1 then
           redis.call('HSET', KEYS[i], 'c', int(math.max(s2 - cost, 0)))
           given = given + 1
         end
       elseif alg == 3 then
         if s2 == 1 then
-          redis.call('HSET', KEYS[i], 'a', int(math.min(s0 + cost * p, cap * p)))
-          given = given + 1
+          local full = cap * p
+          local elapsed = math.max(math.max(now, s1) - v2, 0)
+          local back = math.min(cost * p, math.max(full - (v1 + elapsed * l), 0))
+          if back > 0 then
+            redis.call('HSET', KEYS[i], 'a', int(math.min(s0 + back, full)))
+            given = given + 1
+          end
         end
       else
         if s2 >= 1 then
           local at = math.max(now, s2)
-          local ahead = math.max((s0 - at) * l + s1, 0)
-          local after = math.max(ahead - cost * p, 0)
-          local q = math.floor(after / l)
-          redis.call('HSET', KEYS[i], 'a', int(at + q), 'b', int(after - q * l),
-            'c', int(math.max(at, 1)))
-          given = given + 1
+          local back = math.min(cost * p, math.max(v1 - math.max(at - v2, 0) * l, 0))
+          if back > 0 then
+            local ahead = math.max((s0 - at) * l + s1, 0)
+            local after = math.max(ahead - back, 0)
+            local q = math.floor(after / l)
+            redis.call('HSET', KEYS[i], 'a', int(at + q), 'b', int(after - q * l),
+              'c', int(math.max(at, 1)))
+            given = given + 1
+          end
         end
       end
     end

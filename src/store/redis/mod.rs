@@ -47,7 +47,8 @@ use deadpool::managed;
 use redis::{
     Arg, AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
     ServerErrorKind, Value,
-    cluster::ClusterClientBuilder,
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
     sentinel::{SentinelClientBuilder, SentinelServerType},
 };
 
@@ -78,6 +79,16 @@ pub struct RedisBackend {
     failover_wait: Duration,
     /// Where Redis is, passwords hidden, for log lines.
     display_url: Arc<str>,
+    /// Cluster: the health task's own connection, replaced whenever a check fails so the next
+    /// one learns the topology afresh (the pool's connections are left alone: they heal one by
+    /// one when a call finds their map stale).
+    health: Option<Arc<ClusterHealth>>,
+}
+
+/// The health task's connection to a cluster.
+struct ClusterHealth {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
 }
 
 /// A call's failure, and whether Redis refused it without running it (so it may be sent
@@ -85,6 +96,38 @@ pub struct RedisBackend {
 struct Failure {
     error: StoreError,
     not_executed: bool,
+}
+
+/// A failed attempt at a call: the Redis error, and whether the call may be sent again
+/// whatever it does (Redis refused all of it without running it, or ran only reads).
+pub struct Attempt {
+    error: RedisError,
+    resendable: bool,
+}
+
+impl From<RedisError> for Attempt {
+    /// A single command (or a connection failure): resendable when Redis refused it unrun.
+    fn from(error: RedisError) -> Self {
+        Self {
+            resendable: not_executed(&error),
+            error,
+        }
+    }
+}
+
+/// Marks a connection held for one call broken unless the call finished: a call dropped
+/// mid-flight (its RPC cancelled) may leave a reply, or a blocking WAIT, behind on it.
+struct HeldGuard {
+    broken: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.broken.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl RedisBackend {
@@ -111,6 +154,13 @@ impl RedisBackend {
                 .map_err(|e| StoreError::Protocol(format!("redis pool: {e}")))
         };
         let (shared, display_url) = connector(config, Some(config.command_timeout))?;
+        let health = match &shared {
+            Connector::Cluster(client) => Some(Arc::new(ClusterHealth {
+                client: client.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            })),
+            _ => None,
+        };
         // No reply timeout of the connection's own: a WAIT's round trip is bounded per call
         // (`pipeline_wait`), by the command timeout plus the WAIT's own.
         let (exclusive, _) = connector(config, None)?;
@@ -125,6 +175,7 @@ impl RedisBackend {
             command_timeout: config.command_timeout,
             failover_wait: config.failover_wait,
             display_url: display_url.into(),
+            health,
         })
     }
 
@@ -180,13 +231,18 @@ impl RedisBackend {
             // Failing to open a connection (refused, TLS) makes the store unreachable right now;
             // a wrong password or an ACL that forbids SCRIPT LOAD is a configuration fault
             // (Refused), never transient.
-            managed::PoolError::Backend(e) => Failure {
-                not_executed: true,
-                error: match classify(&e, self.command_timeout) {
+            managed::PoolError::Backend(e) => {
+                let error = match classify(&e, self.command_timeout) {
                     StoreError::Protocol(reason) => StoreError::Unavailable(reason),
                     other => other,
-                },
-            },
+                };
+                // No connection, nothing sent: worth another try, unless the store refused
+                // flowstate itself (a wrong password does not get righter in a second).
+                Failure {
+                    not_executed: error.is_transient(),
+                    error,
+                }
+            }
             managed::PoolError::Timeout(_) => Failure {
                 not_executed: false,
                 error: StoreError::Timeout(self.command_timeout),
@@ -223,7 +279,11 @@ impl RedisBackend {
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        self.run(op, &self.pool, false, f).await
+        self.run(op, &self.pool, false, |conn| {
+            let call = f(conn);
+            async move { call.await.map_err(Attempt::from) }
+        })
+        .await
     }
 
     async fn run<T, F, Fut>(
@@ -235,7 +295,7 @@ impl RedisBackend {
     ) -> Result<T, StoreError>
     where
         F: Fn(Conn) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
     {
         let start = Instant::now();
         let mut until = None;
@@ -250,45 +310,59 @@ impl RedisBackend {
                 // holding it would cap calls in flight at the pool size); an exclusive one is
                 // held until the call is over.
                 let held = if hold {
-                    Some(pooled)
+                    Some((
+                        pooled,
+                        HeldGuard {
+                            broken: broken.clone(),
+                            finished: false,
+                        },
+                    ))
                 } else {
                     drop(pooled);
                     None
                 };
-                let result = f(conn).await.map_err(|e| {
-                    // A connection held for one call that timed out may still get its late
-                    // reply: nobody else may inherit it.
-                    if e.is_unrecoverable_error()
-                        || e.is_connection_dropped()
-                        || (hold && e.is_timeout())
-                    {
-                        broken.store(true, Ordering::Release);
-                    }
-                    if self.mode != RedisMode::Cluster && server_changed_role(&e) {
-                        // The server behind this address is not (or no longer) the writable
-                        // master: a failover demoted it, or it is still loading. No connection
-                        // to it is reused; new ones go wherever the address (DNS, Service) or
-                        // the sentinels point now. (A cluster connection follows the slot map
-                        // itself.)
-                        broken.store(true, Ordering::Release);
-                        self.invalidate_connections();
-                    }
-                    if self.mode == RedisMode::Cluster
-                        && (e.is_connection_refusal()
-                            || e.kind() == ErrorKind::ClusterConnectionNotFound
-                            || e.code() == Some("MOVED"))
-                    {
-                        // A node is gone or a slot moved: this connection's slot map is stale.
-                        // The client refreshes it in the background, but a refresh during a
-                        // failover can fail; a new connection learns the map afresh.
-                        broken.store(true, Ordering::Release);
-                    }
-                    Failure {
-                        not_executed: not_executed(&e),
-                        error: classify(&e, self.command_timeout),
-                    }
-                });
-                drop(held);
+                let result = f(conn).await.map_err(
+                    |Attempt {
+                         error: e,
+                         resendable,
+                     }| {
+                        // A connection held for one call that timed out may still get its late
+                        // reply: nobody else may inherit it.
+                        if e.is_unrecoverable_error()
+                            || e.is_connection_dropped()
+                            || (hold && e.is_timeout())
+                        {
+                            broken.store(true, Ordering::Release);
+                        }
+                        if self.mode != RedisMode::Cluster && server_changed_role(&e) {
+                            // The server behind this address is not (or no longer) the writable
+                            // master: a failover demoted it, or it is still loading. No connection
+                            // to it is reused; new ones go wherever the address (DNS, Service) or
+                            // the sentinels point now. (A cluster connection follows the slot map
+                            // itself.)
+                            broken.store(true, Ordering::Release);
+                            self.invalidate_connections();
+                        }
+                        if self.mode == RedisMode::Cluster
+                            && (e.is_connection_refusal()
+                                || e.kind() == ErrorKind::ClusterConnectionNotFound
+                                || e.code() == Some("MOVED"))
+                        {
+                            // A node is gone or a slot moved: this connection's slot map is stale.
+                            // The client refreshes it in the background, but a refresh during a
+                            // failover can fail; a new connection learns the map afresh.
+                            broken.store(true, Ordering::Release);
+                        }
+                        Failure {
+                            not_executed: resendable,
+                            error: classify(&e, self.command_timeout),
+                        }
+                    },
+                );
+                if let Some((pooled, mut guard)) = held {
+                    guard.finished = true;
+                    drop(pooled);
+                }
                 result
             }
             .await;
@@ -324,13 +398,14 @@ impl RedisBackend {
         call: &ScriptCall,
     ) -> Result<T, StoreError> {
         let cmd = call.cmd();
+        let slot = call.slot();
         let scripts = self.scripts.clone();
         self.with_connection(op, |mut conn| {
             let (cmd, scripts) = (&cmd, &scripts);
             async move {
                 match cmd.query_async::<T>(&mut conn).await {
                     Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        scripts.load_all(&mut conn).await?;
+                        scripts.reload(&mut conn, slot).await?;
                         cmd.query_async(&mut conn).await
                     }
                     other => other,
@@ -412,7 +487,7 @@ impl RedisBackend {
     /// One pipeline to one server (or one slot's node).
     async fn send(&self, op: &'static str, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
         let scripts = self.scripts.clone();
-        self.with_connection(op, |conn| send_on(conn, pipe, &scripts))
+        self.run(op, &self.pool, false, |conn| send_on(conn, pipe, &scripts))
             .await
     }
 
@@ -441,7 +516,10 @@ impl RedisBackend {
                     tokio::time::timeout(limit, send_on(conn, waited, scripts))
                         .await
                         .unwrap_or_else(|_| {
-                            Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+                            Err(Attempt {
+                                error: std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+                                resendable: false,
+                            })
                         })
                 }
             })
@@ -455,10 +533,12 @@ impl RedisBackend {
     }
 
     /// Checks Redis answers and takes writes (a replica answers PING but refuses writes: not
-    /// ready), with a write of flowstate's own health key; on a cluster, also that every master
-    /// answers and sees the cluster as `ok` (every slot served). On failure every pooled
-    /// connection is replaced (a cluster connection relearns the slot map, a sentinel
-    /// connection asks the sentinels for the master again).
+    /// ready), with a write of flowstate's own health key; on a cluster, also that every slot
+    /// is served ([`cluster_state`](Self::cluster_state)). On failure, on one server or behind
+    /// Sentinel, every pooled connection is replaced (a new one asks the sentinels for the
+    /// master again); a cluster's pooled connections are left to heal call by call (a refused
+    /// connection or a MOVED replaces the one that met it), so one failed master does not cost
+    /// the calls to every other master their connections.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let key = self.keys.system("health");
         let write = self
@@ -475,62 +555,75 @@ impl RedisBackend {
                 }
             })
             .await;
-        let result = match (write, self.mode) {
-            (Ok(()), RedisMode::Cluster) => self.cluster_state().await,
-            (other, _) => other,
-        };
-        if result.is_err() {
-            self.invalidate_connections();
+        match (&self.health, write) {
+            (Some(health), Ok(())) => self.cluster_state(health).await,
+            (Some(_), Err(e)) => Err(e),
+            (None, result) => {
+                if result.is_err() {
+                    self.invalidate_connections();
+                }
+                result
+            }
         }
-        result
     }
 
     /// Every slot is served: `CLUSTER SLOTS` (from any node) covers all 16384 slots, and every
     /// master it names answers `CLUSTER INFO` with `cluster_state:ok`. A master that is gone is
-    /// noticed at once (it does not answer), before the cluster itself marks it failed; once a
-    /// replica has taken over, the connections are replaced and learn the new map.
-    async fn cluster_state(&self) -> Result<(), StoreError> {
+    /// noticed at once (it does not answer), before the cluster itself marks it failed. Asked
+    /// on the health task's own connection, made anew after any failed check.
+    async fn cluster_state(&self, health: &ClusterHealth) -> Result<(), StoreError> {
         use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-        let (masters, infos) = self
-            .with_connection("ping", |conn| async move {
-                let Conn::Cluster(mut conn) = conn else {
-                    return Ok((0, Vec::new()));
-                };
-                let slots = conn
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
-                    .await?;
-                let infos = conn
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("INFO").clone(),
-                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
-                    )
-                    .await?;
-                Ok((slot_masters(&slots), cluster_infos(infos)))
-            })
-            .await?;
-        let Some(masters) = std::num::NonZeroUsize::new(masters) else {
-            return Err(StoreError::Unavailable(
-                "the cluster does not serve every slot".into(),
-            ));
+        let mut slot = health.conn.lock().await;
+        let start = std::time::Instant::now();
+        let checked = async {
+            let conn = match slot.as_mut() {
+                Some(conn) => conn,
+                None => slot.insert(health.client.get_async_connection().await?),
+            };
+            let slots = conn
+                .route_command(
+                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await?;
+            let infos = conn
+                .route_command(
+                    redis::cmd("CLUSTER").arg("INFO").clone(),
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                )
+                .await?;
+            Ok::<_, RedisError>((slot_masters(&slots), cluster_infos(infos)))
+        }
+        .await;
+        metrics::histogram!("flowstate_store_duration_seconds", "op" => "ping")
+            .record(start.elapsed().as_secs_f64());
+        let verdict = match checked {
+            Err(e) => Err(classify(&e, self.command_timeout)),
+            Ok((masters, infos)) => match std::num::NonZeroUsize::new(masters) {
+                None => Err(StoreError::Unavailable(
+                    "the cluster does not serve every slot".into(),
+                )),
+                Some(masters) if infos.len() < masters.get() => Err(StoreError::Unavailable(
+                    format!("{} of {masters} cluster masters answered", infos.len()),
+                )),
+                Some(_)
+                    if infos
+                        .iter()
+                        .any(|info| !info.lines().any(|l| l.trim() == "cluster_state:ok")) =>
+                {
+                    Err(StoreError::Unavailable(
+                        "a cluster master reports cluster_state other than ok (slots not served)"
+                            .into(),
+                    ))
+                }
+                Some(_) => Ok(()),
+            },
         };
-        if infos.len() < masters.get() {
-            return Err(StoreError::Unavailable(format!(
-                "{} of {masters} cluster masters answered",
-                infos.len()
-            )));
+        if verdict.is_err() {
+            // The next check learns the topology afresh.
+            *slot = None;
         }
-        match infos
-            .iter()
-            .find(|info| !info.lines().any(|l| l.trim() == "cluster_state:ok"))
-        {
-            Some(_) => Err(StoreError::Unavailable(
-                "a cluster master reports cluster_state other than ok (slots not served)".into(),
-            )),
-            None => Ok(()),
-        }
+        verdict
     }
 }
 
@@ -580,18 +673,68 @@ fn cluster_infos(reply: Value) -> Vec<String> {
     }
 }
 
-/// Sends `pipe` on `conn`, loading the scripts and resending once after a NOSCRIPT.
+/// Sends `pipe` on `conn`, loading the scripts and resending once after a NOSCRIPT. A failure
+/// is resendable only if Redis refused it unrun (see [`not_executed`]) and every command of the
+/// pipeline that did run only read: a pipeline whose scripts ran in part (one key of a slot
+/// being migrated answered ASK, the others ran) is never sent again.
 async fn send_on(
     mut conn: Conn,
     pipe: &Pipeline,
     scripts: &Scripts,
-) -> redis::RedisResult<Vec<Value>> {
-    match pipe.query_async::<Vec<Value>>(&mut conn).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            scripts.load_all(&mut conn).await?;
-            pipe.query_async(&mut conn).await
-        }
-        other => other,
+) -> Result<Vec<Value>, Attempt> {
+    let first = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+        Ok(replies) => return Ok(replies),
+        Err(e) => e,
+    };
+    if wrote_before_failing(pipe, &first) {
+        return Err(Attempt {
+            error: first,
+            resendable: false,
+        });
+    }
+    if first.kind() != ErrorKind::Server(ServerErrorKind::NoScript) {
+        return Err(first.into());
+    }
+    // A pipeline sent to a cluster is one slot's (see `pipeline`).
+    let slot = pipe.cmd_iter().find_map(|c| command_slot(c).ok().flatten());
+    scripts.reload(&mut conn, slot).await?;
+    match pipe.query_async(&mut conn).await {
+        Ok(replies) => Ok(replies),
+        Err(e) => Err(Attempt {
+            resendable: not_executed(&e) && !wrote_before_failing(pipe, &e),
+            error: e,
+        }),
+    }
+}
+
+/// Whether a command of `pipe` that `e` does not name as failed changes data (it ran, and
+/// running it again would run it twice). Scripts count as writes.
+fn wrote_before_failing(pipe: &Pipeline, e: &RedisError) -> bool {
+    let Some(failed) = e.clone().into_server_errors() else {
+        return false;
+    };
+    let failed: std::collections::HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+    pipe.cmd_iter().enumerate().any(|(i, cmd)| {
+        !failed.contains(&i)
+            && !matches!(
+                command_name(cmd).as_slice(),
+                b"GET"
+                    | b"HMGET"
+                    | b"HGETALL"
+                    | b"TIME"
+                    | b"ZSCAN"
+                    | b"ZRANGE"
+                    | b"PTTL"
+                    | b"EXISTS"
+            )
+    })
+}
+
+/// A command's name, upper case.
+fn command_name(cmd: &Cmd) -> Vec<u8> {
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(name)) => name.to_ascii_uppercase(),
+        _ => Vec::new(),
     }
 }
 

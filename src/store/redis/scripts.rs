@@ -62,6 +62,11 @@ impl ScriptCall {
         self
     }
 
+    /// The hash slot of its first key (what a cluster routes it by).
+    pub fn slot(&self) -> Option<u16> {
+        self.keys.first().map(|k| crate::store::keys::slot(k))
+    }
+
     /// The `EVALSHA` command.
     pub fn cmd(&self) -> Cmd {
         let mut cmd = redis::cmd("EVALSHA");
@@ -109,19 +114,23 @@ impl Scripts {
         Ok(script)
     }
 
-    /// Loads every registered script on `conn`: one pipelined round trip to a single server;
-    /// on a cluster one `SCRIPT LOAD` per script, each sent to every node the connection holds
-    /// (the masters: flowstate reads from masters only). A replica promoted by a failover, a
-    /// node that joins later or one that restarted empty answers NOSCRIPT once, and this runs
-    /// again (with the new topology) before the call is resent.
-    pub async fn load_all(&self, conn: &mut Conn) -> redis::RedisResult<()> {
-        let sources: Vec<&'static str> = self
-            .by_name
+    fn sources(&self) -> Vec<&'static str> {
+        self.by_name
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .map(|s| s.source)
-            .collect();
+            .collect()
+    }
+
+    /// Loads every registered script when a connection is made: one pipelined round trip to a
+    /// single server (a failure fails the connection: a server that refuses SCRIPT LOAD cannot
+    /// serve flowstate). On a cluster, best effort: each script is sent to every master the
+    /// connection holds, and a node that cannot take it now (down, failing over) is loaded at
+    /// its first NOSCRIPT instead ([`Scripts::reload`]), so one dead node never stops
+    /// connections to the others from being made.
+    pub async fn load_all(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        let sources = self.sources();
         if sources.is_empty() {
             return Ok(());
         }
@@ -146,8 +155,37 @@ impl Scripts {
                             .await
                     }
                 });
+                if let Err(e) = futures_util::future::try_join_all(loads).await {
+                    tracing::debug!(error = %e.category(), "scripts not loaded on every node yet; NOSCRIPT will load them");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Loads every registered script again after a NOSCRIPT: on a single server, on it; on a
+    /// cluster, on the master of `slot` (the node that answered NOSCRIPT: a promoted replica or
+    /// a restarted node).
+    pub async fn reload(&self, conn: &mut Conn, slot: Option<u16>) -> redis::RedisResult<()> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match (conn, slot) {
+            (Conn::Cluster(cluster), Some(slot)) => {
+                let loads = self.sources().into_iter().map(|source| {
+                    let mut cluster = cluster.clone();
+                    async move {
+                        cluster
+                            .route_command(
+                                redis::cmd("SCRIPT").arg("LOAD").arg(source).clone(),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                                    Route::new(slot, SlotAddr::Master),
+                                )),
+                            )
+                            .await
+                    }
+                });
                 futures_util::future::try_join_all(loads).await.map(drop)
             }
+            (conn, _) => self.load_all(conn).await,
         }
     }
 
