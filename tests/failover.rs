@@ -60,6 +60,8 @@ struct Report {
     counted: u64,
     /// Calls that failed before the kill (load, not failover), by code and message.
     before_kill: BTreeMap<String, u64>,
+    /// Cluster: cache calls that failed on a master that stayed up.
+    collateral: u64,
     /// Sessions created with an OK answer, and how many of them were gone afterwards.
     acknowledged: usize,
     lost_sessions: usize,
@@ -70,7 +72,7 @@ impl Report {
         eprintln!(
             "FAILOVER {what}: calls ok {}, failed {:?} (before the kill: {:?}), longest call {} ms, \
              all calls succeed again {} ms after the kill, admitted {} counted {} (lost admissions {}), \
-             sessions acknowledged {} lost {}",
+             sessions acknowledged {} lost {}, cache calls failed on the masters that stayed up {}",
             self.ok,
             self.failed,
             self.before_kill,
@@ -80,7 +82,8 @@ impl Report {
             self.counted,
             self.admitted.saturating_sub(self.counted),
             self.acknowledged,
-            self.lost_sessions
+            self.lost_sessions,
+            self.collateral
         );
     }
 }
@@ -132,6 +135,10 @@ struct Tally {
     last_failure_ms: AtomicU64,
     admitted: AtomicU64,
     sessions: Mutex<Vec<String>>,
+    /// Cluster: the cache buckets whose slots the killed master holds (`None`: not a cluster).
+    victim_buckets: Option<std::collections::HashSet<u16>>,
+    /// Cache calls that failed on a bucket of a master that stayed up.
+    collateral: AtomicU64,
 }
 
 impl Tally {
@@ -205,13 +212,20 @@ async fn caller(
                     Ok(_) => cache
                         .get(timed(tonic::Request::new(pb::CacheGetRequest {
                             namespace: "ns".into(),
-                            key,
+                            key: key.clone(),
                             lease: false,
                         })))
                         .await
                         .map(drop),
                     Err(e) => Err(e),
                 }
+                .inspect_err(|_| {
+                    if let Some(victim) = &tally.victim_buckets
+                        && !victim.contains(&flowstate::cache::keys::bucket(&key))
+                    {
+                        tally.collateral.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
             }
             _ => limits
                 .check(timed(tonic::Request::new(check_request(false))))
@@ -236,8 +250,14 @@ enum Step {
 
 /// Runs the load, kills the master after 1.5 s and revives it 4 s later, and stops once every
 /// call has succeeded for 2 s (at most 40 s after the kill). Then counts what the store kept.
-async fn under_failover(server: &TestServer, mut step: impl FnMut(Step)) -> Report {
+async fn under_failover(
+    server: &TestServer,
+    victim_buckets: Option<std::collections::HashSet<u16>>,
+    mut step: impl FnMut(Step),
+) -> Report {
     let tally = Arc::new(Tally {
+        victim_buckets,
+        collateral: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: Mutex::new(BTreeMap::new()),
         longest_ms: AtomicU64::new(0),
@@ -285,6 +305,7 @@ async fn under_failover(server: &TestServer, mut step: impl FnMut(Step)) -> Repo
     // reported apart and not counted below.
     let before_kill = std::mem::take(&mut *tally.failed.lock().expect("tally"));
     tally.last_failure_ms.store(0, Ordering::Relaxed);
+    tally.collateral.store(0, Ordering::Relaxed);
     let killed_at = run.elapsed();
     step(Step::Kill);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -355,6 +376,7 @@ async fn under_failover(server: &TestServer, mut step: impl FnMut(Step)) -> Repo
         },
         failed,
         before_kill,
+        collateral: tally.collateral.load(Ordering::Relaxed),
         longest: Duration::from_millis(tally.longest_ms.load(Ordering::Relaxed)),
         admitted: tally.admitted.load(Ordering::Relaxed),
         counted: LIMIT_MAX - remaining,
@@ -389,14 +411,21 @@ fn assert_sound(report: &Report, write_concern: bool) {
 /// figures mean something only when it runs alone.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn cluster_failover(write_concern: bool) {
+/// `full_coverage`: Redis's `cluster-require-full-coverage`. With `yes` (Redis's default) every
+/// node refuses every call (CLUSTERDOWN) while a slot has no master; with `no` the other masters
+/// go on serving, and so must flowstate: no cache call on their slots may fail.
+async fn cluster_failover(write_concern: bool, full_coverage: bool) {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(3, 1))
-        .await
-        .expect("cluster");
+    let coverage = if full_coverage { "yes" } else { "no" };
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start_with(3, 1, &["--cluster-require-full-coverage", coverage])
+    })
+    .await
+    .expect("cluster");
     let mut cfg = config(write_concern);
     cfg.redis.mode = RedisMode::Cluster;
     cfg.redis.nodes = cluster.seeds();
+    let keys = flowstate::store::keys::Keys::new(&cfg.redis.key_prefix);
     let server = TestServer::start(cfg).await;
     assert!(
         server
@@ -407,16 +436,31 @@ async fn cluster_failover(write_concern: bool) {
     let victim = cluster
         .master_of(flowstate::store::keys::slot(LIMIT_KEY.as_bytes()))
         .expect("a master for the counter's slot");
-    let report = under_failover(&server, |step| match step {
+    let tenant = flowstate::tenant::Tenant::default_tenant();
+    let victim_buckets = (0..flowstate::cache::keys::GENERATION_BUCKETS)
+        .filter(|&b| {
+            let slot = flowstate::store::keys::slot(
+                keys.cache_bucket_generation(&tenant, "ns", b).as_bytes(),
+            );
+            cluster.master_of(slot) == Some(victim)
+        })
+        .collect();
+    let report = under_failover(&server, Some(victim_buckets), |step| match step {
         Step::Kill => cluster.node(victim).kill(),
         Step::Revive => cluster.node(victim).restart(),
     })
     .await;
     report.print(&format!(
-        "cluster (3+3, SIGKILL of master {victim}), write concern {}",
+        "cluster (3+3, full coverage {coverage}, SIGKILL of master {victim}), write concern {}",
         if write_concern { "1 replica" } else { "off" }
     ));
     assert_sound(&report, write_concern);
+    if !full_coverage {
+        assert_eq!(
+            report.collateral, 0,
+            "calls to the masters that stayed up failed"
+        );
+    }
 }
 
 async fn sentinel_failover(write_concern: bool) {
@@ -434,7 +478,7 @@ async fn sentinel_failover(write_concern: bool) {
             .wait_health("readiness", ServingStatus::Serving)
             .await
     );
-    let report = under_failover(&server, |step| match step {
+    let report = under_failover(&server, None, |step| match step {
         Step::Kill => topology.master.kill(),
         Step::Revive => topology.master.restart(),
     })
@@ -448,12 +492,17 @@ async fn sentinel_failover(write_concern: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_master_killed_under_load() {
-    cluster_failover(false).await;
+    cluster_failover(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_master_killed_under_load_the_other_masters_serve_on() {
+    cluster_failover(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_master_killed_under_load_with_a_write_concern() {
-    cluster_failover(true).await;
+    cluster_failover(true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

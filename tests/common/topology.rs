@@ -130,12 +130,17 @@ impl Cluster {
     /// `masters` masters with `replicas` replicas each; returns once every node sees every
     /// slot served and every replica is in sync with its master.
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, &[])
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments for every node.
+    pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("cluster dir");
         let total = masters * (1 + replicas);
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = node_port();
-            nodes.push(Self::spawn_node(dir.path().to_path_buf(), port));
+            nodes.push(Self::spawn_node(dir.path().to_path_buf(), port, extra));
         }
         for node in &nodes {
             let port = node.port;
@@ -163,7 +168,7 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_node(dir: PathBuf, port: u16) -> Node {
+    fn spawn_node(dir: PathBuf, port: u16, extra: &[&str]) -> Node {
         let conf = dir.join(format!("nodes-{port}.conf"));
         let args: Vec<String> = [
             "--port",
@@ -186,6 +191,7 @@ impl Cluster {
             dir.to_str().expect("utf-8 path"),
         ]
         .iter()
+        .chain(extra)
         .map(|s| (*s).to_owned())
         .collect();
         Node::spawn(port, &args)

@@ -674,9 +674,8 @@ fn cluster_infos(reply: Value) -> Vec<String> {
 }
 
 /// Sends `pipe` on `conn`, loading the scripts and resending once after a NOSCRIPT. A failure
-/// is resendable only if Redis refused it unrun (see [`not_executed`]) and every command of the
-/// pipeline that did run only read: a pipeline whose scripts ran in part (one key of a slot
-/// being migrated answered ASK, the others ran) is never sent again.
+/// is resendable only if nothing in the pipeline that changes data may have run (see
+/// [`resendable`]).
 async fn send_on(
     mut conn: Conn,
     pipe: &Pipeline,
@@ -686,48 +685,81 @@ async fn send_on(
         Ok(replies) => return Ok(replies),
         Err(e) => e,
     };
-    if wrote_before_failing(pipe, &first) {
+    if first.kind() != ErrorKind::Server(ServerErrorKind::NoScript) {
+        return Err(Attempt {
+            resendable: resendable(pipe, &first),
+            error: first,
+        });
+    }
+    // The node lacks the scripts: load them (a pipeline sent to a cluster is one slot's, see
+    // `pipeline`), then send the pipeline again if none of it can have run.
+    let slot = pipe.cmd_iter().find_map(|c| command_slot(c).ok().flatten());
+    scripts.reload(&mut conn, slot).await?;
+    if !resendable(pipe, &first) {
         return Err(Attempt {
             error: first,
             resendable: false,
         });
     }
-    if first.kind() != ErrorKind::Server(ServerErrorKind::NoScript) {
-        return Err(first.into());
-    }
-    // A pipeline sent to a cluster is one slot's (see `pipeline`).
-    let slot = pipe.cmd_iter().find_map(|c| command_slot(c).ok().flatten());
-    scripts.reload(&mut conn, slot).await?;
     match pipe.query_async(&mut conn).await {
         Ok(replies) => Ok(replies),
         Err(e) => Err(Attempt {
-            resendable: not_executed(&e) && !wrote_before_failing(pipe, &e),
+            resendable: resendable(pipe, &e),
             error: e,
         }),
     }
 }
 
-/// Whether a command of `pipe` that `e` does not name as failed changes data (it ran, and
-/// running it again would run it twice). Scripts count as writes.
-fn wrote_before_failing(pipe: &Pipeline, e: &RedisError) -> bool {
-    let Some(failed) = e.clone().into_server_errors() else {
-        return false;
-    };
-    let failed: std::collections::HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
-    pipe.cmd_iter().enumerate().any(|(i, cmd)| {
-        !failed.contains(&i)
-            && !matches!(
-                command_name(cmd).as_slice(),
-                b"GET"
-                    | b"HMGET"
-                    | b"HGETALL"
-                    | b"TIME"
-                    | b"ZSCAN"
-                    | b"ZRANGE"
-                    | b"PTTL"
-                    | b"EXISTS"
-            )
-    })
+/// Whether `pipe` may be sent again after failing with `e`, whatever its commands do: Redis
+/// refused it without running anything that changes data.
+/// - Refusals of a whole node or slot (MOVED, CLUSTERDOWN, LOADING, MASTERDOWN, BUSY: a
+///   pipeline sent to a cluster is one slot's) and no connection at all: nothing ran.
+/// - READONLY refuses the writes; the reads ran, and may run again.
+/// - ASK and TRYAGAIN (a slot being migrated) and NOSCRIPT concern single commands: the others
+///   may have run. Resendable when every write is known to have failed: from the per-command
+///   errors of a pipeline when Redis reports them, or because the pipeline writes nothing, or
+///   (NOSCRIPT) because its one script is its one write. (A cluster connection reports only the
+///   first error of a pipeline.)
+fn resendable(pipe: &Pipeline, e: &RedisError) -> bool {
+    let per_command = matches!(e.code(), Some("ASK" | "TRYAGAIN" | "NOSCRIPT"));
+    if !per_command {
+        return not_executed(e);
+    }
+    let writes: Vec<usize> = pipe
+        .cmd_iter()
+        .enumerate()
+        .filter(|(_, cmd)| is_write(cmd))
+        .map(|(i, _)| i)
+        .collect();
+    if writes.is_empty() {
+        return true;
+    }
+    if e.code() == Some("NOSCRIPT")
+        && writes.len() == 1
+        && pipe
+            .cmd_iter()
+            .filter(|c| matches!(command_name(c).as_slice(), b"EVALSHA" | b"EVAL"))
+            .count()
+            == 1
+    {
+        return true;
+    }
+    match e.clone().into_server_errors() {
+        // A pipeline's errors, by position (a single error says position 0 whatever failed).
+        Some(failed) if failed.len() > 1 => {
+            let failed: std::collections::HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+            writes.iter().all(|i| failed.contains(i))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a command changes data (scripts count as writes).
+fn is_write(cmd: &Cmd) -> bool {
+    !matches!(
+        command_name(cmd).as_slice(),
+        b"GET" | b"HMGET" | b"HGETALL" | b"TIME" | b"ZSCAN" | b"ZRANGE" | b"PTTL" | b"EXISTS"
+    )
 }
 
 /// A command's name, upper case.
