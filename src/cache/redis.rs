@@ -715,7 +715,8 @@ impl CacheStore for RedisCacheStore {
             let (Some(now), Some(cursor)) = (items.next(), items.next()) else {
                 return Err(StoreError::Protocol("invalidate_tag: short reply".into()));
             };
-            let cursor = u64::try_from(int(&cursor)?).unwrap_or(0);
+            let cursor = u64::try_from(int(&cursor)?)
+                .map_err(|_| StoreError::Protocol("invalidate_tag: negative cursor".into()))?;
             if cursor != 0 {
                 scanning.push((index, cursor, int(&now)?));
             }
@@ -856,9 +857,12 @@ fn scan_reply(reply: &Value) -> Result<(u64, &[Value]), StoreError> {
     match reply {
         Value::Array(parts) => match parts.as_slice() {
             [Value::BulkString(cursor), Value::Array(items)] => Ok((
+                // A cursor that does not parse must not end the scan as if it were done.
                 reply::parse_int(cursor)
                     .and_then(|c| u64::try_from(c).ok())
-                    .unwrap_or(0),
+                    .ok_or_else(|| {
+                        StoreError::Protocol("ZSCAN: the cursor is not a number".into())
+                    })?,
                 items.as_slice(),
             )),
             _ => Err(StoreError::Protocol("ZSCAN: unexpected reply shape".into())),
