@@ -35,9 +35,34 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The password every node and sentinel of this test binary's topologies requires, when one
+/// is set (before any topology starts) by a test binary about passwords.
+pub static PASSWORD: OnceLock<String> = OnceLock::new();
+
+/// `redis://[:password@]127.0.0.1:<port>`.
+pub fn node_url(port: u16) -> String {
+    match PASSWORD.get() {
+        Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}"),
+        None => format!("redis://127.0.0.1:{port}"),
+    }
+}
+
+/// `redis-server` arguments that require [`PASSWORD`] (from clients and from replicas).
+fn auth_args() -> Vec<String> {
+    PASSWORD
+        .get()
+        .map(|pw| {
+            ["--requirepass", pw, "--masterauth", pw]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A synchronous connection to one node (the topology is driven from outside the runtime).
 pub fn node_client(port: u16) -> Option<redis::Connection> {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+    redis::Client::open(node_url(port))
         .ok()?
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()
@@ -149,6 +174,9 @@ impl Cluster {
             });
         }
         let mut create = Command::new("redis-cli");
+        if let Some(pw) = PASSWORD.get() {
+            create.args(["-a", pw, "--no-auth-warning"]);
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -193,6 +221,7 @@ impl Cluster {
         .iter()
         .chain(extra)
         .map(|s| (*s).to_owned())
+        .chain(auth_args())
         .collect();
         Node::spawn(port, &args)
     }
@@ -247,7 +276,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Seed URLs for flowstate (every node: any reachable one suffices).
+    /// Seed URLs for flowstate (every node: any reachable one suffices; no password in them).
     pub fn seeds(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -343,6 +372,7 @@ impl Sentinel {
             .map(|s| (*s).to_owned())
             .collect();
             args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args.extend(auth_args());
             args
         };
         let master_port = node_port();
@@ -373,8 +403,12 @@ impl Sentinel {
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 1\n",
-                    dir = dir.path().display()
+                     sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
+                    dir = dir.path().display(),
+                    auth = PASSWORD.get().map_or_else(String::new, |pw| format!(
+                        "requirepass {pw}\nsentinel sentinel-pass {pw}\n\
+                         sentinel auth-pass {MASTER_NAME} {pw}\n"
+                    )),
                 ),
             )
             .expect("sentinel config");

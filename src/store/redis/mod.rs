@@ -980,6 +980,17 @@ pub fn classify(e: &RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
         return StoreError::Timeout(timeout);
     }
+    // The cluster client reports a refused password while connecting to its seeds as an I/O
+    // error ("Failed to create initial connections") whose text names the cause: a
+    // configuration fault all the same, never a passing state.
+    if e.kind() == ErrorKind::Io && {
+        let text = e.to_string();
+        ["AuthenticationFailed", "WRONGPASS", "NOAUTH", "NOPERM"]
+            .iter()
+            .any(|cause| text.contains(cause))
+    } {
+        return StoreError::Refused(describe(e));
+    }
     if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
