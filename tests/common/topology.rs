@@ -148,7 +148,8 @@ fn watchdog(pids: &[u32]) {
 /// A Redis Cluster on loopback.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    dir: tempfile::TempDir,
+    /// The nodes' files, removed when the cluster goes.
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -191,7 +192,7 @@ impl Cluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = Self { nodes, dir };
+        let cluster = Self { nodes, _dir: dir };
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
     }
@@ -322,11 +323,6 @@ impl Cluster {
         watchdog(&pids);
         Box::leak(Box::new(self))
     }
-
-    /// Where its files are (node configs).
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
 }
 
 /// One 3-master, 3-replica cluster per test binary, started by the first test that asks.
@@ -340,7 +336,8 @@ pub struct Sentinel {
     pub master: Node,
     pub replica: Node,
     pub sentinels: Vec<Node>,
-    dir: tempfile::TempDir,
+    /// The servers' and sentinels' files, removed when the topology goes.
+    _dir: tempfile::TempDir,
 }
 
 /// The master name the sentinels monitor.
@@ -424,7 +421,7 @@ impl Sentinel {
             master,
             replica,
             sentinels,
-            dir,
+            _dir: dir,
         };
         topology.wait_ready(Duration::from_secs(30));
         topology
@@ -489,11 +486,6 @@ impl Sentinel {
             .collect();
         watchdog(&pids);
         Box::leak(Box::new(self))
-    }
-
-    /// Where its files are.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
     }
 }
 
