@@ -450,9 +450,13 @@ impl RedisBackend {
     ///
     /// On one server that is one round trip. On a cluster the commands are grouped by hash
     /// slot (a keyless command such as `TIME` goes with the command before it, so it reads the
-    /// clock of the node that holds those keys) and the groups are sent at once, each to its
-    /// node: one round trip of latency, one request per slot. Commands of one slot stay in
-    /// order; commands of different slots have no order between them, so callers put what must
+    /// clock of the node that holds those keys) and all groups are sent at once: one round trip
+    /// of latency. A group that only reads is one request; a group with writes sends each
+    /// command as a request of its own (still pipelined on the node's multiplexed connection),
+    /// because a cluster connection reports only a pipeline's first error: during a resharding
+    /// some of a slot's keys answer ASK while the others run, and only a command's own answer
+    /// says whether it may be sent again. Commands of one slot keep their order on the wire;
+    /// commands of different slots have no order between them, so callers put what must
     /// happen together in one slot (or one script).
     pub async fn pipeline(
         &self,
@@ -463,13 +467,16 @@ impl RedisBackend {
             return self.send(op, pipe).await;
         }
         let groups = by_slot(pipe)?;
-        if groups.len() == 1 {
-            return self.send(op, pipe).await;
-        }
-        let sent = groups.iter().map(|(group, _)| self.send(op, group));
+        let sent = groups.iter().map(|(slot, group, _)| async move {
+            if group.cmd_iter().any(is_write) {
+                self.send_each(op, *slot, group).await
+            } else {
+                self.send(op, group).await
+            }
+        });
         let replies = futures_util::future::try_join_all(sent).await?;
         let mut out = vec![Value::Nil; pipe.len()];
-        for ((_, positions), replies) in groups.iter().zip(replies) {
+        for ((_, _, positions), replies) in groups.iter().zip(replies) {
             if replies.len() != positions.len() {
                 return Err(StoreError::Protocol(format!(
                     "{op}: {} replies for {} commands",
@@ -482,6 +489,52 @@ impl RedisBackend {
             }
         }
         Ok(out)
+    }
+
+    /// Every command of `group` (one cluster slot) as a request of its own, at once, each sent
+    /// again on its own if Redis refused it unrun.
+    async fn send_each(
+        &self,
+        op: &'static str,
+        slot: u16,
+        group: &Pipeline,
+    ) -> Result<Vec<Value>, StoreError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let scripts = &self.scripts;
+        let sent = group.cmd_iter().map(|cmd| {
+            self.with_connection(op, move |conn| async move {
+                let Conn::Cluster(mut conn) = conn else {
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "a cluster request on a connection that is not a cluster's",
+                    )));
+                };
+                // Keyless commands go to the slot's master; keyed ones are routed by their key.
+                let route = || {
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        slot,
+                        SlotAddr::Master,
+                    )))
+                };
+                // A routed command hands a server error back as a value: make it an error.
+                let attempt = conn
+                    .route_command(cmd.clone(), route())
+                    .await
+                    .and_then(Value::extract_error);
+                match attempt {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        scripts
+                            .reload(&mut Conn::Cluster(conn.clone()), Some(slot))
+                            .await?;
+                        conn.route_command(cmd.clone(), route())
+                            .await
+                            .and_then(Value::extract_error)
+                    }
+                    other => other,
+                }
+            })
+        });
+        futures_util::future::try_join_all(sent).await
     }
 
     /// One pipeline to one server (or one slot's node).
@@ -808,9 +861,9 @@ fn command_slot(cmd: &Cmd) -> Result<Option<u16>, StoreError> {
         .ok_or_else(|| StoreError::Protocol("a command without its key".into()))
 }
 
-/// `pipe` split by hash slot, in order of first appearance: each group's commands (in their
-/// order) and their positions in `pipe`.
-fn by_slot(pipe: &Pipeline) -> Result<Vec<(Pipeline, Vec<usize>)>, StoreError> {
+/// `pipe` split by hash slot, in order of first appearance: each group's slot, commands (in
+/// their order) and their positions in `pipe`.
+fn by_slot(pipe: &Pipeline) -> Result<Vec<(u16, Pipeline, Vec<usize>)>, StoreError> {
     let slots = pipe
         .cmd_iter()
         .map(command_slot)
@@ -832,7 +885,7 @@ fn by_slot(pipe: &Pipeline) -> Result<Vec<(Pipeline, Vec<usize>)>, StoreError> {
         groups[at].1.add_command(cmd.clone());
         groups[at].2.push(i);
     }
-    Ok(groups.into_iter().map(|(_, p, at)| (p, at)).collect())
+    Ok(groups)
 }
 
 /// The connector of `config`'s mode, and how to name it in logs (passwords hidden).

@@ -181,6 +181,7 @@ impl Scripts {
                                 )),
                             )
                             .await
+                            .and_then(redis::Value::extract_error)
                     }
                 });
                 futures_util::future::try_join_all(loads).await.map(drop)
