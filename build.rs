@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flowstate/v1/session.proto",
         "proto/flowstate/v1/cache.proto",
         "proto/flowstate/v1/ratelimit.proto",
+        "proto/flowstate/v1/lock.proto",
+        "proto/flowstate/v1/events.proto",
     ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

@@ -45,6 +45,14 @@ pub enum Error {
         /// The version the store holds.
         current: u64,
     },
+    /// The caller's claim no longer holds: a lock it no longer holds (expired, or never
+    /// granted to it). The text says what, for the caller.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A position outside what the store still keeps (an event id older than its topic's
+    /// history). The text says where the kept range starts.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The store failed or timed out.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -86,6 +94,8 @@ impl From<Error> for Status {
             }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             e @ Error::VersionConflict { .. } => Status::aborted(e.to_string()),
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
+            Error::OutOfRange(why) => Status::out_of_range(why),
             Error::Store(e) => match e {
                 StoreError::Timeout(_) | StoreError::Unavailable(_) => {
                     tracing::warn!(error = %e, "store call failed");

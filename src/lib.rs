@@ -9,6 +9,8 @@
 //! - [`session`]: SessionService: ids, handles, limits, expiry.
 //! - [`cache`]: CacheService: namespace policies, tags, leases, hit/miss counts.
 //! - [`ratelimit`]: RateLimitService: the four algorithms, all-or-nothing checks.
+//! - [`lock`]: LockService: locks and semaphores with fencing tokens, woken waiters.
+//! - [`events`]: EventService: topics on Redis Streams, resumable subscriptions, fan-out.
 //!
 //! Shared by all of them:
 //! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
@@ -33,7 +35,9 @@ pub mod cache;
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod events;
 pub mod health;
+pub mod lock;
 pub mod middleware;
 pub mod observe;
 pub mod proto;

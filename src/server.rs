@@ -14,13 +14,16 @@ use crate::{
     auth::{self, AuthLayer, Authenticator, config::AuthMode},
     cache::{self, Caches, api::CacheApi},
     config::Config,
+    events::{self, Events, api::EventApi},
     health::{self, Health},
+    lock::{self, Locks, api::LockApi},
     middleware::{AdmissionLayer, DeadlineLayer, layer_error_to_status},
     observe::{self, RpcMetricsLayer},
     proto::{
         self,
         v1::{
-            cache_service_server::CacheServiceServer,
+            cache_service_server::CacheServiceServer, event_service_server::EventServiceServer,
+            lock_service_server::LockServiceServer,
             rate_limit_service_server::RateLimitServiceServer,
             session_service_server::SessionServiceServer,
         },
@@ -101,6 +104,8 @@ pub async fn run(
             session::api::PERMISSIONS,
             cache::api::PERMISSIONS,
             ratelimit::api::PERMISSIONS,
+            lock::api::PERMISSIONS,
+            events::api::PERMISSIONS,
         ],
     )?);
     match auth.mode() {
@@ -178,6 +183,7 @@ pub async fn run(
         (None, None)
     };
 
+    let events = Events::new(events::open_store(&backend)?, config.events.clone());
     let sessions = Sessions::new(
         session::open_store(&backend, &config.session)?,
         config.session.clone(),
@@ -198,6 +204,14 @@ pub async fn run(
         .max_decoding_message_size(config.server.max_message_bytes);
     let limits = RateLimits::new(ratelimit::open_store(&backend)?, &config.ratelimit);
     let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits))
+        .max_decoding_message_size(config.server.max_message_bytes);
+    let locks = Locks::new(
+        lock::open_store(&backend, &config.locks)?,
+        config.locks.clone(),
+    );
+    let lock_service = LockServiceServer::new(LockApi::new(locks))
+        .max_decoding_message_size(config.server.max_message_bytes);
+    let event_service = EventServiceServer::new(EventApi::new(events.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
 
     // The one tower stack, outermost first.
@@ -269,7 +283,9 @@ pub async fn run(
         .add_optional_service(reflection_v1alpha)
         .add_service(session_service)
         .add_service(cache_service)
-        .add_service(ratelimit_service);
+        .add_service(ratelimit_service)
+        .add_service(lock_service)
+        .add_service(event_service);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

@@ -21,10 +21,18 @@ pub enum Permission {
     RatelimitCheck,
     /// Rate-limit Reset: lifting a limit is an administrator's act.
     RatelimitAdmin,
+    /// Lock Acquire, Extend, Release.
+    LocksWrite,
+    /// Lock Inspect.
+    LocksRead,
+    /// Event Publish.
+    EventsPublish,
+    /// Event Subscribe (flowstate's own topics included).
+    EventsSubscribe,
 }
 
 /// Every permission with its name, in one table (parsing, printing, `*`).
-pub const ALL: [(Permission, &str); 7] = [
+pub const ALL: [(Permission, &str); 11] = [
     (Permission::SessionsRead, "sessions:read"),
     (Permission::SessionsWrite, "sessions:write"),
     (Permission::CacheRead, "cache:read"),
@@ -32,6 +40,10 @@ pub const ALL: [(Permission, &str); 7] = [
     (Permission::CacheInvalidate, "cache:invalidate"),
     (Permission::RatelimitCheck, "ratelimit:check"),
     (Permission::RatelimitAdmin, "ratelimit:admin"),
+    (Permission::LocksWrite, "locks:write"),
+    (Permission::LocksRead, "locks:read"),
+    (Permission::EventsPublish, "events:publish"),
+    (Permission::EventsSubscribe, "events:subscribe"),
 ];
 
 impl Permission {
@@ -130,7 +142,7 @@ mod tests {
             "sessions:read,cache:read,cache:write,cache:invalidate"
         );
         assert_eq!(Permissions::parse("*").expect("all"), Permissions::all());
-        for bad in ["session:read", "cache:reads", "locks:*", "", " , "] {
+        for bad in ["session:read", "cache:reads", "lock:*", "", " , "] {
             assert!(Permissions::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -25,6 +25,8 @@ pub use self::{
 pub use crate::{
     auth::config::{AuthConfig, AuthMode, ClientIdentity, QuotaConfig, TenantQuota},
     cache::config::{CacheConfig, NamespacePolicy},
+    events::config::{EventsConfig, TopicRetention},
+    lock::config::LockConfig,
     ratelimit::config::{LimitConfig, RateLimitConfig},
     session::config::SessionConfig,
 };
@@ -49,6 +51,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Named rate limits and input limits.
     pub ratelimit: RateLimitConfig,
+    /// Lock bounds.
+    pub locks: LockConfig,
+    /// Event topics: retention, bounds.
+    pub events: EventsConfig,
     /// Authentication: API keys, client certificates.
     pub auth: AuthConfig,
     /// Per-tenant quotas.
@@ -88,6 +94,8 @@ impl Config {
         self.session.validate(&mut bad);
         self.cache.validate(&mut bad);
         self.ratelimit.validate(&mut bad);
+        self.locks.validate(&mut bad);
+        self.events.validate(&mut bad);
         self.auth
             .validate(self.server.tls.client_ca_file.is_some(), &mut bad);
         self.quota.validate(&mut bad);

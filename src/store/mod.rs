@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod signal;
 
 use std::time::Duration;
 

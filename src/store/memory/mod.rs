@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use super::{StoreError, keys::Keys};
+use super::{StoreError, keys::Keys, signal::LocalSignals};
 use crate::auth::config::QuotaConfig;
 use crate::time::{Millis, now_ms};
 
@@ -126,6 +126,7 @@ pub struct MemoryBackend {
     clock: Clock,
     budget: Budget,
     quotas: Arc<QuotaConfig>,
+    signals: LocalSignals,
 }
 
 impl MemoryBackend {
@@ -139,6 +140,7 @@ impl MemoryBackend {
             clock: Clock::default(),
             budget: Budget::new(max_bytes),
             quotas: Arc::new(QuotaConfig::default()),
+            signals: LocalSignals::default(),
         }
     }
 
@@ -157,6 +159,11 @@ impl MemoryBackend {
     /// The budget sessions and counters are charged to.
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// In-process signals (a lock released, an event published) for the stores' waiters.
+    pub fn signals(&self) -> &LocalSignals {
+        &self.signals
     }
 
     /// The clock every memory store of this backend decides by.

@@ -19,6 +19,7 @@
 //! ([`RedisBackend::invoke_idempotent`]); nothing else is resent, and never after a timeout
 //! (that would double the wait).
 
+pub mod notify;
 pub mod pool;
 pub mod reply;
 pub mod scripts;
@@ -45,18 +46,19 @@ use std::{
 
 use deadpool::managed;
 use redis::{
-    Arg, AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
-    ServerErrorKind, Value,
+    Arg, AsyncConnectionConfig, Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    Pipeline, RedisError, ServerErrorKind, Value,
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClientBuilder, SentinelServerType},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
 use self::{
+    notify::{Notifier, Opener},
     pool::{Conn, Connector, Manager, Pool},
     scripts::{LuaScript, ScriptCall, Scripts},
 };
-use super::{StoreError, keys::Keys};
+use super::{StoreError, keys::Keys, signal::Signal};
 use crate::config::{RedisConfig, RedisMode, redact_url};
 
 /// First pause between retries of a call Redis refused without running; it doubles up to
@@ -83,6 +85,9 @@ pub struct RedisBackend {
     /// one learns the topology afresh (the pool's connections are left alone: they heal one by
     /// one when a call finds their map stale).
     health: Option<Arc<ClusterHealth>>,
+    /// Signals from scripts to this replica's waiters (one Pub/Sub connection, opened when the
+    /// first signal is asked for).
+    notifier: Arc<Notifier>,
 }
 
 /// The health task's connection to a cluster.
@@ -176,7 +181,13 @@ impl RedisBackend {
             failover_wait: config.failover_wait,
             display_url: display_url.into(),
             health,
+            notifier: Arc::new(Notifier::new(opener(config)?, config.connect_timeout)),
         })
+    }
+
+    /// A signal fired by scripts that `PUBLISH` on `channel` (see [`notify`]).
+    pub async fn signal(&self, channel: &str) -> Signal {
+        self.notifier.subscribe(channel).await
     }
 
     /// How Redis is reached.
@@ -900,23 +911,7 @@ fn connector(
         .set_response_timeout(response_timeout);
     match config.mode {
         RedisMode::Standalone => {
-            let url = config
-                .url
-                .as_deref()
-                .ok_or_else(|| StoreError::Protocol("redis.url is not set".into()))?;
-            let mut info = url
-                .into_connection_info()
-                .map_err(|e| bad("redis.url", e))?;
-            // Nagle's algorithm against Redis's delayed ACKs adds ~40 ms to pipelined replies.
-            info = info.set_tcp_settings(nodelay);
-            let mut settings = info.redis_settings().clone();
-            if let Some(username) = &config.username {
-                settings = settings.set_username(username);
-            }
-            if let Some(password) = &config.password {
-                settings = settings.set_password(password);
-            }
-            info = info.set_redis_settings(settings);
+            let (info, url) = standalone_info(config)?;
             let manager = deadpool_redis::Manager::new_with_config(info, connection_config)
                 .map_err(|e| bad("redis.url", e))?;
             Ok((Connector::Standalone(manager), redact_url(url)))
@@ -956,40 +951,8 @@ fn connector(
             ))
         }
         RedisMode::Sentinel => {
+            let client = sentinel_client(config)?;
             let master = config.master_name.clone().unwrap_or_default();
-            let mut addrs = Vec::with_capacity(config.sentinels.len());
-            let mut url_password = None;
-            let mut url_username = None;
-            for url in &config.sentinels {
-                let info = url
-                    .as_str()
-                    .into_connection_info()
-                    .map_err(|e| bad("redis.sentinels", e))?;
-                url_password = url_password.or(info.redis_settings().password().map(str::to_owned));
-                url_username = url_username.or(info.redis_settings().username().map(str::to_owned));
-                addrs.push(info.addr().clone());
-            }
-            let mut builder =
-                SentinelClientBuilder::new(addrs, master.clone(), SentinelServerType::Master)
-                    .map_err(|e| bad("redis.sentinels", e))?
-                    .set_client_to_sentinel_tcp_settings(nodelay.clone())
-                    .set_client_to_redis_tcp_settings(nodelay);
-            if let Some(password) = config.sentinel_password.clone().or(url_password) {
-                builder = builder.set_client_to_sentinel_password(password);
-            }
-            if let Some(username) = url_username {
-                builder = builder.set_client_to_sentinel_username(username);
-            }
-            if let Some(username) = &config.username {
-                builder = builder.set_client_to_redis_username(username);
-            }
-            if let Some(password) = &config.password {
-                builder = builder.set_client_to_redis_password(password);
-            }
-            if config.master_tls {
-                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-            }
-            let client = builder.build().map_err(|e| bad("redis.sentinels", e))?;
             let shown: Vec<String> = config.sentinels.iter().map(|s| redact_url(s)).collect();
             Ok((
                 Connector::Sentinel {
@@ -1000,6 +963,103 @@ fn connector(
             ))
         }
     }
+}
+
+/// The connection info of `redis.url` with the username, password and TCP settings of `config`.
+fn standalone_info(config: &RedisConfig) -> Result<(ConnectionInfo, &str), StoreError> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| StoreError::Protocol("redis.url is not set".into()))?;
+    let mut info = url
+        .into_connection_info()
+        .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?;
+    // Nagle's algorithm against Redis's delayed ACKs adds ~40 ms to pipelined replies.
+    info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let mut settings = info.redis_settings().clone();
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password);
+    }
+    Ok((info.set_redis_settings(settings), url))
+}
+
+/// A client of the sentinels that finds the master `redis.master_name`.
+fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient, StoreError> {
+    let bad = |key: &str, e: RedisError| StoreError::Protocol(format!("{key}: {e}"));
+    let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+    let master = config.master_name.clone().unwrap_or_default();
+    let mut addrs = Vec::with_capacity(config.sentinels.len());
+    let mut url_password = None;
+    let mut url_username = None;
+    for url in &config.sentinels {
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| bad("redis.sentinels", e))?;
+        url_password = url_password.or(info.redis_settings().password().map(str::to_owned));
+        url_username = url_username.or(info.redis_settings().username().map(str::to_owned));
+        addrs.push(info.addr().clone());
+    }
+    let mut builder = SentinelClientBuilder::new(addrs, master.clone(), SentinelServerType::Master)
+        .map_err(|e| bad("redis.sentinels", e))?
+        .set_client_to_sentinel_tcp_settings(nodelay.clone())
+        .set_client_to_redis_tcp_settings(nodelay);
+    if let Some(password) = config.sentinel_password.clone().or(url_password) {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(username) = url_username {
+        builder = builder.set_client_to_sentinel_username(username);
+    }
+    if let Some(username) = &config.username {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = &config.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if config.master_tls {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    }
+    builder.build().map_err(|e| bad("redis.sentinels", e))
+}
+
+/// How the subscriber connection of the [`Notifier`] is opened in `config`'s mode.
+fn opener(config: &RedisConfig) -> Result<Opener, StoreError> {
+    Ok(match config.mode {
+        RedisMode::Standalone => Opener::Single(
+            Client::open(standalone_info(config)?.0)
+                .map_err(|e| StoreError::Protocol(format!("redis.url: {e}")))?,
+        ),
+        RedisMode::Sentinel => Opener::Sentinel(tokio::sync::Mutex::new(sentinel_client(config)?)),
+        RedisMode::Cluster => {
+            let seeds: Vec<&str> = if config.nodes.is_empty() {
+                config.url.iter().map(String::as_str).collect()
+            } else {
+                config.nodes.iter().map(String::as_str).collect()
+            };
+            let mut clients = Vec::with_capacity(seeds.len());
+            for seed in seeds {
+                let mut info = seed
+                    .into_connection_info()
+                    .map_err(|e| StoreError::Protocol(format!("redis.nodes: {e}")))?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(username) = &config.username {
+                    settings = settings.set_username(username);
+                }
+                if let Some(password) = &config.password {
+                    settings = settings.set_password(password);
+                }
+                info = info.set_redis_settings(settings);
+                clients.push(
+                    Client::open(info)
+                        .map_err(|e| StoreError::Protocol(format!("redis.nodes: {e}")))?,
+                );
+            }
+            Opener::Nodes(clients)
+        }
+    })
 }
 
 /// Whether Redis refused the command without running it, so sending it again cannot apply

@@ -1,0 +1,48 @@
+//! Locks: the `flowstate.v1.LockService` domain in one folder.
+//!
+//! - [`api`]: the gRPC handlers.
+//! - [`service`]: validation, tokens, and the wait loop (woken by [`Signal`]s, never polling
+//!   while they are live).
+//! - [`model`]: shared types; [`store`]: the store contract; [`redis`] (with `lua/`) and
+//!   [`memory`] implement it; [`keys`] has the key formats.
+//! - [`config`]: the `[locks]` section.
+//!
+//! [`Signal`]: crate::store::signal::Signal
+
+pub mod api;
+pub mod config;
+pub mod keys;
+pub mod memory;
+pub mod model;
+pub mod redis;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use self::{
+    model::{Acquired, Attempt, Grant, Holding, LockState},
+    service::Locks,
+    store::LockStore,
+};
+use crate::store::{Backend, StoreError};
+
+/// The lock store of `backend`, bounded by `config`.
+pub fn open_store(
+    backend: &Backend,
+    config: &config::LockConfig,
+) -> Result<Arc<dyn LockStore>, StoreError> {
+    let retention = u64::try_from(config.fence_retention.as_millis()).unwrap_or(u64::MAX);
+    Ok(match backend {
+        Backend::Memory(m) => Arc::new(memory::MemoryLockStore::with_limits(
+            m,
+            config.max_waiters,
+            retention,
+        )),
+        Backend::Redis(r) => Arc::new(redis::RedisLockStore::with_limits(
+            r.clone(),
+            config.max_waiters,
+            retention,
+        )?),
+    })
+}
