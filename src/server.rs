@@ -187,10 +187,12 @@ pub async fn run(
     let sessions = Sessions::new(
         session::open_store(&backend, &config.session)?,
         config.session.clone(),
-    );
+    )
+    .with_events(events.clone());
     let session_service = SessionServiceServer::new(SessionApi::new(sessions))
         .max_decoding_message_size(config.server.max_message_bytes);
-    let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone());
+    let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone())
+        .with_events(events.clone());
     tasks.push((
         "metrics collector",
         tokio::spawn(observe::collect(

@@ -317,6 +317,8 @@ async fn every_method_needs_exactly_its_permission() {
         flowstate::session::api::PERMISSIONS,
         flowstate::cache::api::PERMISSIONS,
         flowstate::ratelimit::api::PERMISSIONS,
+        flowstate::lock::api::PERMISSIONS,
+        flowstate::events::api::PERMISSIONS,
     ]
     .iter()
     .flat_map(|(service, methods)| {

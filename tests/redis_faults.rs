@@ -585,6 +585,52 @@ async fn every_key_flowstate_writes_has_a_ttl() {
         .await
         .expect("check");
 
+    // A lock with a holder and a waiter (all five of its keys), and a topic.
+    let mut locks = pb::lock_service_client::LockServiceClient::new(server.channel.clone());
+    let lock_req = |wait: i64| pb::AcquireLockRequest {
+        name: "job".into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        wait: Some(prost_types::Duration {
+            seconds: wait,
+            nanos: 0,
+        }),
+        limit: 1,
+        metadata: Default::default(),
+    };
+    assert!(
+        locks
+            .acquire(lock_req(0))
+            .await
+            .expect("acquire")
+            .into_inner()
+            .acquired
+    );
+    let mut waiter = locks.clone();
+    let waiting = tokio::spawn(async move { waiter.acquire(lock_req(3)).await });
+    assert!(
+        common::eventually(Duration::from_secs(2), || {
+            let mut locks = locks.clone();
+            async move {
+                locks
+                    .inspect(pb::InspectLockRequest { name: "job".into() })
+                    .await
+                    .is_ok_and(|r| r.into_inner().waiters == 1)
+            }
+        })
+        .await
+    );
+    pb::event_service_client::EventServiceClient::new(server.channel.clone())
+        .publish(pb::PublishRequest {
+            topic: "campaign:1".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            key: String::new(),
+        })
+        .await
+        .expect("publish");
+
     let mut conn = redis.client().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -592,7 +638,8 @@ async fn every_key_flowstate_writes_has_a_ttl() {
         .await
         .expect("KEYS");
     // Session hash and user index; cache entry, lease, tag index, tag mark, generations;
-    // a counter; flowstate's health probe key.
+    // a counter; a lock's holdings, tokens, fence, queue and queue leases; a topic (and
+    // flowstate's own cache topic, from the invalidations); flowstate's health probe key.
     for kind in [
         ":s:",
         ":u:",
@@ -602,6 +649,13 @@ async fn every_key_flowstate_writes_has_a_ttl() {
         ":ci:",
         ":cg:",
         ":rl:",
+        "}:h",
+        "}:m",
+        "}:f",
+        "}:q",
+        "}:e",
+        ":ev:{campaign:1}",
+        ":ev:{flowstate.cache}",
         ":_:health",
     ] {
         assert!(
@@ -611,7 +665,7 @@ async fn every_key_flowstate_writes_has_a_ttl() {
     }
     // Generations are one per bucket touched (64 for the invalidated namespace).
     let others: Vec<&String> = keys.iter().filter(|k| !k.contains(":cg:")).collect();
-    assert_eq!(others.len(), 8, "{others:?}");
+    assert_eq!(others.len(), 15, "{others:?}");
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -620,6 +674,7 @@ async fn every_key_flowstate_writes_has_a_ttl() {
             .expect("PTTL");
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
+    let _ = waiting.await;
 }
 
 /// A Redis that is demoted to a replica (a failover elsewhere) answers PING but refuses writes

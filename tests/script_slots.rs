@@ -68,12 +68,15 @@ fn parse(line: &str) -> Option<Seen> {
 fn keys_of(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let name = String::from_utf8_lossy(&words[0]).to_ascii_uppercase();
     match name.as_str() {
-        "TIME" => Vec::new(),
+        // PUBLISH names a channel, not a key (a Cluster delivers it to every node).
+        "TIME" | "PUBLISH" => Vec::new(),
+        "XINFO" => vec![words[2].clone()],
         "DEL" | "UNLINK" | "EXISTS" => words[1..].to_vec(),
         "RENAME" => words[1..3].to_vec(),
         "GET" | "SET" | "HGET" | "HSET" | "HMGET" | "HGETALL" | "HDEL" | "HEXISTS" | "HSTRLEN"
         | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE" | "ZRANGEBYSCORE"
-        | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" => vec![words[1].clone()],
+        | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" | "ZRANK" | "ZCOUNT" | "ZSCORE" | "XADD"
+        | "XLEN" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XSETID" => vec![words[1].clone()],
         other => panic!("a script ran {other}: add it to keys_of"),
     }
 }
@@ -225,6 +228,81 @@ async fn workload(server: &TestServer) {
     })
     .await
     .expect("two-counter check");
+
+    // Locks: a grant, a busy try, a waiter that gives up (and leaves the queue), extend,
+    // inspect, release.
+    let mut l = pb::lock_service_client::LockServiceClient::new(server.channel.clone());
+    let acquire = |wait_ms: i32| pb::AcquireLockRequest {
+        name: "job:1".into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        wait: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: wait_ms * 1_000_000,
+        }),
+        limit: 1,
+        metadata: Default::default(),
+    };
+    let held = l.acquire(acquire(0)).await.expect("acquire").into_inner();
+    assert!(
+        !l.acquire(acquire(100))
+            .await
+            .expect("wait")
+            .into_inner()
+            .acquired
+    );
+    l.extend(pb::ExtendLockRequest {
+        name: "job:1".into(),
+        token: held.token.clone(),
+        ttl: Some(prost_types::Duration {
+            seconds: 20,
+            nanos: 0,
+        }),
+    })
+    .await
+    .expect("extend");
+    l.inspect(pb::InspectLockRequest {
+        name: "job:1".into(),
+    })
+    .await
+    .expect("inspect");
+    l.release(pb::ReleaseLockRequest {
+        name: "job:1".into(),
+        token: held.token,
+    })
+    .await
+    .expect("release");
+
+    // Events: publish, a subscription that resumes (head, read), kept alive (touch).
+    let mut e = pb::event_service_client::EventServiceClient::new(server.channel.clone());
+    let publish = |payload: &'static [u8]| pb::PublishRequest {
+        topic: "campaign:1".into(),
+        payload: Bytes::from_static(payload),
+        key: String::new(),
+    };
+    let first = e
+        .publish(publish(b"1"))
+        .await
+        .expect("publish")
+        .into_inner()
+        .id;
+    let mut stream = e
+        .subscribe(pb::SubscribeRequest {
+            topics: vec!["campaign:1".into()],
+            after: [("campaign:1".to_owned(), first)].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    stream.message().await.expect("subscribed");
+    // The feed keeps its topic alive once a second (max_age / 4, at least 1 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    e.publish(publish(b"2")).await.expect("publish");
+    stream.message().await.expect("event");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,12 +310,16 @@ async fn every_script_touches_one_slot() {
     let redis = RedisServer::start().await;
     let mut config = test_config();
     config.redis.url = Some(redis.url());
+    // A feed keeps its topic alive every max_age / 4 (at least 1 s): within the workload.
+    config.events.max_age = Duration::from_secs(4);
     // The scripts the server registers, by SHA1 (the same sources give the same SHA1s).
     let backend = RedisBackend::new(&config.redis).expect("backend");
     let wrapped = Backend::Redis(backend.clone());
     session::open_store(&wrapped, &config.session).expect("session store");
     cache::open_store(&wrapped, &config).expect("cache store");
     ratelimit::open_store(&wrapped).expect("rate-limit store");
+    flowstate::lock::open_store(&wrapped, &config.locks).expect("lock store");
+    flowstate::events::open_store(&wrapped).expect("event store");
     let scripts = backend.scripts();
     let name_of = |sha: &[u8]| -> &'static str {
         scripts

@@ -664,11 +664,14 @@ async fn redis_keys_hide_session_ids_and_all_expire() {
         .into_inner();
     let keys = b.redis_keys().await;
     let url = b.redis_url.as_ref().expect("a Redis backend");
+    // A session hash, a user index, and the `flowstate.sessions` topic the rotation was
+    // announced on (which must not hold the ids either).
     assert_eq!(
         keys.len(),
-        2,
-        "one session hash and one user index: {keys:?}"
+        3,
+        "one session hash, one user index, one topic: {keys:?}"
     );
+    assert!(keys.iter().any(|k| k.contains(":ev:{flowstate.sessions}")));
     let mut conn = redis::Client::open(url.as_str())
         .expect("url")
         .get_multiplexed_async_connection()
@@ -690,22 +693,39 @@ async fn redis_keys_hide_session_ids_and_all_expire() {
             .await
             .expect("PTTL");
         assert!(ttl > 0, "key {key} has no TTL ({ttl})");
-        let dump: Vec<Vec<u8>> = match redis::cmd("HGETALL").arg(key).query_async(&mut conn).await {
-            Ok(v) => v,
-            Err(_) => redis::cmd("ZRANGE")
+        let dump: Vec<Vec<u8>> = if key.contains(":ev:") {
+            type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+            let entries: Entries = redis::cmd("XRANGE")
                 .arg(key)
-                .arg(0)
-                .arg(-1)
+                .arg("-")
+                .arg("+")
                 .query_async(&mut conn)
                 .await
-                .expect("ZRANGE"),
+                .expect("XRANGE");
+            entries
+                .into_iter()
+                .flat_map(|(_, fields)| fields.into_iter().flat_map(|(f, v)| [f, v]))
+                .collect()
+        } else {
+            match redis::cmd("HGETALL").arg(key).query_async(&mut conn).await {
+                Ok(v) => v,
+                Err(_) => redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("ZRANGE"),
+            }
         };
         for item in dump {
             let item = String::from_utf8_lossy(&item);
-            assert!(
-                !item.contains(&rotated.id[11..]),
-                "secret stored in a value of {key}"
-            );
+            for id in [&s.id, &rotated.id] {
+                assert!(
+                    !item.contains(&id[11..]),
+                    "secret stored in a value of {key}"
+                );
+            }
         }
     }
 }

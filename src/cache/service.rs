@@ -13,6 +13,7 @@ use super::{
     stats::{CacheStats, NamespaceStats},
     store::{CacheStore, CacheStoreSettings},
 };
+use crate::events::{Events, service::CACHE_TOPIC};
 use crate::{
     error::{Error, Violation},
     tenant::Tenant,
@@ -25,6 +26,8 @@ pub struct Caches {
     store: Arc<dyn CacheStore>,
     config: Arc<CacheConfig>,
     stats: Arc<CacheStats>,
+    /// Where invalidations are announced (`flowstate.cache`), when events are on.
+    events: Option<Events>,
 }
 
 impl Caches {
@@ -38,6 +41,7 @@ impl Caches {
             store,
             config: Arc::new(config),
             stats,
+            events: None,
         }
     }
 
@@ -252,7 +256,17 @@ impl Caches {
             return Err(Error::invalid("tags", "name at least one tag"));
         }
         self.check_tags("tags", tags)?;
-        Ok(self.store.invalidate_tags(tenant, namespace, tags).await?)
+        let deleted = self.store.invalidate_tags(tenant, namespace, tags).await?;
+        self.announce(
+            tenant,
+            serde_json::json!({
+                "type": "cache.tags_invalidated",
+                "namespace": namespace,
+                "tags": tags,
+            }),
+        )
+        .await;
+        Ok(deleted)
     }
 
     /// Invalidates the whole namespace in O(1).
@@ -262,7 +276,30 @@ impl Caches {
         namespace: &str,
     ) -> Result<(), Error> {
         self.namespace(namespace)?;
-        Ok(self.store.invalidate_namespace(tenant, namespace).await?)
+        self.store.invalidate_namespace(tenant, namespace).await?;
+        self.announce(
+            tenant,
+            serde_json::json!({
+                "type": "cache.namespace_invalidated",
+                "namespace": namespace,
+            }),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The same cache, announcing invalidations (tags, namespaces) on `flowstate.cache`.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    async fn announce(&self, tenant: &Tenant, event: serde_json::Value) {
+        if let Some(events) = &self.events {
+            events
+                .publish_own(tenant, CACHE_TOPIC, event.to_string())
+                .await;
+        }
     }
 }
 

@@ -34,7 +34,8 @@ use crate::{
     tenant::Tenant,
 };
 
-/// Events read per store call.
+/// Most events read per store call: a quarter of `events.subscriber_buffer` when that is
+/// smaller, so one batch never fills a subscriber that keeps up.
 pub const BATCH: usize = 256;
 /// A feed reads at least this often even when no signal woke it.
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
@@ -105,6 +106,10 @@ struct FeedState {
     members: Vec<(u64, Member)>,
     next_member: u64,
     closed: bool,
+    /// Whether the feed has read the topic's head (members that joined before then start at
+    /// `head`; later ones at `position`, as it was when they joined).
+    started: bool,
+    head: EventId,
     /// Why the feed could not start (the store could not be read).
     start_failure: Option<StoreError>,
 }
@@ -172,52 +177,53 @@ impl Hub {
         member: Member,
     ) -> Result<(EventId, Membership), StoreError> {
         let key: FeedKey = (tenant.clone(), Arc::from(topic));
-        loop {
-            let feed = {
-                let mut feeds = lock(&self.feeds);
-                feeds
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        let feed = Arc::new(Feed {
-                            tenant: key.0.clone(),
-                            topic: key.1.clone(),
-                            state: Mutex::new(FeedState {
-                                position: EventId::ZERO,
-                                members: Vec::new(),
-                                next_member: 0,
-                                closed: false,
-                                start_failure: None,
-                            }),
-                            started: watch::channel(false).0,
-                            wake: Notify::new(),
-                        });
-                        tokio::spawn(self.clone().run(feed.clone()));
-                        feed
-                    })
-                    .clone()
-            };
-            let _ = feed.started.subscribe().wait_for(|s| *s).await;
+        // Registered under the hub's lock, so a feed found here cannot end before it counts
+        // this member (it ends only when it has none, checked under the same lock).
+        let (feed, id, started, position) = {
+            let mut feeds = lock(&self.feeds);
+            let feed = feeds
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let feed = Arc::new(Feed {
+                        tenant: key.0.clone(),
+                        topic: key.1.clone(),
+                        state: Mutex::new(FeedState {
+                            position: EventId::ZERO,
+                            members: Vec::new(),
+                            next_member: 0,
+                            closed: false,
+                            started: false,
+                            head: EventId::ZERO,
+                            start_failure: None,
+                        }),
+                        started: watch::channel(false).0,
+                        wake: Notify::new(),
+                    });
+                    tokio::spawn(self.clone().run(feed.clone()));
+                    feed
+                })
+                .clone();
             let mut state = lock(&feed.state);
-            if state.closed {
-                if let Some(e) = &state.start_failure {
-                    // The store cannot be read now.
-                    return Err(e.clone());
-                }
-                // It ended between our lookup and now: start another.
-                continue;
-            }
             let id = state.next_member;
             state.next_member += 1;
-            state.members.push((id, member.clone()));
-            let position = state.position;
+            state.members.push((id, member));
+            let (started, position) = (state.started, state.position);
             drop(state);
-            return Ok((
-                position,
-                Membership {
-                    feed: feed.clone(),
-                    id,
-                },
-            ));
+            (feed, id, started, position)
+        };
+        let membership = Membership {
+            feed: feed.clone(),
+            id,
+        };
+        if started {
+            return Ok((position, membership));
+        }
+        // Joined before the feed read the head: it gets every event after the head.
+        let _ = feed.started.subscribe().wait_for(|s| *s).await;
+        let state = lock(&feed.state);
+        match &state.start_failure {
+            Some(e) => Err(e.clone()),
+            None => Ok((state.head, membership)),
         }
     }
 
@@ -263,6 +269,7 @@ impl Hub {
     async fn run(self: Arc<Self>, feed: Arc<Feed>) {
         let (tenant, topic) = (feed.tenant.clone(), feed.topic.clone());
         let retention = self.config.retention(&topic);
+        let batch_size = (self.config.subscriber_buffer / 4).clamp(1, BATCH);
         // Subscribed before the head is read, so nothing published after it is missed.
         let mut signal: Signal = self.store.signal(&tenant, &topic).await;
         let head = match self.store.head(&tenant, &topic).await {
@@ -273,7 +280,12 @@ impl Hub {
                 return;
             }
         };
-        lock(&feed.state).position = head;
+        {
+            let mut state = lock(&feed.state);
+            state.position = head;
+            state.head = head;
+            state.started = true;
+        }
         feed.started.send_replace(true);
         metrics::gauge!("flowstate_events_feeds").increment(1.0);
         let touch_every =
@@ -284,9 +296,9 @@ impl Hub {
                 break;
             }
             let after = lock(&feed.state).position;
-            match self.store.read(&tenant, &topic, after, BATCH).await {
+            match self.store.read(&tenant, &topic, after, batch_size).await {
                 Ok(batch) => {
-                    let full = batch.events.len() == BATCH;
+                    let full = batch.events.len() == batch_size;
                     fan_out(&feed, batch);
                     if full {
                         continue;

@@ -1,6 +1,7 @@
 //! The Redis event store: a Redis Stream per topic, written and read by scripts (`lua/`) that
 //! trim to the topic's retention and tell a reader exactly when events it has not seen were
-//! trimmed away (`XINFO STREAM`'s `max-deleted-entry-id`). New events are announced with
+//! trimmed away (`lua/trim.lua` records the largest id trimmed as the stream's
+//! `max-deleted-entry-id`, which `XINFO STREAM` reports). New events are announced with
 //! `PUBLISH` on the stream's key, which wakes the topic's reader on every replica.
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ pub struct RedisEventStore {
     backend: RedisBackend,
     publish: LuaScript,
     read: LuaScript,
+    head: LuaScript,
     touch: LuaScript,
 }
 
@@ -35,9 +37,16 @@ impl RedisEventStore {
     /// Registers the event scripts with `backend`.
     pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
         Ok(Self {
-            publish: backend.register("events.publish", lua!("src/events/lua/publish.lua"))?,
+            publish: backend.register(
+                "events.publish",
+                lua!("src/events/lua/trim.lua", "src/events/lua/publish.lua"),
+            )?,
             read: backend.register("events.read", lua!("src/events/lua/read.lua"))?,
-            touch: backend.register("events.touch", lua!("src/events/lua/touch.lua"))?,
+            head: backend.register("events.head", lua!("src/events/lua/head.lua"))?,
+            touch: backend.register(
+                "events.touch",
+                lua!("src/events/lua/trim.lua", "src/events/lua/touch.lua"),
+            )?,
             backend,
         })
     }
@@ -142,16 +151,10 @@ impl EventStore for RedisEventStore {
     }
 
     async fn head(&self, tenant: &Tenant, topic: &str) -> Result<EventId, StoreError> {
-        let mut call = self.read.call();
-        // Nothing is after the largest id: the reply is the stream's figures alone.
-        call.key(self.backend.keys().topic(tenant, topic))
-            .arg(format!("{}-{}", u64::MAX, u64::MAX))
-            .arg(1);
-        let reply: Vec<Value> = self.backend.invoke_idempotent("events_head", &call).await?;
-        match reply.into_iter().nth(2) {
-            Some(last) => id_of(last),
-            None => Ok(EventId::ZERO),
-        }
+        let mut call = self.head.call();
+        call.key(self.backend.keys().topic(tenant, topic));
+        let last: Value = self.backend.invoke_idempotent("events_head", &call).await?;
+        id_of(last)
     }
 
     async fn touch(
@@ -162,7 +165,8 @@ impl EventStore for RedisEventStore {
     ) -> Result<(), StoreError> {
         let mut call = self.touch.call();
         call.key(self.backend.keys().topic(tenant, topic))
-            .arg(retention.max_age_ms);
+            .arg(retention.max_age_ms)
+            .arg(retention.max_len);
         let _: i64 = self
             .backend
             .invoke_idempotent("events_touch", &call)

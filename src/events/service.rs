@@ -344,7 +344,11 @@ impl Subscription {
     ) -> Result<bool, Gone> {
         let mut cursor = positions.get(topic).copied().unwrap_or(head);
         let asked = cursor;
-        while cursor < head {
+        // A given position is always checked against the topic's history, even one at or past
+        // its head (a topic that was forgotten and made anew, or holds nothing now).
+        let mut check = self.after.contains_key(topic);
+        while check || cursor < head {
+            check = false;
             let batch = match self
                 .store
                 .read(&self.tenant, topic, cursor, super::hub::BATCH)

@@ -353,13 +353,17 @@ impl SessionStore for MemorySessionStore {
         Ok(Some(record))
     }
 
-    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+    ) -> Result<Option<String>, StoreError> {
         let k = self.keys.session(tenant, key);
         let mut state = self.lock();
         let now = self.clock.now();
-        let live = state.live(&k, now).is_some();
+        let user = state.live(&k, now).map(|e| e.record.user_id.clone());
         state.remove(&k);
-        Ok(live)
+        Ok(user)
     }
 
     async fn list(
@@ -503,7 +507,13 @@ mod tests {
         };
         assert!(matches!(full, StoreError::Full(_)), "{full:?}");
         assert!(!created.is_empty());
-        assert!(store.delete(&tenant, &created[0]).await.expect("delete"));
+        assert!(
+            store
+                .delete(&tenant, &created[0])
+                .await
+                .expect("delete")
+                .is_some()
+        );
         let tag = UserTag::for_user(&tenant, "again");
         let key = SessionId::generate(tag).key();
         store
@@ -551,7 +561,7 @@ mod tests {
         );
         let (_, other) = create(&store, &b, "u1").await;
         other.expect("another tenant is not affected");
-        assert!(store.delete(&a, &kept[1]).await.expect("delete"));
+        assert!(store.delete(&a, &kept[1]).await.expect("delete").is_some());
         let (_, room) = create(&store, &a, "u1").await;
         room.expect("room again after a delete");
         let (_, replacing) = create(&store, &a, "u1").await;

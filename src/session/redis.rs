@@ -226,14 +226,18 @@ impl SessionStore for RedisSessionStore {
         }
     }
 
-    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        tenant: &Tenant,
+        key: &SessionKey,
+    ) -> Result<Option<String>, StoreError> {
         let mut call = self.scripts.delete.call();
         call.key(self.backend.keys().session(tenant, key))
             .key(self.backend.keys().user_index(tenant, key.tag()))
             .arg(key.member());
         // Not retried: deleting twice ends in the same state, but the second answer ("already
         // gone") would hide that the first attempt deleted it.
-        Ok(self.write::<i64>("session_delete", &call).await? == 1)
+        self.write::<Option<String>>("session_delete", &call).await
     }
 
     async fn list(

@@ -12,6 +12,7 @@ use super::{
     store::SessionStore,
     validate::{check_fields, check_user_id, parse_handle, parse_id, validate_create},
 };
+use crate::events::{Events, service::SESSIONS_TOPIC};
 use crate::{
     error::{Error, Violation},
     tenant::Tenant,
@@ -45,6 +46,8 @@ pub struct Sessions {
     store: Arc<dyn SessionStore>,
     policy: Arc<SessionConfig>,
     metrics: SessionMetrics,
+    /// Where revocations are announced (`flowstate.sessions`), when events are on.
+    events: Option<Events>,
 }
 
 impl Sessions {
@@ -54,6 +57,7 @@ impl Sessions {
             store,
             policy: Arc::new(policy),
             metrics: SessionMetrics::new(),
+            events: None,
         }
     }
 
@@ -185,6 +189,21 @@ impl Sessions {
         }
     }
 
+    /// The same sessions, announcing revocations (deleted, rotated, logged out everywhere) on
+    /// `flowstate.sessions`: handles and user ids, never a session id.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    async fn announce(&self, tenant: &Tenant, event: serde_json::Value) {
+        if let Some(events) = &self.events {
+            events
+                .publish_own(tenant, SESSIONS_TOPIC, event.to_string())
+                .await;
+        }
+    }
+
     /// Replaces the id; the old one is dead when this returns.
     pub async fn rotate(&self, tenant: &Tenant, id: &str) -> Result<Session, Error> {
         let old = parse_id(id)?;
@@ -196,6 +215,16 @@ impl Sessions {
             .await?
             .ok_or_else(|| self.missed())?;
         self.metrics.rotated.increment(1);
+        self.announce(
+            tenant,
+            serde_json::json!({
+                "type": "session.rotated",
+                "user_id": record.user_id,
+                "handle": old.key().handle(),
+                "new_handle": key.handle(),
+            }),
+        )
+        .await;
         Ok(Session {
             id: Some(new),
             key,
@@ -209,11 +238,20 @@ impl Sessions {
             DeleteTarget::Id(id) => parse_id(id)?.key(),
             DeleteTarget::Handle(h) => parse_handle("handle", h)?,
         };
-        let deleted = self.store.delete(tenant, &key).await?;
-        if deleted {
-            self.metrics.deleted.increment(1);
-        }
-        Ok(deleted)
+        let Some(user_id) = self.store.delete(tenant, &key).await? else {
+            return Ok(false);
+        };
+        self.metrics.deleted.increment(1);
+        self.announce(
+            tenant,
+            serde_json::json!({
+                "type": "session.deleted",
+                "user_id": user_id,
+                "handle": key.handle(),
+            }),
+        )
+        .await;
+        Ok(true)
     }
 
     /// The user's live sessions, oldest first.
@@ -252,6 +290,18 @@ impl Sessions {
             .delete_user(tenant, tag, user_id, keep.as_ref())
             .await?;
         self.metrics.deleted.increment(deleted);
+        if deleted > 0 {
+            self.announce(
+                tenant,
+                serde_json::json!({
+                    "type": "session.user_logged_out",
+                    "user_id": user_id,
+                    "deleted": deleted,
+                    "kept_handle": keep.as_ref().map(|k| k.handle()),
+                }),
+            )
+            .await;
+        }
         Ok(deleted)
     }
 

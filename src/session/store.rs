@@ -50,8 +50,10 @@ pub trait SessionStore: Send + Sync + 'static {
         new: &SessionKey,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Deletes a session and its index entry; whether it existed.
-    async fn delete(&self, tenant: &Tenant, key: &SessionKey) -> Result<bool, StoreError>;
+    /// Deletes a session and its index entry; the user id of the live session deleted (`None`
+    /// when it was already gone).
+    async fn delete(&self, tenant: &Tenant, key: &SessionKey)
+    -> Result<Option<String>, StoreError>;
 
     /// The user's live sessions (any order), pruning dead index entries. Without their data:
     /// a listing shows handles, timestamps and metadata only (data only through the id).

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import AsyncIterator, Callable
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from flowstate import AsyncClient, InvalidArgument, Limit, NotFound, RateLimited
@@ -78,6 +78,30 @@ def create_app(
         await app.state.fs.sessions.delete(handle=session.handle)
         response.delete_cookie(COOKIE)
         return {"ok": True}
+
+    @app.websocket("/live/{topic}")
+    async def live(websocket: WebSocket, topic: str) -> None:
+        """Relays a topic's events to the browser as JSON, one message per event. This is how
+        a browser gets real-time updates: through the app, never by talking to Redis. The
+        browser reconnects with `?after=<last id>` and misses nothing the topic still holds."""
+        sid = websocket.cookies.get(COOKIE)
+        try:
+            await websocket.app.state.fs.sessions.get(sid or "")
+        except (NotFound, InvalidArgument):
+            await websocket.close(code=4401)
+            return
+        await websocket.accept()
+        after = websocket.query_params.get("after")
+        subscription = websocket.app.state.fs.events.subscribe([topic], after={topic: after} if after else None)
+        try:
+            async for event in subscription:
+                await websocket.send_json(
+                    {"topic": event.topic, "id": event.id, "key": event.key, "payload": event.payload.decode()}
+                )
+        except WebSocketDisconnect:
+            pass
+        finally:
+            subscription.close()
 
     return app
 

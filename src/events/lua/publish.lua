@@ -3,15 +3,16 @@
 -- ARGV[1] payload, ARGV[2] key, ARGV[3] most events kept, ARGV[4] longest age kept, ms
 -- Returns the event's id.
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '=', ARGV[3], '*', 'p', ARGV[1], 'k', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 'k', ARGV[2])
 local ms = tonumber(string.match(id, '^(%d+)'))
+local mark = nil
 if fresh and ms > 0 then
   -- A stream made anew may follow one that expired: whatever came before this event is
   -- unknown, so a position from before it is reported as a gap, never skipped silently.
-  redis.call('XSETID', KEYS[1], id, 'MAXDELETEDID', int(ms - 1) .. '-0')
+  mark = int(ms - 1) .. '-0'
 end
 local age = tonumber(ARGV[4])
-redis.call('XTRIM', KEYS[1], 'MINID', '=', int(math.max(ms - age, 0)))
+trim(id, ms, tonumber(ARGV[3]), age, mark)
 redis.call('PEXPIRE', KEYS[1], 2 * age)
 redis.call('PUBLISH', KEYS[1], id)
 return id

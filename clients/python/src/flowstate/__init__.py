@@ -1,4 +1,4 @@
-"""flowstate client: sessions, cache and rate limits over gRPC.
+"""flowstate client: sessions, cache, rate limits, locks and events over gRPC.
 
 `Client` is synchronous, `AsyncClient` is for asyncio; both take plain Python values (bytes,
 dict, datetime, timedelta), give every call a deadline, retry only idempotent calls, and raise
@@ -10,8 +10,11 @@ from flowstate.client import Client
 from flowstate.errors import (
     Conflict,
     DeadlineExceeded,
+    EventsExpired,
     FlowstateError,
     InvalidArgument,
+    LockBusy,
+    LockLost,
     NotFound,
     PermissionDenied,
     RateLimited,
@@ -25,7 +28,11 @@ from flowstate.types import (
     CacheResult,
     Check,
     CheckResult,
+    Event,
+    Gap,
     Limit,
+    LockHolder,
+    LockInfo,
     RateLimitResult,
     Session,
 )
@@ -40,9 +47,16 @@ __all__ = [
     "Client",
     "Conflict",
     "DeadlineExceeded",
+    "Event",
+    "EventsExpired",
     "FlowstateError",
+    "Gap",
     "InvalidArgument",
     "Limit",
+    "LockBusy",
+    "LockHolder",
+    "LockInfo",
+    "LockLost",
     "NotFound",
     "PermissionDenied",
     "RateLimitResult",

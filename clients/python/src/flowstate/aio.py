@@ -12,17 +12,22 @@ import asyncio
 import inspect
 import time
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar, Union
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from flowstate import _channel
 from flowstate import types as t
-from flowstate.errors import FlowstateError, RateLimited, from_rpc_error
+from flowstate.client import _RESUMABLE, StartName, _subscribe_request
+from flowstate.errors import EventsExpired, FlowstateError, LockBusy, LockLost, RateLimited, from_rpc_error
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    lock_pb2,
+    lock_pb2_grpc,
     ratelimit_pb2,
     ratelimit_pb2_grpc,
     session_pb2,
@@ -218,6 +223,175 @@ async def _result(value: Union[bytes, Awaitable[bytes]]) -> bytes:
     return await value if inspect.isawaitable(value) else value
 
 
+class AsyncLock:
+    """A lock held by `locks.hold` (asyncio): `fencing_token`, and `lost`, an `asyncio.Event`
+    set when the background extension learns the lock is gone."""
+
+    def __init__(self, locks: Locks, name: str, ttl: timedelta, granted: lock_pb2.AcquireLockResponse) -> None:
+        self._locks = locks
+        self.name = name
+        self.ttl = ttl
+        self.token = granted.token
+        self.fencing_token = granted.fencing_token
+        self.holder_id = granted.holder_id
+        self.expires_at = t._dt(granted.expires_at)
+        self.lost = asyncio.Event()
+        self._task = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        every = self.ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.expires_at = await self._locks.extend(self.name, self.token, self.ttl)
+            except LockLost:
+                self.lost.set()
+                return
+            except FlowstateError:
+                continue
+
+    async def release(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        if self.lost.is_set():
+            return
+        try:
+            await self._locks.release(self.name, self.token)
+        except LockLost:
+            self.lost.set()
+
+
+class _Hold:
+    """`async with fs.locks.hold(...) as lock:` (see `Locks.hold`)."""
+
+    def __init__(self, locks: Locks, name: str, ttl: timedelta, wait: timedelta, limit: int,
+                 metadata: Mapping[str, str] | None) -> None:
+        self._args = (locks, name, ttl, wait, limit, metadata)
+        self._lock: AsyncLock | None = None
+
+    async def __aenter__(self) -> AsyncLock:
+        locks, name, ttl, wait, limit, metadata = self._args
+        granted = await locks.acquire(name, ttl, wait, limit, metadata)
+        if not granted.acquired:
+            raise LockBusy(name, granted.retry_after.ToTimedelta(), granted.holders)
+        self._lock = AsyncLock(locks, name, ttl, granted)
+        return self._lock
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            await self._lock.release()
+
+
+class Locks(_Base):
+    """`flowstate.v1.LockService` (asyncio), plus `hold`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__(client)
+        self._stub = lock_pb2_grpc.LockServiceStub(client._channel)
+
+    async def acquire(self, name: str, ttl: timedelta, wait: timedelta = timedelta(0), limit: int = 1,
+                      metadata: Mapping[str, str] | None = None) -> lock_pb2.AcquireLockResponse:
+        request = lock_pb2.AcquireLockRequest(
+            name=name, ttl=t.duration(ttl), wait=t.duration(wait), limit=limit, metadata=dict(metadata or {})
+        )
+        c = self._client
+        timeout = max(c.timeout, wait.total_seconds() + c.timeout)
+        try:
+            return await self._stub.Acquire(request, timeout=timeout, metadata=c._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def extend(self, name: str, token: str, ttl: timedelta):
+        request = lock_pb2.ExtendLockRequest(name=name, token=token, ttl=t.duration(ttl))
+        return await self._call(self._stub.Extend, request, lambda r: t._dt(r.expires_at))
+
+    async def release(self, name: str, token: str) -> None:
+        await self._call(self._stub.Release, lock_pb2.ReleaseLockRequest(name=name, token=token), lambda r: None)
+
+    async def inspect(self, name: str) -> t.LockInfo:
+        return await self._call(self._stub.Inspect, lock_pb2.InspectLockRequest(name=name), t.lock_info)
+
+    def hold(self, name: str, ttl: timedelta = timedelta(seconds=30), wait: timedelta = timedelta(seconds=10),
+             limit: int = 1, metadata: Mapping[str, str] | None = None) -> _Hold:
+        """`async with fs.locks.hold("campaign:42") as lock:` (see the sync client)."""
+        return _Hold(self, name, ttl, wait, limit, metadata)
+
+
+class AsyncSubscription:
+    """`async for event in fs.events.subscribe([...]):` resuming by itself (see the sync
+    `Subscription`)."""
+
+    def __init__(self, events: Events, topics: Sequence[str], after: Mapping[str, str] | None,
+                 start: StartName, accept_gaps: bool, reconnect: bool) -> None:
+        self._events = events
+        self.topics = list(topics)
+        self.positions: dict[str, str] = dict(after or {})
+        self._start = start
+        self._accept_gaps = accept_gaps
+        self._reconnect = reconnect
+        self._call = None
+        self._closed = False
+        self.resumes = 0
+
+    def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[t.Event | t.Gap]:
+        pause = 0.05
+        while not self._closed:
+            c = self._events._client
+            request = _subscribe_request(self.topics, self.positions, self._start, self._accept_gaps)
+            self._call = self._events._stub.Subscribe(request, metadata=c._metadata)
+            try:
+                async for message in self._call:
+                    kind = message.WhichOneof("kind")
+                    if kind == "subscribed":
+                        self.positions.update(dict(message.subscribed.positions))
+                        pause = 0.05
+                    elif kind == "event":
+                        self.positions[message.event.topic] = message.event.id
+                        yield t.event(message.event)
+                    elif kind == "gap":
+                        g = message.gap
+                        yield t.Gap(topic=g.topic, after=g.after, first_id=g.first_id)
+            except asyncio.CancelledError:
+                if self._closed:
+                    return
+                raise
+            except grpc.RpcError as e:
+                if self._closed:
+                    return
+                err = from_rpc_error(e)
+                if isinstance(err, EventsExpired) or not self._reconnect:
+                    raise err from None
+                if not isinstance(err, _RESUMABLE) and e.code() != grpc.StatusCode.CANCELLED:
+                    raise err from None
+            self.resumes += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+class Events(_Base):
+    """`flowstate.v1.EventService` (asyncio)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__(client)
+        self._stub = events_pb2_grpc.EventServiceStub(client._channel)
+
+    async def publish(self, topic: str, payload: bytes, key: str = "") -> str:
+        request = events_pb2.PublishRequest(topic=topic, payload=payload, key=key)
+        return await self._call(self._stub.Publish, request, lambda r: r.id)
+
+    def subscribe(self, topics: Sequence[str], after: Mapping[str, str] | None = None, start: StartName = "latest",
+                  accept_gaps: bool = False, reconnect: bool = True) -> AsyncSubscription:
+        return AsyncSubscription(self, topics, after, start, accept_gaps, reconnect)
+
+
 class AsyncClient:
     """An asyncio flowstate client over one grpc.aio channel; create it inside the event loop.
 
@@ -252,6 +426,8 @@ class AsyncClient:
         self.sessions = Sessions(self)
         self.cache = Cache(self)
         self.ratelimit = RateLimits(self)
+        self.locks = Locks(self)
+        self.events = Events(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def health(self, service: str = "readiness") -> bool:

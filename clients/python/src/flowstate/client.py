@@ -8,19 +8,33 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from flowstate import _channel
 from flowstate import types as t
-from flowstate.errors import FlowstateError, RateLimited, from_rpc_error
+from flowstate.errors import (
+    EventsExpired,
+    FlowstateError,
+    LockBusy,
+    LockLost,
+    RateLimited,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+)
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    lock_pb2,
+    lock_pb2_grpc,
     ratelimit_pb2,
     ratelimit_pb2_grpc,
     session_pb2,
@@ -211,6 +225,230 @@ class RateLimits(_Base):
         self._call(self._stub.Reset, t.reset_request(limit, key), lambda r: None)
 
 
+class Lock:
+    """A lock held by `locks.hold`: its `fencing_token` (pass it with every write the lock
+    guards), and `lost`, set when the background extension learns the lock is gone (expired
+    or taken over): stop the guarded work then."""
+
+    def __init__(self, locks: Locks, name: str, ttl: timedelta, granted: lock_pb2.AcquireLockResponse) -> None:
+        self._locks = locks
+        self.name = name
+        self.ttl = ttl
+        self.token = granted.token
+        self.fencing_token = granted.fencing_token
+        self.holder_id = granted.holder_id
+        self.expires_at = t._dt(granted.expires_at)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"flowstate-lock-{name}", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        # Extend at a third of the TTL: two chances to succeed before it would lapse.
+        every = self.ttl.total_seconds() / 3
+        while not self._stop.wait(every):
+            try:
+                extended = self._locks.extend(self.name, self.token, self.ttl)
+                self.expires_at = extended
+            except LockLost:
+                self.lost.set()
+                return
+            except FlowstateError:
+                # Unreachable for now: try again at the next turn; the TTL is the bound.
+                continue
+
+    def release(self) -> None:
+        """Stops extending and releases (a lock already lost is not an error here)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.lost.is_set():
+            return
+        try:
+            self._locks.release(self.name, self.token)
+        except LockLost:
+            self.lost.set()
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Locks(_Base):
+    """`flowstate.v1.LockService`, plus `hold` (a context manager that extends in the
+    background)."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = lock_pb2_grpc.LockServiceStub(client._channel)
+
+    def acquire(
+        self,
+        name: str,
+        ttl: timedelta,
+        wait: timedelta = timedelta(0),
+        limit: int = 1,
+        metadata: Mapping[str, str] | None = None,
+    ) -> lock_pb2.AcquireLockResponse:
+        """One Acquire: the response says whether it was granted (`acquired`), its `token`
+        and `fencing_token`, or how long until the holding expires (`retry_after`)."""
+        request = lock_pb2.AcquireLockRequest(
+            name=name, ttl=t.duration(ttl), wait=t.duration(wait), limit=limit, metadata=dict(metadata or {})
+        )
+        c = self._client
+        # The call must outlast the wait.
+        timeout = max(c.timeout, wait.total_seconds() + c.timeout)
+        try:
+            return self._stub.Acquire(request, timeout=timeout, metadata=c._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def extend(self, name: str, token: str, ttl: timedelta):
+        """A new TTL from now; raises `LockLost` if the lock is not held with `token`."""
+        request = lock_pb2.ExtendLockRequest(name=name, token=token, ttl=t.duration(ttl))
+        return self._call(self._stub.Extend, request, lambda r: t._dt(r.expires_at))
+
+    def release(self, name: str, token: str) -> None:
+        """Releases; raises `LockLost` if it was not held with `token` any more."""
+        request = lock_pb2.ReleaseLockRequest(name=name, token=token)
+        self._call(self._stub.Release, request, lambda r: None)
+
+    def inspect(self, name: str) -> t.LockInfo:
+        return self._call(self._stub.Inspect, lock_pb2.InspectLockRequest(name=name), t.lock_info)
+
+    def hold(
+        self,
+        name: str,
+        ttl: timedelta = timedelta(seconds=30),
+        wait: timedelta = timedelta(seconds=10),
+        limit: int = 1,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Lock:
+        """`with fs.locks.hold("campaign:42") as lock:` holds the lock (or a slot of a
+        semaphore of `limit`) for the block, extending it every ttl/3, and releases it after.
+        Raises `LockBusy` when not granted within `wait`. Check `lock.lost` in long blocks and
+        pass `lock.fencing_token` to the storage you write to."""
+        granted = self.acquire(name, ttl, wait, limit, metadata)
+        if not granted.acquired:
+            raise LockBusy(name, granted.retry_after.ToTimedelta(), granted.holders)
+        return Lock(self, name, ttl, granted)
+
+
+StartName = Literal["latest", "earliest"]
+
+
+def _subscribe_request(
+    topics: Sequence[str], after: Mapping[str, str], start: StartName, accept_gaps: bool
+) -> events_pb2.SubscribeRequest:
+    return events_pb2.SubscribeRequest(
+        topics=list(topics),
+        after=dict(after),
+        start=(
+            events_pb2.SubscribeRequest.START_EARLIEST
+            if start == "earliest"
+            else events_pb2.SubscribeRequest.START_LATEST
+        ),
+        accept_gaps=accept_gaps,
+    )
+
+
+# The statuses after which a subscription resumes from its last positions: the store or the
+# server was unavailable, the subscriber fell behind, the connection or the server went away.
+_RESUMABLE = (Unavailable, ResourceExhausted)
+
+
+class Subscription:
+    """An iterator of `Event`s (and `Gap`s with `accept_gaps`) that resumes by itself.
+
+    `positions` is, per topic, the id of the last event handed out: after a dropped
+    connection, an UNAVAILABLE store or a slow-subscriber cut-off, it subscribes again from
+    there (with a growing pause), so nothing is lost or repeated. An expired position raises
+    `EventsExpired`. `close()` ends it (also from another thread).
+    """
+
+    def __init__(self, events: Events, topics: Sequence[str], after: Mapping[str, str] | None,
+                 start: StartName, accept_gaps: bool, reconnect: bool) -> None:
+        self._events = events
+        self.topics = list(topics)
+        self.positions: dict[str, str] = dict(after or {})
+        self._start = start
+        self._accept_gaps = accept_gaps
+        self._reconnect = reconnect
+        self._call = None
+        self._closed = False
+        self.resumes = 0
+
+    def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[t.Event | t.Gap]:
+        pause = 0.05
+        while not self._closed:
+            c = self._events._client
+            request = _subscribe_request(self.topics, self.positions, self._start, self._accept_gaps)
+            self._call = self._events._stub.Subscribe(request, metadata=c._metadata)
+            try:
+                for message in self._call:
+                    kind = message.WhichOneof("kind")
+                    if kind == "subscribed":
+                        # From here on, positions say where to resume (LATEST included).
+                        self.positions.update(dict(message.subscribed.positions))
+                        pause = 0.05
+                    elif kind == "event":
+                        self.positions[message.event.topic] = message.event.id
+                        yield t.event(message.event)
+                    elif kind == "gap":
+                        g = message.gap
+                        yield t.Gap(topic=g.topic, after=g.after, first_id=g.first_id)
+                # The server ended the stream (it is shutting down): resume elsewhere.
+            except grpc.RpcError as e:
+                if self._closed:
+                    return
+                err = from_rpc_error(e)
+                if isinstance(err, EventsExpired) or not self._reconnect:
+                    raise err from None
+                if not isinstance(err, _RESUMABLE) and e.code() != grpc.StatusCode.CANCELLED:
+                    raise err from None
+            self.resumes += 1
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+class Events(_Base):
+    """`flowstate.v1.EventService`: `publish`, and `subscribe` with automatic resume."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = events_pb2_grpc.EventServiceStub(client._channel)
+
+    def publish(self, topic: str, payload: bytes, key: str = "") -> str:
+        """Appends an event; returns its id (its position in the topic)."""
+        request = events_pb2.PublishRequest(topic=topic, payload=payload, key=key)
+        return self._call(self._stub.Publish, request, lambda r: r.id)
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        after: Mapping[str, str] | None = None,
+        start: StartName = "latest",
+        accept_gaps: bool = False,
+        reconnect: bool = True,
+    ) -> Subscription:
+        """`for event in fs.events.subscribe(["campaign:42"]):` streams the topics' events;
+        `after` (topic -> last id seen) resumes where an earlier subscription stopped."""
+        return Subscription(self, topics, after, start, accept_gaps, reconnect)
+
+
 class Client:
     """A flowstate client over one gRPC channel; thread-safe, meant to be shared.
 
@@ -245,6 +483,8 @@ class Client:
         self.sessions = Sessions(self)
         self.cache = Cache(self)
         self.ratelimit = RateLimits(self)
+        self.locks = Locks(self)
+        self.events = Events(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def health(self, service: str = "readiness") -> bool:

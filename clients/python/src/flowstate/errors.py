@@ -25,6 +25,8 @@ class FlowstateError(Exception):
         self.message = message
         self.code = code
         self.field_violations = field_violations or {}
+        # google.rpc.ErrorInfo metadata the server sent (e.g. where a subscription may resume).
+        self.info: dict[str, str] = {}
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -62,6 +64,34 @@ class PermissionDenied(FlowstateError):
     """The API key may not do this."""
 
 
+class LockLost(FlowstateError):
+    """FAILED_PRECONDITION: the lock is not held with this token any more (it expired or was
+    released). Work it guarded must stop: a newer holder has a higher fencing token."""
+
+
+class LockBusy(Exception):
+    """Raised by `locks.hold` when the lock was not granted within `wait`."""
+
+    def __init__(self, name: str, retry_after: timedelta, holders: int) -> None:
+        super().__init__(f"lock {name!r} is held ({holders} holder(s)); retry after {retry_after.total_seconds():.3f}s")
+        self.name = name
+        self.retry_after = retry_after
+        self.holders = holders
+
+
+class EventsExpired(InvalidArgument):
+    """OUT_OF_RANGE: a subscription's position is older than its topic's history. `topic`,
+    `after` and `first_id` (where the history now starts) say what was lost."""
+
+    @property
+    def topic(self) -> str:
+        return self.info.get("topic", "")
+
+    @property
+    def first_id(self) -> str:
+        return self.info.get("first_id", "")
+
+
 class RateLimited(Exception):
     """Raised by `ratelimit.enforce` when a check denies; `retry_after` says when to retry."""
 
@@ -73,7 +103,8 @@ class RateLimited(Exception):
 
 _BY_CODE: dict[grpc.StatusCode, type[FlowstateError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: EventsExpired,
+    grpc.StatusCode.FAILED_PRECONDITION: LockLost,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ABORTED: Conflict,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
@@ -84,18 +115,22 @@ _BY_CODE: dict[grpc.StatusCode, type[FlowstateError]] = {
 }
 
 
-def _violations(trailing_metadata) -> dict[str, str]:
+def _details(trailing_metadata) -> tuple[dict[str, str], dict[str, str]]:
+    """(field violations, ErrorInfo metadata) from the rich status the server sent."""
+    violations: dict[str, str] = {}
+    info: dict[str, str] = {}
     for key, value in trailing_metadata or ():
         if key != "grpc-status-details-bin":
             continue
         status = status_pb2.Status.FromString(value)
-        out: dict[str, str] = {}
         for detail in status.details:
             bad = error_details_pb2.BadRequest()
+            error_info = error_details_pb2.ErrorInfo()
             if detail.Unpack(bad):
-                out.update({v.field: v.description for v in bad.field_violations})
-        return out
-    return {}
+                violations.update({v.field: v.description for v in bad.field_violations})
+            elif detail.Unpack(error_info):
+                info.update(error_info.metadata)
+    return violations, info
 
 
 def from_rpc_error(error: grpc.RpcError) -> FlowstateError:
@@ -103,4 +138,7 @@ def from_rpc_error(error: grpc.RpcError) -> FlowstateError:
     code = error.code()  # type: ignore[attr-defined]
     message = error.details() or code.name  # type: ignore[attr-defined]
     cls = _BY_CODE.get(code, FlowstateError)
-    return cls(message, code, _violations(error.trailing_metadata()))  # type: ignore[attr-defined]
+    violations, info = _details(error.trailing_metadata())  # type: ignore[attr-defined]
+    err = cls(message, code, violations)
+    err.info = info
+    return err

@@ -272,3 +272,74 @@ def delete_session_request(id: str | None, handle: str | None) -> session_pb2.De
     if id is not None:
         return session_pb2.DeleteSessionRequest(id=id)
     return session_pb2.DeleteSessionRequest(handle=handle)
+
+
+# Locks and events.
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """A live holding of a lock, as `locks.inspect` shows it (never its token)."""
+
+    holder_id: str
+    fencing_token: int
+    acquired_at: datetime
+    expires_at: datetime
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A lock's holders (earliest expiry first), waiters and last fencing token."""
+
+    holders: list[LockHolder]
+    waiters: int
+    last_fencing_token: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of a topic. `id` is its position: pass it back to resume after it."""
+
+    topic: str
+    id: str
+    payload: bytes
+    key: str
+    published_at: datetime
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Events of `topic` after `after` are gone (past its retention); what follows starts at
+    `first_id` (empty if the topic holds nothing). Only with `accept_gaps=True`."""
+
+    topic: str
+    after: str
+    first_id: str
+
+
+def lock_info(msg) -> LockInfo:
+    return LockInfo(
+        holders=[
+            LockHolder(
+                holder_id=h.holder_id,
+                fencing_token=h.fencing_token,
+                acquired_at=_dt(h.acquired_at),
+                expires_at=_dt(h.expires_at),
+                metadata=dict(h.metadata),
+            )
+            for h in msg.holders
+        ],
+        waiters=msg.waiters,
+        last_fencing_token=msg.last_fencing_token,
+    )
+
+
+def event(msg) -> Event:
+    return Event(
+        topic=msg.topic,
+        id=msg.id,
+        payload=msg.payload,
+        key=msg.key,
+        published_at=_dt(msg.published_at),
+    )
