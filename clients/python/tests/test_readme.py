@@ -25,7 +25,8 @@ GRPCURL_BLOCKS = [b for b in blocks("sh") if "grpcurl" in b]
 
 def test_the_readme_has_grpcurl_examples_for_every_service():
     text = "\n".join(GRPCURL_BLOCKS)
-    for needle in [" list", "describe ", "grpc.health.v1.Health/Check", "SessionService/", "CacheService/", "RateLimitService/"]:
+    for needle in [" list", "describe ", "grpc.health.v1.Health/Check", "SessionService/", "CacheService/", "RateLimitService/",
+                   "LockService/", "EventService/Publish", "EventService/Subscribe"]:
         assert needle in text, f"README lacks a grpcurl example with {needle!r}"
 
 
@@ -45,6 +46,17 @@ def test_grpcurl_example_runs(block, request):
     else:
         address = request.getfixturevalue("target")
     script = "set -euo pipefail\n" + block.replace(DEFAULT, address)
+    if "EventService/Subscribe" in block:
+        # A subscription streams until stopped: it must have printed its start and an event.
+        proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=cwd, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 15)
+            stdout, stderr = proc.communicate()
+        assert '"subscribed"' in stdout and '"event"' in stdout, f"{block}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        return
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
     assert out.returncode == 0, f"{block}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
 
