@@ -17,8 +17,9 @@ use flowstate::{
     tenant::Tenant,
 };
 use pb::{
-    cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,
-    session_service_client::SessionServiceClient,
+    cache_service_client::CacheServiceClient, event_service_client::EventServiceClient,
+    lock_service_client::LockServiceClient, rate_limit_service_client::RateLimitServiceClient,
+    session_service_client::SessionServiceClient, subscribe_response::Kind,
 };
 use tonic::Code;
 
@@ -26,6 +27,8 @@ contract_tests! {
     sessions_are_invisible_across_tenants with super::two_tenants,
     cache_entries_are_invisible_across_tenants with super::two_tenants,
     counters_are_separate_across_tenants with super::two_tenants,
+    locks_are_separate_across_tenants with super::two_tenants,
+    topics_are_separate_across_tenants with super::two_tenants,
 }
 
 /// Keys for tenants `alpha` and `beta`, every permission each.
@@ -405,4 +408,162 @@ async fn memory_caps_hold_per_tenant_through_the_server() {
     rl.check(with_key(check("k3"), beta()))
         .await
         .expect("beta's own cap");
+}
+
+fn lock_req(name: &str) -> pb::AcquireLockRequest {
+    pb::AcquireLockRequest {
+        name: name.into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        wait: None,
+        limit: 1,
+        metadata: Default::default(),
+    }
+}
+
+/// The same lock name is two locks: beta is granted what alpha holds, cannot see alpha's
+/// holder, and cannot release or extend alpha's holding even with alpha's token.
+async fn locks_are_separate_across_tenants(b: Backend) {
+    let mut c = LockServiceClient::new(b.server.channel.clone());
+    let a = c
+        .acquire(with_key(lock_req("campaign:42"), alpha()))
+        .await
+        .expect("alpha acquires")
+        .into_inner();
+    assert!(a.acquired);
+    let inspect = || pb::InspectLockRequest {
+        name: "campaign:42".into(),
+    };
+    let seen = c
+        .inspect(with_key(inspect(), beta()))
+        .await
+        .expect("inspect")
+        .into_inner();
+    assert!(
+        seen.holders.is_empty() && seen.last_fencing_token == 0,
+        "{seen:?}"
+    );
+    for refused in [
+        c.release(with_key(
+            pb::ReleaseLockRequest {
+                name: "campaign:42".into(),
+                token: a.token.clone(),
+            },
+            beta(),
+        ))
+        .await
+        .expect_err("beta releases alpha's lock"),
+        c.extend(with_key(
+            pb::ExtendLockRequest {
+                name: "campaign:42".into(),
+                token: a.token.clone(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            },
+            beta(),
+        ))
+        .await
+        .expect_err("beta extends alpha's lock"),
+    ] {
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+    }
+    let bl = c
+        .acquire(with_key(lock_req("campaign:42"), beta()))
+        .await
+        .expect("beta acquires")
+        .into_inner();
+    assert!(bl.acquired, "beta's lock of the same name is free");
+    // Alpha's holding is untouched.
+    let still = c
+        .inspect(with_key(inspect(), alpha()))
+        .await
+        .expect("inspect")
+        .into_inner();
+    assert_eq!(still.holders.len(), 1);
+    assert_eq!(still.holders[0].holder_id, a.holder_id);
+}
+
+/// The same topic is two topics: beta's subscriber never sees alpha's events (nor alpha's
+/// own `flowstate.*` events), and beta's position in its topic says nothing of alpha's.
+async fn topics_are_separate_across_tenants(b: Backend) {
+    let mut c = EventServiceClient::new(b.server.channel.clone());
+    let subscribe = |key: &'static str| {
+        with_key(
+            pb::SubscribeRequest {
+                topics: vec!["campaign:42".into(), "flowstate.sessions".into()],
+                ..Default::default()
+            },
+            key,
+        )
+    };
+    let mut beta_stream = c
+        .subscribe(subscribe(beta()))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert!(matches!(
+        beta_stream
+            .message()
+            .await
+            .expect("ok")
+            .and_then(|m| m.kind),
+        Some(Kind::Subscribed(_))
+    ));
+    let publish = |key: &'static str, payload: &'static [u8]| {
+        with_key(
+            pb::PublishRequest {
+                topic: "campaign:42".into(),
+                payload: Bytes::from_static(payload),
+                key: String::new(),
+            },
+            key,
+        )
+    };
+    c.publish(publish(alpha(), b"alpha's"))
+        .await
+        .expect("publish");
+    let mut sessions = SessionServiceClient::new(b.server.channel.clone());
+    let s = sessions
+        .create_session(with_key(
+            pb::CreateSessionRequest {
+                user_id: "alice".into(),
+                ..Default::default()
+            },
+            alpha(),
+        ))
+        .await
+        .expect("create")
+        .into_inner();
+    sessions
+        .delete_session(with_key(
+            pb::DeleteSessionRequest {
+                target: Some(pb::delete_session_request::Target::Id(s.id)),
+            },
+            alpha(),
+        ))
+        .await
+        .expect("delete");
+    let beta_id = c
+        .publish(publish(beta(), b"beta's"))
+        .await
+        .expect("publish")
+        .into_inner()
+        .id;
+    // Beta's next event is its own: alpha's event and alpha's revocation never reach it.
+    match beta_stream
+        .message()
+        .await
+        .expect("ok")
+        .and_then(|m| m.kind)
+    {
+        Some(Kind::Event(e)) => {
+            assert_eq!(e.id, beta_id);
+            assert_eq!(&e.payload[..], b"beta's");
+        }
+        other => panic!("beta got {other:?}"),
+    }
 }
