@@ -25,6 +25,7 @@ contract_tests! {
     many_subscribers_share_one_feed,
     flowstate_announces_revoked_sessions_and_invalidations,
     bad_input_is_rejected,
+    a_subscription_ends_at_its_deadline,
 }
 
 fn short_topics(c: &mut flowstate::config::Config) {
@@ -430,4 +431,18 @@ async fn bad_input_is_rejected(b: Backend) {
         "{:?}",
         b.redis_keys().await
     );
+}
+
+/// A subscription lives until the client goes or its own deadline (grpc-timeout) passes.
+async fn a_subscription_ends_at_its_deadline(b: Backend) {
+    let mut c = Client::new(b.server.channel.clone());
+    let mut req = tonic::Request::new(topics(&["deadline"]));
+    req.set_timeout(Duration::from_millis(300));
+    let mut s = c.subscribe(req).await.expect("subscribe").into_inner();
+    assert!(matches!(next(&mut s).await, Some(Kind::Subscribed(_))));
+    let end = tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("ends in time")
+        .expect_err("DEADLINE_EXCEEDED");
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
 }

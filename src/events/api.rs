@@ -165,6 +165,11 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // A stream lives until the client goes, or until its own deadline (`grpc-timeout`) if it
+        // sent one: then it ends with DEADLINE_EXCEEDED, as gRPC deadlines cover a whole call.
+        // (`server.request_timeout` bounds only the start of a stream, not its length.)
+        let deadline = crate::middleware::grpc_timeout(&request.metadata().clone().into_headers())
+            .map(|t| tokio::time::Instant::now() + t);
         let (tenant, r) = tenant_and(request)?;
         let start = match r.start() {
             pb::subscribe_request::Start::Earliest => Start::Earliest,
@@ -185,6 +190,19 @@ impl EventService for EventApi {
             )
             .await?;
         let stream = ReceiverStream::new(deliveries).map(|d| d.map(delivery).map_err(ended));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(match deadline {
+            None => Box::pin(stream),
+            Some(at) => {
+                let until = futures_util::StreamExt::take_until(
+                    stream,
+                    Box::pin(tokio::time::sleep_until(at)),
+                );
+                Box::pin(
+                    until.chain(tokio_stream::once(Err(Status::deadline_exceeded(
+                        "the call's deadline (grpc-timeout) passed",
+                    )))),
+                )
+            }
+        }))
     }
 }

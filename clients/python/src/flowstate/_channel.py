@@ -18,14 +18,20 @@ DEFAULT_TIMEOUT = 2.0
 # - reads: GetSession (a touch only slides that session again), ListUserSessions, GetMany;
 # - DeleteSession: one session, by its id or handle, which no other session will ever have;
 # - cache Delete, InvalidateTags, InvalidateNamespace: a repeat can only cause extra misses, and
-#   completes an InvalidateTags that failed half-way (the server keeps every entry findable).
+#   completes an InvalidateTags that failed half-way (the server keeps every entry findable);
+# - lock Inspect (a read) and Extend (a repeat sets the same TTL from a moment later, and only
+#   for the holder of the token).
 # Never retried: CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may
 # grant a lease), Set, SetMany, rate-limit Check (each could act twice); DeleteUserSessions (a
 # repeat would also log out a session created in between); rate-limit Reset (a repeat would
-# forget hits counted in between, admitting more than the limit).
+# forget hits counted in between, admitting more than the limit); lock Acquire (a repeat after
+# a grant whose answer was lost would take a second holding, with a token nobody has) and
+# Release (a repeat after it worked says the lock was lost); event Publish (a repeat is a second
+# event). Subscribe resumes by itself from its last positions (see `Subscription`).
 _IDEMPOTENT = {
     "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession"],
     "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
+    "flowstate.v1.LockService": ["Inspect", "Extend"],
     "grpc.health.v1.Health": ["Check"],
 }
 

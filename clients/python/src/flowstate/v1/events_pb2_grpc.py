@@ -39,7 +39,9 @@ class EventServiceStub:
     Events of one topic arrive in publish order; there is no order between topics. A subscriber
     that falls `events.subscriber_buffer` events behind is cut off with RESOURCE_EXHAUSTED (its
     message says where to resume) rather than slowing the others down or growing without bound.
-    UNAVAILABLE means the store failed: resume from the last ids seen.
+    UNAVAILABLE means the store failed: resume from the last ids seen. A subscription lasts until
+    the client cancels it or its own deadline passes (then DEADLINE_EXCEEDED); the server's
+    request timeout bounds only its start.
 
     Topics named `flowstate.*` are flowstate's own (subscribe only): `flowstate.sessions`
     (sessions revoked: deleted, rotated, logged out everywhere) and `flowstate.cache` (namespaces
@@ -82,7 +84,9 @@ class EventServiceServicer:
     Events of one topic arrive in publish order; there is no order between topics. A subscriber
     that falls `events.subscriber_buffer` events behind is cut off with RESOURCE_EXHAUSTED (its
     message says where to resume) rather than slowing the others down or growing without bound.
-    UNAVAILABLE means the store failed: resume from the last ids seen.
+    UNAVAILABLE means the store failed: resume from the last ids seen. A subscription lasts until
+    the client cancels it or its own deadline passes (then DEADLINE_EXCEEDED); the server's
+    request timeout bounds only its start.
 
     Topics named `flowstate.*` are flowstate's own (subscribe only): `flowstate.sessions`
     (sessions revoked: deleted, rotated, logged out everywhere) and `flowstate.cache` (namespaces
@@ -143,7 +147,9 @@ class EventService:
     Events of one topic arrive in publish order; there is no order between topics. A subscriber
     that falls `events.subscriber_buffer` events behind is cut off with RESOURCE_EXHAUSTED (its
     message says where to resume) rather than slowing the others down or growing without bound.
-    UNAVAILABLE means the store failed: resume from the last ids seen.
+    UNAVAILABLE means the store failed: resume from the last ids seen. A subscription lasts until
+    the client cancels it or its own deadline passes (then DEADLINE_EXCEEDED); the server's
+    request timeout bounds only its start.
 
     Topics named `flowstate.*` are flowstate's own (subscribe only): `flowstate.sessions`
     (sessions revoked: deleted, rotated, logged out everywhere) and `flowstate.cache` (namespaces
