@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flowstate/v1/ratelimit.proto",
         "proto/flowstate/v1/lock.proto",
         "proto/flowstate/v1/events.proto",
+        "proto/flowstate/v1/queue.proto",
     ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

@@ -53,6 +53,10 @@ pub enum Error {
     /// history). The text says where the kept range starts.
     #[error("{0}")]
     OutOfRange(String),
+    /// A bound of the service (not of the store) is reached, e.g. a queue holding
+    /// `queues.max_jobs`; nothing was changed. The text says which.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store failed or timed out.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -96,6 +100,7 @@ impl From<Error> for Status {
             e @ Error::VersionConflict { .. } => Status::aborted(e.to_string()),
             Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::OutOfRange(why) => Status::out_of_range(why),
+            Error::ResourceExhausted(why) => Status::resource_exhausted(why),
             Error::Store(e) => match e {
                 StoreError::Timeout(_) | StoreError::Unavailable(_) => {
                     tracing::warn!(error = %e, "store call failed");

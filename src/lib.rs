@@ -11,6 +11,7 @@
 //! - [`ratelimit`]: RateLimitService: the four algorithms, all-or-nothing checks.
 //! - [`lock`]: LockService: locks and semaphores with fencing tokens, woken waiters.
 //! - [`events`]: EventService: topics on Redis Streams, resumable subscriptions, fan-out.
+//! - [`queue`]: QueueService: job queues on Redis Streams consumer groups, leases, retries.
 //!
 //! Shared by all of them:
 //! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
@@ -41,6 +42,7 @@ pub mod lock;
 pub mod middleware;
 pub mod observe;
 pub mod proto;
+pub mod queue;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

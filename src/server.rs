@@ -23,11 +23,12 @@ use crate::{
         self,
         v1::{
             cache_service_server::CacheServiceServer, event_service_server::EventServiceServer,
-            lock_service_server::LockServiceServer,
+            lock_service_server::LockServiceServer, queue_service_server::QueueServiceServer,
             rate_limit_service_server::RateLimitServiceServer,
             session_service_server::SessionServiceServer,
         },
     },
+    queue::{self, Queues, api::QueueApi},
     ratelimit::{self, RateLimits, api::RateLimitApi},
     session::{self, Sessions, api::SessionApi},
     store::Backend,
@@ -106,6 +107,7 @@ pub async fn run(
             ratelimit::api::PERMISSIONS,
             lock::api::PERMISSIONS,
             events::api::PERMISSIONS,
+            queue::api::PERMISSIONS,
         ],
     )?);
     match auth.mode() {
@@ -215,6 +217,9 @@ pub async fn run(
         .max_decoding_message_size(config.server.max_message_bytes);
     let event_service = EventServiceServer::new(EventApi::new(events.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let queues = Queues::new(queue::open_store(&backend)?, config.queues.clone());
+    let queue_service = QueueServiceServer::new(QueueApi::new(queues))
+        .max_decoding_message_size(config.server.max_message_bytes);
 
     // The one tower stack, outermost first.
     let stack = ServiceBuilder::new()
@@ -287,7 +292,8 @@ pub async fn run(
         .add_service(cache_service)
         .add_service(ratelimit_service)
         .add_service(lock_service)
-        .add_service(event_service);
+        .add_service(event_service)
+        .add_service(queue_service);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

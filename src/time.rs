@@ -36,6 +36,13 @@ pub fn to_timestamp(ms: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
+/// A protobuf `Timestamp` as Unix milliseconds (saturating).
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Millis {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
 /// Milliseconds (non-negative) to a protobuf `Duration`.
 pub fn to_duration(ms: Millis) -> prost_types::Duration {
     let (seconds, nanos) = split(ms.max(0));

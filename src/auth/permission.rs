@@ -29,10 +29,18 @@ pub enum Permission {
     EventsPublish,
     /// Event Subscribe (flowstate's own topics included).
     EventsSubscribe,
+    /// Queue Enqueue, EnqueueMany.
+    QueuesEnqueue,
+    /// Queue Fetch, Ack, Fail, Extend, GiveBack: what a worker does.
+    QueuesWork,
+    /// Queue Stats, ListDead.
+    QueuesRead,
+    /// Queue Retry, Discard (of dead jobs), Pause, Resume.
+    QueuesAdmin,
 }
 
 /// Every permission with its name, in one table (parsing, printing, `*`).
-pub const ALL: [(Permission, &str); 11] = [
+pub const ALL: [(Permission, &str); 15] = [
     (Permission::SessionsRead, "sessions:read"),
     (Permission::SessionsWrite, "sessions:write"),
     (Permission::CacheRead, "cache:read"),
@@ -44,6 +52,10 @@ pub const ALL: [(Permission, &str); 11] = [
     (Permission::LocksRead, "locks:read"),
     (Permission::EventsPublish, "events:publish"),
     (Permission::EventsSubscribe, "events:subscribe"),
+    (Permission::QueuesEnqueue, "queues:enqueue"),
+    (Permission::QueuesWork, "queues:work"),
+    (Permission::QueuesRead, "queues:read"),
+    (Permission::QueuesAdmin, "queues:admin"),
 ];
 
 impl Permission {

@@ -27,6 +27,7 @@ pub use crate::{
     cache::config::{CacheConfig, NamespacePolicy},
     events::config::{EventsConfig, TopicRetention},
     lock::config::LockConfig,
+    queue::config::{QueuePolicy, QueuesConfig},
     ratelimit::config::{LimitConfig, RateLimitConfig},
     session::config::SessionConfig,
 };
@@ -55,6 +56,8 @@ pub struct Config {
     pub locks: LockConfig,
     /// Event topics: retention, bounds.
     pub events: EventsConfig,
+    /// Job queues: defaults, bounds, dead-job retention.
+    pub queues: QueuesConfig,
     /// Authentication: API keys, client certificates.
     pub auth: AuthConfig,
     /// Per-tenant quotas.
@@ -96,6 +99,7 @@ impl Config {
         self.ratelimit.validate(&mut bad);
         self.locks.validate(&mut bad);
         self.events.validate(&mut bad);
+        self.queues.validate(&mut bad);
         self.auth
             .validate(self.server.tls.client_ca_file.is_some(), &mut bad);
         self.quota.validate(&mut bad);
