@@ -319,6 +319,7 @@ async fn every_method_needs_exactly_its_permission() {
         flowstate::ratelimit::api::PERMISSIONS,
         flowstate::lock::api::PERMISSIONS,
         flowstate::events::api::PERMISSIONS,
+        flowstate::queue::api::PERMISSIONS,
     ]
     .iter()
     .flat_map(|(service, methods)| {

@@ -162,6 +162,9 @@ impl QueueService for QueueApi {
                     waited: Some(to_duration(
                         i64::try_from(l.job.waited_ms).unwrap_or(i64::MAX),
                     )),
+                    timeout: Some(to_duration(
+                        i64::try_from(l.job.timeout_ms).unwrap_or(i64::MAX),
+                    )),
                 })
                 .collect(),
         }))

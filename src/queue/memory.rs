@@ -423,6 +423,7 @@ impl QueueStore for MemoryQueueStore {
                             last_error: j.error.clone(),
                             priority: j.priority,
                             waited_ms: u64::try_from(now - j.due).unwrap_or(0),
+                            timeout_ms: j.timeout_ms,
                         });
                         // Already out of its ready line: place() finds nothing to detach there.
                         j.at = Where::Leased(until);

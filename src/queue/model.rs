@@ -73,6 +73,8 @@ pub struct Leased {
     pub priority: u8,
     /// From when it was due to this lease, ms.
     pub waited_ms: u64,
+    /// The lease's length (the job's timeout), ms.
+    pub timeout_ms: u64,
 }
 
 /// What one fetch from one queue did.

@@ -164,12 +164,12 @@ impl QueueStore for RedisQueueStore {
             .ok_or_else(|| StoreError::Protocol("queue.fetch: short reply".into()))?;
         let next = int(&head[1])?;
         let mut out = Fetched {
-            jobs: Vec::with_capacity(rest.len() / 9),
+            jobs: Vec::with_capacity(rest.len() / 10),
             paused: int(&head[0])? == 1,
             next_due_ms: u64::try_from(next).ok(),
             ready_left: u64_of(&head[2])?,
         };
-        for j in rest.chunks(9) {
+        for j in rest.chunks(10) {
             let [
                 id,
                 payload,
@@ -180,6 +180,7 @@ impl QueueStore for RedisQueueStore {
                 err,
                 prio,
                 waited,
+                timeout,
             ] = j
             else {
                 return Err(StoreError::Protocol("queue.fetch: ragged reply".into()));
@@ -194,6 +195,7 @@ impl QueueStore for RedisQueueStore {
                 last_error: reply::string(err.clone())?,
                 priority: u8::try_from(int(prio)?).unwrap_or(1),
                 waited_ms: u64_of(waited)?,
+                timeout_ms: u64_of(timeout)?,
             });
         }
         Ok(out)

@@ -2,7 +2,8 @@
 -- per job wanted. First moves due scheduled jobs to ready and takes back expired leases (a
 -- job whose last attempt's lease ran out is dead).
 -- Returns {paused (0/1), next due in ms (-1: none), ready left, n, then per job: id, payload,
--- attempt, max attempts, enqueued ms, lease deadline ms, last error, priority, waited ms}.
+-- attempt, max attempts, enqueued ms, lease deadline ms, last error, priority, waited ms,
+-- timeout ms}.
 local dead_age, dead_count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local want = #ARGV - 2
 
@@ -64,6 +65,7 @@ if paused == 0 then
             out[#out + 1] = redis.call('HGET', E, id) or ''
             out[#out + 1] = j.p
             out[#out + 1] = math.max(now - j.d, 0)
+            out[#out + 1] = j.t
           else
             -- An entry whose job is gone or was moved on: drop it.
             redis.call('XACK', R[p], 'g', sid)

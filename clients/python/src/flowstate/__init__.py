@@ -1,4 +1,4 @@
-"""flowstate client: sessions, cache, rate limits, locks and events over gRPC.
+"""flowstate client: sessions, cache, rate limits, locks, events and job queues over gRPC.
 
 `Client` is synchronous, `AsyncClient` is for asyncio; both take plain Python values (bytes,
 dict, datetime, timedelta), give every call a deadline, retry only idempotent calls, and raise
@@ -13,6 +13,7 @@ from flowstate.errors import (
     EventsExpired,
     FlowstateError,
     InvalidArgument,
+    LeaseLost,
     LockBusy,
     LockLost,
     NotFound,
@@ -22,6 +23,7 @@ from flowstate.errors import (
     Unauthenticated,
     Unavailable,
 )
+from flowstate.queues import AsyncWorker, DeadJob, Enqueued, Job, QueueStats, Worker
 from flowstate.types import (
     CacheEntry,
     CacheItem,
@@ -39,6 +41,13 @@ from flowstate.types import (
 
 __all__ = [
     "AsyncClient",
+    "AsyncWorker",
+    "DeadJob",
+    "Enqueued",
+    "Job",
+    "LeaseLost",
+    "QueueStats",
+    "Worker",
     "CacheEntry",
     "CacheItem",
     "CacheResult",

@@ -21,6 +21,7 @@ from flowstate import _channel
 from flowstate import types as t
 from flowstate.client import _RESUMABLE, StartName, _subscribe_request
 from flowstate.errors import EventsExpired, FlowstateError, LockBusy, LockLost, RateLimited, from_rpc_error
+from flowstate.queues import AsyncQueues
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
@@ -428,6 +429,7 @@ class AsyncClient:
         self.ratelimit = RateLimits(self)
         self.locks = Locks(self)
         self.events = Events(self)
+        self.queues = AsyncQueues(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def health(self, service: str = "readiness") -> bool:

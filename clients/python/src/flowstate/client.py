@@ -28,6 +28,7 @@ from flowstate.errors import (
     Unavailable,
     from_rpc_error,
 )
+from flowstate.queues import Queues
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
@@ -485,6 +486,7 @@ class Client:
         self.ratelimit = RateLimits(self)
         self.locks = Locks(self)
         self.events = Events(self)
+        self.queues = Queues(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def health(self, service: str = "readiness") -> bool:

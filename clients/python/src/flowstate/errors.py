@@ -69,6 +69,11 @@ class LockLost(FlowstateError):
     released). Work it guarded must stop: a newer holder has a higher fencing token."""
 
 
+class LeaseLost(FlowstateError):
+    """FAILED_PRECONDITION from a queue call: the job is not leased with this token any more
+    (its lease ran out and it went to another worker or died, or it was already settled)."""
+
+
 class LockBusy(Exception):
     """Raised by `locks.hold` when the lock was not granted within `wait`."""
 
