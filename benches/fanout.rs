@@ -9,59 +9,19 @@
 //! records the difference when it receives it (one machine, one clock). Subscribers share 10
 //! HTTP/2 connections; one replica runs one feed for the topic, whatever their number.
 
+mod support;
+
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use flowstate::proto::v1::{
     PublishRequest, SubscribeRequest, event_service_client::EventServiceClient,
     subscribe_response::Kind,
 };
-use tonic::transport::{Channel, Endpoint};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("port {port} never opened");
-}
-
-fn pct(sorted: &[u128], p: f64) -> f64 {
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1e6
-}
+use support::{now_ns, pct};
+use tonic::transport::Channel;
 
 async fn run(channels: &[Channel], subscribers: usize, events: usize) {
     let topic = format!("fan-{}", now_ns());
@@ -133,47 +93,8 @@ async fn main() {
         .collect();
     let subscribers: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
-    let (redis_port, port) = (free_port(), free_port());
-    let _redis = Killed(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server"),
-    );
-    wait_port(redis_port).await;
-    let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/flowstate");
-    let _server = Killed(
-        Command::new(binary)
-            .env(
-                "FLOWSTATE_REDIS__URL",
-                format!("redis://127.0.0.1:{redis_port}"),
-            )
-            .env("FLOWSTATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLOWSTATE_METRICS__ENABLED", "false")
-            .env("FLOWSTATE_LOG__LEVEL", "error")
-            .env("FLOWSTATE_SERVER__MAX_CONCURRENT_REQUESTS", "8192")
-            .spawn()
-            .expect("flowstate: run `cargo build --release` first"),
-    );
-    wait_port(port).await;
-    let mut channels = Vec::new();
-    for _ in 0..10 {
-        channels.push(
-            Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .expect("endpoint")
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    run(&channels, 1, events).await;
-    run(&channels, subscribers, events).await;
+    let stack = support::start(10).await;
+    let channels = &stack.channels;
+    run(channels, 1, events).await;
+    run(channels, subscribers, events).await;
 }

@@ -219,10 +219,16 @@ async fn caller(
                         .map(drop),
                     Err(e) => Err(e),
                 }
-                .inspect_err(|_| {
+                .inspect_err(|status| {
                     if let Some(victim) = &tally.victim_buckets
                         && !victim.contains(&flowstate::cache::keys::bucket(&key))
                     {
+                        // Shown when the test fails: what a surviving master's call met.
+                        println!(
+                            "cache call on bucket {} (a surviving master) failed after {:?}: {status:?}",
+                            flowstate::cache::keys::bucket(&key),
+                            run.elapsed()
+                        );
                         tally.collateral.fetch_add(1, Ordering::Relaxed);
                     }
                 })

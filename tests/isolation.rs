@@ -18,7 +18,8 @@ use flowstate::{
 };
 use pb::{
     cache_service_client::CacheServiceClient, event_service_client::EventServiceClient,
-    lock_service_client::LockServiceClient, rate_limit_service_client::RateLimitServiceClient,
+    lock_service_client::LockServiceClient, queue_service_client::QueueServiceClient,
+    rate_limit_service_client::RateLimitServiceClient,
     session_service_client::SessionServiceClient, subscribe_response::Kind,
 };
 use tonic::Code;
@@ -29,6 +30,7 @@ contract_tests! {
     counters_are_separate_across_tenants with super::two_tenants,
     locks_are_separate_across_tenants with super::two_tenants,
     topics_are_separate_across_tenants with super::two_tenants,
+    queues_are_separate_across_tenants with super::two_tenants,
 }
 
 /// Keys for tenants `alpha` and `beta`, every permission each.
@@ -566,4 +568,79 @@ async fn topics_are_separate_across_tenants(b: Backend) {
         }
         other => panic!("beta got {other:?}"),
     }
+}
+
+/// The same queue name is two queues: beta fetches nothing of alpha's jobs, sees none in its
+/// stats, and cannot settle alpha's lease even with its token and job id.
+async fn queues_are_separate_across_tenants(b: Backend) {
+    let mut c = QueueServiceClient::new(b.server.channel.clone());
+    let enqueue = |payload: &'static str| pb::EnqueueRequest {
+        queue: "emails".into(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        options: Some(pb::JobOptions {
+            unique_key: "welcome".into(),
+            ..Default::default()
+        }),
+    };
+    let a = c
+        .enqueue(with_key(enqueue("alpha's"), alpha()))
+        .await
+        .expect("alpha enqueues")
+        .into_inner();
+    let fetch = || pb::FetchRequest {
+        queues: vec!["emails".into()],
+        max: 10,
+        wait: None,
+    };
+    let stats = || pb::QueueStatsRequest {
+        queue: "emails".into(),
+    };
+    let none = c
+        .fetch(with_key(fetch(), beta()))
+        .await
+        .expect("beta fetches")
+        .into_inner();
+    assert!(none.jobs.is_empty());
+    assert_eq!(
+        c.stats(with_key(stats(), beta()))
+            .await
+            .expect("stats")
+            .into_inner()
+            .ready,
+        0
+    );
+    // The same unique key is beta's own.
+    let bj = c
+        .enqueue(with_key(enqueue("beta's"), beta()))
+        .await
+        .expect("beta enqueues")
+        .into_inner();
+    assert!(!bj.duplicate && bj.job_id != a.job_id);
+    let job = c
+        .fetch(with_key(fetch(), alpha()))
+        .await
+        .expect("alpha fetches")
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(job.payload.as_ref(), b"alpha's");
+    let ack = || pb::AckRequest {
+        queue: "emails".into(),
+        job_id: job.id.clone(),
+        lease_token: job.lease_token.clone(),
+    };
+    let refused = c
+        .ack(with_key(ack(), beta()))
+        .await
+        .expect_err("beta acks alpha's job");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    c.ack(with_key(ack(), alpha())).await.expect("alpha acks");
+    let left = c
+        .fetch(with_key(fetch(), beta()))
+        .await
+        .expect("beta fetches")
+        .into_inner()
+        .jobs;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].payload.as_ref(), b"beta's");
 }

@@ -142,6 +142,9 @@ async fn a_job_is_leased_once_and_gone_when_acknowledged(b: Backend) {
     let s = stats(&mut c, "emails").await;
     assert_eq!((s.ready, s.scheduled, s.in_flight, s.dead), (0, 0, 0, 0));
     assert!(fetch(&mut c, &["emails"], 10, 0).await.is_empty());
+    // Live jobs have no TTL; a drained queue leaves no key behind (its stream neither).
+    let left = b.redis_keys().await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 async fn a_waiting_fetch_is_woken_by_an_enqueue(b: Backend) {
@@ -356,6 +359,8 @@ async fn a_failing_job_retries_with_growing_backoff_then_dies_and_retry_revives_
         "{}",
         e2.job_id
     );
+    let left = b.redis_keys().await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 async fn an_expired_lease_goes_to_another_worker_and_the_old_token_is_refused(b: Backend) {

@@ -70,13 +70,24 @@ fn keys_of(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
     match name.as_str() {
         // PUBLISH names a channel, not a key (a Cluster delivers it to every node).
         "TIME" | "PUBLISH" => Vec::new(),
-        "XINFO" => vec![words[2].clone()],
+        "XINFO" | "XGROUP" => vec![words[2].clone()],
+        // XREADGROUP GROUP g c [COUNT n] STREAMS key... id...: the keys are the first half of
+        // what follows STREAMS.
+        "XREADGROUP" => {
+            let at = words
+                .iter()
+                .position(|w| w.eq_ignore_ascii_case(b"STREAMS"))
+                .expect("XREADGROUP names its streams");
+            let rest = &words[at + 1..];
+            rest[..rest.len() / 2].to_vec()
+        }
         "DEL" | "UNLINK" | "EXISTS" => words[1..].to_vec(),
         "RENAME" => words[1..3].to_vec(),
         "GET" | "SET" | "HGET" | "HSET" | "HMGET" | "HGETALL" | "HDEL" | "HEXISTS" | "HSTRLEN"
         | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE" | "ZRANGEBYSCORE"
         | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" | "ZRANK" | "ZCOUNT" | "ZSCORE" | "XADD"
-        | "XLEN" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XSETID" => vec![words[1].clone()],
+        | "XLEN" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XSETID" | "HLEN" | "XACK" | "XDEL"
+        | "XPENDING" | "ZREVRANGE" => vec![words[1].clone()],
         other => panic!("a script ran {other}: add it to keys_of"),
     }
 }
@@ -303,6 +314,114 @@ async fn workload(server: &TestServer) {
     e.publish(publish(b"2")).await.expect("publish");
     stream.message().await.expect("event");
     tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Queues: enqueue, fetch, extend, fail (dead on its only attempt), list, retry and discard
+    // the dead, give back, ack, stats, pause and resume.
+    let mut q = pb::queue_service_client::QueueServiceClient::new(server.channel.clone());
+    q.enqueue(pb::EnqueueRequest {
+        queue: "emails".into(),
+        payload: Bytes::from_static(b"x"),
+        options: Some(pb::JobOptions {
+            max_attempts: 1,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("enqueue");
+    let fetch = || pb::FetchRequest {
+        queues: vec!["emails".into()],
+        max: 1,
+        wait: None,
+    };
+    let job = q
+        .fetch(fetch())
+        .await
+        .expect("fetch")
+        .into_inner()
+        .jobs
+        .remove(0);
+    let lease = |job: &pb::Job| (job.queue.clone(), job.id.clone(), job.lease_token.clone());
+    let (queue, job_id, lease_token) = lease(&job);
+    q.extend(pb::ExtendJobRequest {
+        queue: queue.clone(),
+        job_id: job_id.clone(),
+        lease_token: lease_token.clone(),
+        timeout: None,
+    })
+    .await
+    .expect("extend");
+    q.fail(pb::FailRequest {
+        queue: queue.clone(),
+        job_id: job_id.clone(),
+        lease_token,
+        error: "boom".into(),
+        retry_after: None,
+    })
+    .await
+    .expect("fail");
+    q.list_dead(pb::ListDeadRequest {
+        queue: queue.clone(),
+        limit: 10,
+    })
+    .await
+    .expect("dead");
+    q.retry(pb::RetryDeadRequest {
+        queue: queue.clone(),
+        job_ids: vec![job_id],
+        all: false,
+    })
+    .await
+    .expect("retry");
+    let job = q
+        .fetch(fetch())
+        .await
+        .expect("fetch")
+        .into_inner()
+        .jobs
+        .remove(0);
+    let (queue, job_id, lease_token) = lease(&job);
+    q.give_back(pb::GiveBackRequest {
+        queue: queue.clone(),
+        job_id,
+        lease_token,
+    })
+    .await
+    .expect("give back");
+    let job = q
+        .fetch(fetch())
+        .await
+        .expect("fetch")
+        .into_inner()
+        .jobs
+        .remove(0);
+    let (queue, job_id, lease_token) = lease(&job);
+    q.ack(pb::AckRequest {
+        queue: queue.clone(),
+        job_id,
+        lease_token,
+    })
+    .await
+    .expect("ack");
+    q.discard(pb::DiscardDeadRequest {
+        queue: queue.clone(),
+        job_ids: vec![],
+        all: true,
+    })
+    .await
+    .expect("discard");
+    q.stats(pb::QueueStatsRequest {
+        queue: queue.clone(),
+    })
+    .await
+    .expect("stats");
+    q.pause(pb::PauseQueueRequest {
+        queue: queue.clone(),
+    })
+    .await
+    .expect("pause");
+    q.resume(pb::ResumeQueueRequest { queue })
+        .await
+        .expect("resume");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,6 +439,7 @@ async fn every_script_touches_one_slot() {
     ratelimit::open_store(&wrapped).expect("rate-limit store");
     flowstate::lock::open_store(&wrapped, &config.locks).expect("lock store");
     flowstate::events::open_store(&wrapped).expect("event store");
+    flowstate::queue::open_store(&wrapped).expect("queue store");
     let scripts = backend.scripts();
     let name_of = |sha: &[u8]| -> &'static str {
         scripts

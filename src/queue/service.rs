@@ -22,7 +22,8 @@
 //! [`Signal`]: crate::store::signal::Signal
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    sync::{Arc, Mutex as StdMutex, PoisonError, Weak},
     time::{Duration, Instant},
 };
 
@@ -88,6 +89,8 @@ pub struct LeasedJob {
 pub struct Queues {
     store: Arc<dyn QueueStore>,
     config: Arc<QueuesConfig>,
+    /// One turn per (tenant, queues) of waiting Fetches on this replica (see [`Queues::fetch`]).
+    turns: Arc<StdMutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
 }
 
 /// The public id of the lease `token` identifies.
@@ -125,7 +128,22 @@ impl Queues {
         Self {
             store,
             config: Arc::new(config),
+            turns: Arc::default(),
         }
+    }
+
+    /// The turn of waiting Fetches of `queues` for `tenant` on this replica.
+    fn turn(&self, tenant: &Tenant, queues: &[String]) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}\0{}", tenant.as_str(), queues.join("\0"));
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(turn) = turns.get(&key).and_then(Weak::upgrade) {
+            return turn;
+        }
+        // Forget the turns nobody waits on any more before adding one.
+        turns.retain(|_, t| t.strong_count() > 0);
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        turns.insert(key, Arc::downgrade(&turn));
+        turn
     }
 
     fn check_queue(&self, field: &str, name: &str) -> Result<QueueSettings, Error> {
@@ -352,6 +370,11 @@ impl Queues {
                 signals.push(self.store.signal(tenant, q).await);
             }
         }
+        // Waiting Fetches of the same queues on this replica take turns: only the one holding
+        // the turn goes back to the store when woken, and it hands the turn on when it returns
+        // (with jobs, or at the end of its wait), so the next one looks at once. Without it an
+        // enqueue would wake every idle worker of the replica into a script call for one job.
+        let mut turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
         loop {
             let mut out: Vec<LeasedJob> = Vec::new();
             let mut next: Option<u64> = None;
@@ -389,6 +412,17 @@ impl Queues {
             let now = Instant::now();
             if !out.is_empty() || now >= end {
                 return Ok(out);
+            }
+            if turn.is_none() {
+                let waiting = self.turn(tenant, queues).lock_owned();
+                match tokio::time::timeout_at(end.into(), waiting).await {
+                    // Jobs may have come while it queued for the turn: look at once.
+                    Ok(held) => {
+                        turn = Some(held);
+                        continue;
+                    }
+                    Err(_) => return Ok(out),
+                }
             }
             let mut nap = end - now;
             if let Some(ms) = next {

@@ -26,7 +26,8 @@ GRPCURL_BLOCKS = [b for b in blocks("sh") if "grpcurl" in b]
 def test_the_readme_has_grpcurl_examples_for_every_service():
     text = "\n".join(GRPCURL_BLOCKS)
     for needle in [" list", "describe ", "grpc.health.v1.Health/Check", "SessionService/", "CacheService/", "RateLimitService/",
-                   "LockService/", "EventService/Publish", "EventService/Subscribe"]:
+                   "LockService/", "EventService/Publish", "EventService/Subscribe", "QueueService/Enqueue",
+                   "QueueService/Fetch", "QueueService/Ack"]:
         assert needle in text, f"README lacks a grpcurl example with {needle!r}"
 
 

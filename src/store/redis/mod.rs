@@ -254,7 +254,18 @@ impl RedisBackend {
                     error,
                 }
             }
-            managed::PoolError::Timeout(_) => Failure {
+            // A new connection could not be made (or an idle one checked) in time: typical
+            // while a Cluster master is dead and a fresh connection's slot map still names it.
+            // Nothing was sent, so it is worth another try within `retry_until`.
+            managed::PoolError::Timeout(
+                managed::TimeoutType::Create | managed::TimeoutType::Recycle,
+            ) => Failure {
+                not_executed: true,
+                error: StoreError::Timeout(self.command_timeout),
+            },
+            // Every connection busy for the whole wait: the pool is exhausted; another try
+            // would only add to the queue.
+            managed::PoolError::Timeout(managed::TimeoutType::Wait) => Failure {
                 not_executed: false,
                 error: StoreError::Timeout(self.command_timeout),
             },

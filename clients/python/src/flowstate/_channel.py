@@ -27,11 +27,15 @@ DEFAULT_TIMEOUT = 2.0
 # forget hits counted in between, admitting more than the limit); lock Acquire (a repeat after
 # a grant whose answer was lost would take a second holding, with a token nobody has) and
 # Release (a repeat after it worked says the lock was lost); event Publish (a repeat is a second
-# event). Subscribe resumes by itself from its last positions (see `Subscription`).
+# event); queue Enqueue (a second job), Fetch (a repeat would lease more jobs while the first
+# answer's wait out their timeout), Ack, Fail and GiveBack (a repeat after it worked says the
+# lease was lost), Retry and Discard. Subscribe resumes by itself from its last positions (see
+# `Subscription`).
 _IDEMPOTENT = {
     "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession"],
     "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
     "flowstate.v1.LockService": ["Inspect", "Extend"],
+    "flowstate.v1.QueueService": ["Extend", "Stats", "ListDead", "Pause", "Resume"],
     "grpc.health.v1.Health": ["Check"],
 }
 
