@@ -214,8 +214,7 @@ fn xadd_rate(port: u16, secs: f64) -> f64 {
     let text = String::from_utf8_lossy(&out.stdout);
     text.rsplit(':')
         .find_map(|part| {
-            part.trim()
-                .split_whitespace()
+            part.split_whitespace()
                 .next()
                 .and_then(|n| n.parse::<f64>().ok())
         })

@@ -646,7 +646,7 @@ async fn concurrent_workers_never_share_a_job(b: Backend) {
     for w in workers {
         w.await.expect("worker");
     }
-    let seen = seen.lock().expect("seen");
+    let seen = seen.lock().expect("seen").clone();
     assert_eq!(seen.len(), total);
     assert!(seen.values().all(|n| *n == 1), "a job was leased twice");
     let s = stats(&mut c, "race").await;
