@@ -18,13 +18,7 @@ pub const PARTS: [&str; 5] = ["h", "m", "f", "q", "e"];
 impl Keys {
     /// The five keys of lock `name` (see the module docs), in [`PARTS`] order.
     pub fn lock(&self, tenant: &Tenant, name: &str) -> [String; 5] {
-        let mut base = self.scope(tenant, "lk");
-        base.push('{');
-        base.push_str(tenant.as_str());
-        base.push('/');
-        base.push_str(name);
-        base.push_str("}:");
-        PARTS.map(|p| format!("{base}{p}"))
+        self.tagged(tenant, "lk", name, PARTS)
     }
 }
 

@@ -67,13 +67,11 @@ impl RedisLockStore {
 }
 
 fn u64_of(v: &Value) -> Result<u64, StoreError> {
-    u64::try_from(int(v)?)
-        .map_err(|_| StoreError::Protocol("negative number in a lock reply".into()))
+    reply::u64_of(v, "a lock reply")
 }
 
 fn u32_of(v: &Value) -> Result<u32, StoreError> {
-    u32::try_from(int(v)?)
-        .map_err(|_| StoreError::Protocol("count out of range in a lock reply".into()))
+    reply::u32_of(v, "a lock reply")
 }
 
 /// Parses a holding's stored `fence|acquired ms|metadata json`.

@@ -22,13 +22,7 @@ pub const PARTS: [&str; 11] = ["r0", "r1", "r2", "z", "l", "x", "u", "p", "d", "
 impl Keys {
     /// The eleven keys of queue `name` (see the module docs), in [`PARTS`] order.
     pub fn queue(&self, tenant: &Tenant, name: &str) -> [String; 11] {
-        let mut base = self.scope(tenant, "jq");
-        base.push('{');
-        base.push_str(tenant.as_str());
-        base.push('/');
-        base.push_str(name);
-        base.push_str("}:");
-        PARTS.map(|p| format!("{base}{p}"))
+        self.tagged(tenant, "jq", name, PARTS)
     }
 }
 

@@ -76,13 +76,11 @@ impl RedisQueueStore {
 }
 
 fn u64_of(v: &Value) -> Result<u64, StoreError> {
-    u64::try_from(int(v)?)
-        .map_err(|_| StoreError::Protocol("negative number in a queue reply".into()))
+    reply::u64_of(v, "a queue reply")
 }
 
 fn u32_of(v: &Value) -> Result<u32, StoreError> {
-    u32::try_from(int(v)?)
-        .map_err(|_| StoreError::Protocol("count out of range in a queue reply".into()))
+    reply::u32_of(v, "a queue reply")
 }
 
 fn bytes_of(v: Value) -> Result<Bytes, StoreError> {

@@ -25,6 +25,28 @@ impl Keys {
         format!("{}:_:{name}", self.prefix)
     }
 
+    /// The keys `{prefix}:{tenant}:{kind}:{TENANT/NAME}:{part}` of one object made of several
+    /// keys (a lock, a queue): the hash tag `{TENANT/NAME}` puts them in one Cluster slot, so
+    /// one script reaches them all; the tenant in front keeps the tag non-empty whatever the
+    /// name (an empty tag would hash the whole key). A name may hold braces: the tag still ends
+    /// at the same place in every part, and distinct names still give distinct keys (the suffix
+    /// after the name is fixed).
+    pub fn tagged<const N: usize>(
+        &self,
+        tenant: &Tenant,
+        kind: &str,
+        name: &str,
+        parts: [&str; N],
+    ) -> [String; N] {
+        let mut base = self.scope(tenant, kind);
+        base.push('{');
+        base.push_str(tenant.as_str());
+        base.push('/');
+        base.push_str(name);
+        base.push_str("}:");
+        parts.map(|p| format!("{base}{p}"))
+    }
+
     /// `{prefix}:{tenant}:{kind}:`, the start of every key of one kind for one tenant.
     pub fn scope(&self, tenant: &Tenant, kind: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + tenant.as_str().len() + 48);

@@ -85,10 +85,13 @@ def binary() -> pathlib.Path:
     return path
 
 
-def start_flowstate(redis_url: str, config_text: str, ready) -> tuple[subprocess.Popen, str, str]:
-    """Starts the flowstate binary with `config_text` on free ports; waits until `ready(address)`.
-    Returns (process, gRPC address, metrics URL)."""
-    port, metrics_port = free_port(), free_port()
+def start_flowstate(
+    redis_url: str, config_text: str, ready, port: int | None = None, env_extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """Starts the flowstate binary with `config_text` on free ports (or gRPC on `port`, so a
+    restarted replica is where its clients expect it); waits until `ready(address)`. Returns
+    (process, gRPC address, metrics URL)."""
+    port, metrics_port = port or free_port(), free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(config_text)
     config.close()
@@ -99,6 +102,7 @@ def start_flowstate(redis_url: str, config_text: str, ready) -> tuple[subprocess
         FLOWSTATE_METRICS__LISTEN=f"127.0.0.1:{metrics_port}",
         FLOWSTATE_LOG__LEVEL="warn",
     )
+    env.update(env_extra or {})
     proc = subprocess.Popen([str(binary()), "--config", config.name], env=env)
     address = f"127.0.0.1:{port}"
     if not wait_until(lambda: ready(address), 20):

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -23,7 +21,7 @@ import pytest
 import redis
 
 import flowstate
-from conftest import binary, free_port, port_open, serving, start_flowstate, stop, wait_until
+from conftest import free_port, port_open, serving, start_flowstate, stop, wait_until
 
 
 def unique(prefix: str) -> str:
@@ -37,16 +35,7 @@ def ready(address: str) -> bool:
 
 def start_on(port: int, redis_url: str) -> subprocess.Popen:
     """A flowstate replica on a given port (so it can be restarted where workers expect it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
-    env.update(
-        FLOWSTATE_REDIS__URL=redis_url,
-        FLOWSTATE_SERVER__LISTEN=f"127.0.0.1:{port}",
-        FLOWSTATE_METRICS__LISTEN=f"127.0.0.1:{free_port()}",
-        FLOWSTATE_LOG__LEVEL="warn",
-        FLOWSTATE_SERVER__SHUTDOWN_GRACE="5s",
-    )
-    proc = subprocess.Popen([str(binary())], env=env)
-    assert wait_until(lambda: ready(f"127.0.0.1:{port}"), 20), "replica did not become ready"
+    proc, _, _ = start_flowstate(redis_url, "", ready, port, {"FLOWSTATE_SERVER__SHUTDOWN_GRACE": "5s"})
     return proc
 
 
@@ -258,13 +247,21 @@ def test_sixteen_concurrent_enqueues_with_one_unique_key_add_one_job(target):
         assert fs.queues.stats(queue).ready == 1
 
 
-def test_delayed_jobs_start_on_time_with_idle_workers(target):
+SKEWED = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "FAKETIME": "+2",
+          "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_delayed_jobs_start_on_time_with_idle_workers_on_a_replica_whose_clock_is_ahead(target, redis_server):
+    """Enqueued through one replica, worked through another whose clock runs 2 s ahead: the
+    delays follow Redis's clock, so nothing starts early (it would at once by the skewed clock)."""
+    url, _ = redis_server
+    skewed, other, _ = start_flowstate(url, "", ready, env_extra=SKEWED)
     queue = unique("later")
     started: dict[str, float] = {}
     enqueued: dict[str, float] = {}
-    with flowstate.Client(target) as fs:
+    with flowstate.Client(target) as fs, flowstate.Client(other) as fs_skewed:
         worker = flowstate.Worker(
-            fs, [queue], lambda job: started.setdefault(job.id, time.time()), concurrency=8, handle_signals=False
+            fs_skewed, [queue], lambda job: started.setdefault(job.id, time.time()), concurrency=8, handle_signals=False
         )
         runner = threading.Thread(target=worker.run)
         runner.start()
@@ -275,6 +272,7 @@ def test_delayed_jobs_start_on_time_with_idle_workers(target):
         assert wait_until(lambda: len(started) == 100, 15)
         worker.stop()
         runner.join()
+    stop(skewed)
     delays = sorted(started[i] - enqueued[i] for i in enqueued)
     p50, p99 = delays[49], delays[98]
     print(f"\nQUEUE delay 2s: start after p50 {p50:.3f}s p99 {p99:.3f}s max {delays[-1]:.3f}s")
@@ -351,7 +349,6 @@ def test_the_asyncio_worker_runs_async_handlers_and_extends_long_jobs(target):
             worker = flowstate.AsyncWorker(fs, [queue], handle, concurrency=4, handle_signals=False)
             task = asyncio.create_task(worker.run())
             for _ in range(200):
-                s = await fs.queues.stats(queue)
                 if worker.processed == 41:
                     break
                 await asyncio.sleep(0.05)

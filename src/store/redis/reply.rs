@@ -40,6 +40,17 @@ pub fn int(v: &Value) -> Result<i64, StoreError> {
     }
 }
 
+/// A non-negative integer reply; `what` names the reply in the error.
+pub fn u64_of(v: &Value, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(int(v)?).map_err(|_| StoreError::Protocol(format!("negative number in {what}")))
+}
+
+/// A count that fits 32 bits; `what` names the reply in the error.
+pub fn u32_of(v: &Value, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(int(v)?)
+        .map_err(|_| StoreError::Protocol(format!("count out of range in {what}")))
+}
+
 /// A UTF-8 string from bytes.
 pub fn utf8(bytes: Vec<u8>) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|_| StoreError::Protocol("non-UTF-8 string in a reply".into()))

@@ -441,7 +441,8 @@ class Worker:
                 self._handler(job)
             except Exception as exc:  # noqa: BLE001: any handler failure fails the attempt
                 self.failed += 1
-                self._settle(job, lambda: self._fs.queues.fail(job, _failure_text(exc)))
+                error = _failure_text(exc)
+                self._settle(job, lambda: self._fs.queues.fail(job, error))
             else:
                 self.processed += 1
                 self._settle(job, lambda: self._fs.queues.ack(job))
@@ -599,7 +600,8 @@ class AsyncWorker:
             raise
         except Exception as exc:  # noqa: BLE001
             self.failed += 1
-            await self._settle(job, lambda: self._fs.queues.fail(job, _failure_text(exc)))
+            error = _failure_text(exc)
+            await self._settle(job, lambda: self._fs.queues.fail(job, error))
         else:
             self.processed += 1
             await self._settle(job, lambda: self._fs.queues.ack(job))
