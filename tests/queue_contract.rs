@@ -305,10 +305,11 @@ async fn a_failing_job_retries_with_growing_backoff_then_dies_and_retry_revives_
     );
     assert_eq!(dead[0].payload, Bytes::from_static(b"p"));
 
+    // Named twice, retried (and counted) once.
     let retried = c
         .retry(pb::RetryDeadRequest {
             queue: "flaky".into(),
-            job_ids: vec![e.job_id.clone()],
+            job_ids: vec![e.job_id.clone(), e.job_id.clone()],
             all: false,
         })
         .await

@@ -490,7 +490,8 @@ impl QueueStore for MemoryQueueStore {
             q.place(id, Where::Scheduled(at));
             Some(Failed::Retry { at })
         });
-        if out.is_some() {
+        // Only a retry changes what waiting workers should wake for (as fail.lua publishes).
+        if matches!(out, Some(Failed::Retry { .. })) {
             self.signals.fire(&self.name(tenant, queue));
         }
         Ok(out)
@@ -663,15 +664,19 @@ impl QueueStore for MemoryQueueStore {
 /// The dead jobs named (those of `ids` that are dead), or the oldest `limit` of them.
 fn dead_ids(q: &Queue, ids: Option<&[String]>, limit: u32) -> Vec<String> {
     match ids {
-        Some(ids) => ids
-            .iter()
-            .filter(|id| {
-                q.jobs
-                    .get(*id)
-                    .is_some_and(|j| matches!(j.at, Where::Dead(_)))
-            })
-            .cloned()
-            .collect(),
+        Some(ids) => {
+            // Each id once, as the script (which checks and removes as it goes) counts them.
+            let mut seen = std::collections::HashSet::new();
+            ids.iter()
+                .filter(|id| {
+                    q.jobs
+                        .get(*id)
+                        .is_some_and(|j| matches!(j.at, Where::Dead(_)))
+                })
+                .filter(|id| seen.insert((*id).clone()))
+                .cloned()
+                .collect()
+        }
         None => q
             .dead
             .iter()

@@ -385,7 +385,16 @@ impl Queues {
                 }
                 let tokens: Vec<String> = (0..want).map(|_| new_token()).collect();
                 let holders: Vec<String> = tokens.iter().map(|t| holder_id(t)).collect();
-                let fetched = self.store.fetch(tenant, q, &holders, s.dead).await?;
+                let fetched = match self.store.fetch(tenant, q, &holders, s.dead).await {
+                    Ok(fetched) => fetched,
+                    // Jobs already leased from an earlier queue of this Fetch go to the caller:
+                    // dropped, they would wait out their timeout as a lost attempt.
+                    Err(e) if !out.is_empty() => {
+                        tracing::warn!(error = %e, queue = %q, "fetch from a later queue failed; returning the jobs already leased");
+                        return Ok(out);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 #[allow(clippy::cast_precision_loss)]
                 metrics::gauge!("flowstate_queue_ready_jobs", "queue" => s.label.clone())
                     .set(fetched.ready_left as f64);

@@ -31,7 +31,15 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from flowstate import types as t
-from flowstate.errors import DeadlineExceeded, FlowstateError, LeaseLost, LockLost, Unavailable, from_rpc_error
+from flowstate.errors import (
+    DeadlineExceeded,
+    FlowstateError,
+    LeaseLost,
+    LockLost,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+)
 from flowstate.v1 import queue_pb2, queue_pb2_grpc
 
 if TYPE_CHECKING:
@@ -225,14 +233,16 @@ class Queues:
         )
         return None if r.dead else t._dt(r.retry_at)
 
-    def extend(self, job: Job, timeout: timedelta | None = None) -> datetime:
-        """A new lease from now (the job's own timeout unless given)."""
+    def extend(self, job: Job, timeout: timedelta | None = None, rpc_timeout: float | None = None) -> datetime:
+        """A new lease from now (the job's own timeout unless given); `rpc_timeout` bounds the
+        call itself (default: the client's timeout)."""
         sent = time.monotonic()
         r = self._call(
             self._stub.Extend,
             queue_pb2.ExtendJobRequest(
                 queue=job.queue, job_id=job.id, lease_token=job.lease_token, timeout=t.duration(timeout)
             ),
+            rpc_timeout,
         )
         job._deadline = sent + (timeout or job.timeout).total_seconds()
         job.lease_expires_at = t._dt(r.lease_expires_at)
@@ -321,13 +331,14 @@ class AsyncQueues:
         )
         return None if r.dead else t._dt(r.retry_at)
 
-    async def extend(self, job: Job, timeout: timedelta | None = None) -> datetime:
+    async def extend(self, job: Job, timeout: timedelta | None = None, rpc_timeout: float | None = None) -> datetime:
         sent = time.monotonic()
         r = await self._call(
             self._stub.Extend,
             queue_pb2.ExtendJobRequest(
                 queue=job.queue, job_id=job.id, lease_token=job.lease_token, timeout=t.duration(timeout)
             ),
+            rpc_timeout,
         )
         job._deadline = sent + (timeout or job.timeout).total_seconds()
         job.lease_expires_at = t._dt(r.lease_expires_at)
@@ -363,11 +374,22 @@ class AsyncQueues:
         await self._call(self._stub.Resume, queue_pb2.ResumeQueueRequest(queue=queue))
 
 
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """A coroutine function, or an object whose `__call__` is one."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+
+
 def _failure_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 _BACKOFF_MAX = 2.0
+
+
+def _beat_timeout(job: Job) -> float:
+    """How long one heartbeat call may take: a sixth of the lease, so a hung call cannot make
+    the lease run out before the next one (at a third) is due."""
+    return max(job.timeout.total_seconds() / 6, 0.05)
 
 
 def _lease_left(job: Job) -> float:
@@ -430,25 +452,32 @@ class Worker:
                 if self._stopping.is_set():
                     self._give_back(job)
                     continue
-                self._run(job)
+                try:
+                    self._run(job)
+                except Exception:  # noqa: BLE001: a worker thread must not die of one job
+                    log.exception("job %s: settling failed; its lease runs out and it runs again", job.id)
 
     def _run(self, job: Job) -> None:
         timeout = max(job.timeout.total_seconds(), 0.03)
+        # Keyed by lease: the same job may come back to another thread of this worker after
+        # a lost lease, and each run has its own heartbeat.
         with self._lock:
-            self._running[job.id] = (job, timeout)
+            self._running[job.lease_token] = (job, timeout)
         try:
-            try:
-                self._handler(job)
-            except Exception as exc:  # noqa: BLE001: any handler failure fails the attempt
-                self.failed += 1
-                error = _failure_text(exc)
-                self._settle(job, lambda: self._fs.queues.fail(job, error))
-            else:
-                self.processed += 1
-                self._settle(job, lambda: self._fs.queues.ack(job))
+            self._handler(job)
+        except Exception as exc:  # noqa: BLE001: any handler failure fails the attempt
+            self.failed += 1
+            error = _failure_text(exc)
+            settle: Callable[[], Any] = lambda: self._fs.queues.fail(job, error)  # noqa: E731
+        else:
+            self.processed += 1
+            settle = lambda: self._fs.queues.ack(job)  # noqa: E731
         finally:
+            # Out of the running set before settling: a shutdown past its grace gives back
+            # only jobs still in their handler, never one whose Ack is on its way.
             with self._lock:
-                self._running.pop(job.id, None)
+                self._running.pop(job.lease_token, None)
+        self._settle(job, settle)
 
     def _settle(self, job: Job, call: Callable[[], Any]) -> None:
         """Ack or Fail, retried while flowstate is unreachable, until the lease runs out (a
@@ -462,7 +491,7 @@ class Worker:
                 # The lease ran out (or an earlier try landed and its answer was lost).
                 log.warning("job %s: lease lost before it was settled; it may run again", job.id)
                 return
-            except (Unavailable, DeadlineExceeded) as e:
+            except (Unavailable, DeadlineExceeded, ResourceExhausted) as e:
                 if _lease_left(job) < pause:
                     log.error("job %s: could not be settled (%s); it runs again", job.id, e)
                     return
@@ -482,16 +511,16 @@ class Worker:
             with self._lock:
                 running = list(self._running.values())
             for job, timeout in running:
-                began = last.setdefault(job.id, now)
+                began = last.setdefault(job.lease_token, now)
                 if now - began >= timeout / 3 and not job.lost.is_set():
-                    last[job.id] = now
+                    last[job.lease_token] = now
                     try:
-                        self._fs.queues.extend(job)
+                        self._fs.queues.extend(job, rpc_timeout=_beat_timeout(job))
                     except LeaseLost:
                         job.lost.set()
                     except FlowstateError as e:
                         log.warning("job %s: heartbeat failed (%s)", job.id, e)
-            ids = {j.id for j, _ in running}
+            ids = {j.lease_token for j, _ in running}
             for gone in [k for k in last if k not in ids]:
                 del last[gone]
             self._done.wait(0.01 if not running else min(0.1, min(t for _, t in running) / 6))
@@ -547,13 +576,13 @@ class AsyncWorker:
         self._poll = poll
         self._grace = shutdown_grace
         self._handle_signals = handle_signals
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self.processed = 0
         self.failed = 0
 
     def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
+        """Stops fetching (also before `run()`: it then returns at once)."""
+        self._stopping.set()
 
     async def _settle(self, job: Job, call: Callable[[], Awaitable[Any]]) -> None:
         pause = 0.05
@@ -564,7 +593,7 @@ class AsyncWorker:
             except LeaseLost:
                 log.warning("job %s: lease lost before it was settled; it may run again", job.id)
                 return
-            except (Unavailable, DeadlineExceeded) as e:
+            except (Unavailable, DeadlineExceeded, ResourceExhausted) as e:
                 if _lease_left(job) < pause:
                     log.error("job %s: could not be settled (%s); it runs again", job.id, e)
                     return
@@ -575,7 +604,7 @@ class AsyncWorker:
         while True:
             await asyncio.sleep(timeout / 3)
             try:
-                await self._fs.queues.extend(job)
+                await self._fs.queues.extend(job, rpc_timeout=_beat_timeout(job))
             except LeaseLost:
                 job.lost.set()
                 return
@@ -586,11 +615,12 @@ class AsyncWorker:
         timeout = max(job.timeout.total_seconds(), 0.03)
         beat = asyncio.create_task(self._beat(job, timeout))
         try:
-            result = self._handler(job) if inspect.iscoroutinefunction(self._handler) else None
-            if result is None:
-                await asyncio.to_thread(self._handler, job)
+            if _is_async(self._handler):
+                await self._handler(job)
             else:
-                await result
+                result = await asyncio.to_thread(self._handler, job)
+                if inspect.isawaitable(result):
+                    await result
         except asyncio.CancelledError:
             job.lost.set()
             try:
@@ -609,7 +639,6 @@ class AsyncWorker:
             beat.cancel()
 
     async def _loop(self) -> None:
-        assert self._stopping is not None
         pause = 0.05
         while not self._stopping.is_set():
             try:
@@ -627,10 +656,14 @@ class AsyncWorker:
                     except FlowstateError as e:
                         log.warning("job %s: give back failed (%s)", job.id, e)
                     continue
-                await self._run(job)
+                try:
+                    await self._run(job)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001: a worker task must not die of one job
+                    log.exception("job %s: settling failed; its lease runs out and it runs again", job.id)
 
     async def run(self) -> None:
-        self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,15 +34,16 @@ class QueueServiceStub:
     failed (retried later with exponential backoff and jitter, or dead after `max_attempts`),
     given back (ready again, the attempt not counted), or extended (a heartbeat for long jobs).
     A lease that runs out returns the job to the queue for another worker and counts as an
-    attempt; the old lease token is refused from then on (FAILED_PRECONDITION), so a worker that
-    was paused or cut off learns it lost the job. Nothing is lost when a worker, a flowstate
+    attempt: the next Fetch of the queue after the deadline takes it back, and from then on the old
+    lease token is refused (FAILED_PRECONDITION), so a worker that was paused or cut off learns it
+    lost the job. (Until that Fetch, a late Ack or Extend still lands: it can only save a rerun.) Nothing is lost when a worker, a flowstate
     replica or a connection dies: a job leaves Redis only when it is acknowledged, discarded, or
     dead past its retention.
 
     Every deadline (delays, leases, backoff, dead retention) is on the store's clock (Redis TIME),
-    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch or Stats
-    runs past their time (a waiting Fetch wakes for it); the move is one atomic script, so two
-    replicas never move a job twice. Queue names are scoped by tenant.
+    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch runs past
+    their time (a waiting Fetch wakes for it; Stats counts them as ready meanwhile); the move is one
+    atomic script, so two replicas never move a job twice. Queue names are scoped by tenant.
 
     Errors: INVALID_ARGUMENT (bad names, sizes, durations), FAILED_PRECONDITION (a lease token
     that no longer holds the job), RESOURCE_EXHAUSTED (the queue holds `queues.max_jobs`),
@@ -131,15 +132,16 @@ class QueueServiceServicer:
     failed (retried later with exponential backoff and jitter, or dead after `max_attempts`),
     given back (ready again, the attempt not counted), or extended (a heartbeat for long jobs).
     A lease that runs out returns the job to the queue for another worker and counts as an
-    attempt; the old lease token is refused from then on (FAILED_PRECONDITION), so a worker that
-    was paused or cut off learns it lost the job. Nothing is lost when a worker, a flowstate
+    attempt: the next Fetch of the queue after the deadline takes it back, and from then on the old
+    lease token is refused (FAILED_PRECONDITION), so a worker that was paused or cut off learns it
+    lost the job. (Until that Fetch, a late Ack or Extend still lands: it can only save a rerun.) Nothing is lost when a worker, a flowstate
     replica or a connection dies: a job leaves Redis only when it is acknowledged, discarded, or
     dead past its retention.
 
     Every deadline (delays, leases, backoff, dead retention) is on the store's clock (Redis TIME),
-    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch or Stats
-    runs past their time (a waiting Fetch wakes for it); the move is one atomic script, so two
-    replicas never move a job twice. Queue names are scoped by tenant.
+    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch runs past
+    their time (a waiting Fetch wakes for it; Stats counts them as ready meanwhile); the move is one
+    atomic script, so two replicas never move a job twice. Queue names are scoped by tenant.
 
     Errors: INVALID_ARGUMENT (bad names, sizes, durations), FAILED_PRECONDITION (a lease token
     that no longer holds the job), RESOURCE_EXHAUSTED (the queue holds `queues.max_jobs`),
@@ -328,15 +330,16 @@ class QueueService:
     failed (retried later with exponential backoff and jitter, or dead after `max_attempts`),
     given back (ready again, the attempt not counted), or extended (a heartbeat for long jobs).
     A lease that runs out returns the job to the queue for another worker and counts as an
-    attempt; the old lease token is refused from then on (FAILED_PRECONDITION), so a worker that
-    was paused or cut off learns it lost the job. Nothing is lost when a worker, a flowstate
+    attempt: the next Fetch of the queue after the deadline takes it back, and from then on the old
+    lease token is refused (FAILED_PRECONDITION), so a worker that was paused or cut off learns it
+    lost the job. (Until that Fetch, a late Ack or Extend still lands: it can only save a rerun.) Nothing is lost when a worker, a flowstate
     replica or a connection dies: a job leaves Redis only when it is acknowledged, discarded, or
     dead past its retention.
 
     Every deadline (delays, leases, backoff, dead retention) is on the store's clock (Redis TIME),
-    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch or Stats
-    runs past their time (a waiting Fetch wakes for it); the move is one atomic script, so two
-    replicas never move a job twice. Queue names are scoped by tenant.
+    never a replica's. Scheduled and retrying jobs become ready when any replica's Fetch runs past
+    their time (a waiting Fetch wakes for it; Stats counts them as ready meanwhile); the move is one
+    atomic script, so two replicas never move a job twice. Queue names are scoped by tenant.
 
     Errors: INVALID_ARGUMENT (bad names, sizes, durations), FAILED_PRECONDITION (a lease token
     that no longer holds the job), RESOURCE_EXHAUSTED (the queue holds `queues.max_jobs`),
