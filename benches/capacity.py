@@ -119,6 +119,8 @@ def main() -> int:
         per_object("rate-limit counter (GCRA)",
                    lambda: [fs.ratelimit.check([(flowstate.Limit("gcra", 100, timedelta(minutes=1)),
                                                  f"user-{i}")]) for i in range(n)])
+        per_object("queued job (100-byte payload, ready)",
+                   lambda: [fs.queues.enqueue_many("jobs", [value] * 500) for _ in range(n // 500)])
         m = min(n, 2000)
         per_rpc("CreateSession", lambda: [fs.sessions.create(f"u2-{i}", data=data) for i in range(m)], m)
         per_rpc("GetSession", lambda: [fs.sessions.get(sessions[i]) for i in range(m)], m)
@@ -135,6 +137,13 @@ def main() -> int:
         per_rpc("rate-limit Check (1 limit)", lambda: [fs.ratelimit.check([(inline, f"user-{i}")]) for i in range(m)], m)
         per_rpc("rate-limit Check (2 limits)",
                 lambda: [fs.ratelimit.check([(inline, f"user-{i}"), (inline, "tenant")]) for i in range(m)], m)
+        per_rpc("queue Enqueue", lambda: [fs.queues.enqueue("q", value) for _ in range(m)], m)
+        leased: list = []
+        per_rpc("queue Fetch (1 job)", lambda: [leased.extend(fs.queues.fetch(["q"])) for _ in range(m)], m)
+        half = leased[: m // 2]
+        per_rpc("queue Ack", lambda: [fs.queues.ack(j) for j in half], len(half))
+        per_rpc("queue Fail (retried)", lambda: [fs.queues.fail(j, "boom") for j in leased[m // 2:]], m - len(half))
+        per_rpc("queue Fetch (10 jobs)", lambda: [fs.queues.fetch(["jobs"], max=10) for _ in range(m // 10)], m // 10)
         per_rpc("InvalidateNamespace", lambda: [fs.cache.invalidate_namespace(f"ns{i}") for i in range(200)], 200)
         fs.close()
     finally:
