@@ -32,6 +32,7 @@ contract_tests! {
     a_paused_queue_hands_out_nothing_until_resumed,
     a_full_queue_refuses_a_batch_whole with |c: &mut flowstate::config::Config| c.queues.max_jobs = 5,
     concurrent_workers_never_share_a_job,
+    a_queue_left_with_only_dead_jobs_expires_with_them with |c: &mut flowstate::config::Config| c.queues.dead_max_age = std::time::Duration::from_secs(1),
     bad_input_is_rejected,
 }
 
@@ -752,4 +753,38 @@ async fn bad_input_is_rejected(b: Backend) {
         .await
         .expect_err("empty batch");
     assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+async fn a_queue_left_with_only_dead_jobs_expires_with_them(b: Backend) {
+    let mut c = Client::new(b.server.channel.clone());
+    let once = pb::JobOptions {
+        max_attempts: 1,
+        ..options()
+    };
+    enqueue(&mut c, "abandoned", "dies", once.clone()).await;
+    enqueue(&mut c, "abandoned", "lives", options()).await;
+    let jobs = fetch(&mut c, &["abandoned"], 2, 0).await;
+    assert_eq!(jobs.len(), 2);
+    assert!(fail(&mut c, &jobs[0], "boom").await.dead);
+    // A live job keeps the queue (and its dead job) whatever the time.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    ack(&mut c, &jobs[1]).await.expect("ack");
+    // That was the last live job; the dead one is past its second, so the next look prunes it.
+    enqueue(&mut c, "abandoned", "dies too", once).await;
+    let job = fetch(&mut c, &["abandoned"], 1, 0).await.remove(0);
+    assert!(fail(&mut c, &job, "boom").await.dead);
+    assert_eq!(
+        stats(&mut c, "abandoned").await.dead,
+        1,
+        "the older dead job is pruned"
+    );
+    // Nobody calls the queue again: it expires with its newest dead job, keys and all.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let s = stats(&mut c, "abandoned").await;
+    assert_eq!((s.ready, s.scheduled, s.in_flight, s.dead), (0, 0, 0, 0));
+    let left = b.redis_keys().await;
+    assert!(left.is_empty(), "{left:?}");
+    // A new job after that starts a queue afresh.
+    let e = enqueue(&mut c, "abandoned", "new", options()).await;
+    assert_eq!(fetch(&mut c, &["abandoned"], 1, 0).await[0].id, e.job_id);
 }

@@ -12,7 +12,9 @@
 //!
 //! Keys of live jobs have no TTL (a queued job must not vanish); they are bounded instead:
 //! `queues.max_jobs` per queue, dead jobs by age and count, and every key is deleted when it
-//! empties (an empty stream too), so a drained queue leaves nothing but a paused flag.
+//! empties (an empty stream too), so a drained queue leaves nothing but a paused flag. A queue
+//! holding only dead jobs gets their retention as a TTL on its keys (made persistent again by
+//! the next live job), so an abandoned queue expires too.
 
 use crate::{store::keys::Keys, tenant::Tenant};
 

@@ -68,11 +68,27 @@ struct Queue {
     unique: HashMap<String, String>,
     paused: bool,
     seq: u64,
+    /// When a queue holding only dead jobs is forgotten (as its keys expire in Redis).
+    expires_at: Option<Millis>,
 }
 
 struct State {
     queues: HashMap<String, Queue>,
     budget: Budget,
+}
+
+impl State {
+    fn sweep(&mut self, now: Millis) -> usize {
+        let budget = self.budget.clone();
+        let before = self.queues.len();
+        for q in self.queues.values_mut() {
+            if q.expired(now) {
+                q.clear(&budget);
+            }
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        before - self.queues.len()
+    }
 }
 
 impl Drop for State {
@@ -165,6 +181,34 @@ impl Queue {
         }
         self.place(id, Where::Dead(now));
         self.prune_dead(now, dead, budget);
+        self.expire_if_only_dead(dead);
+    }
+
+    /// Only dead jobs left: the queue goes when the newest of them would be pruned by age
+    /// (expire_if_only_dead in lua/common.lua).
+    fn expire_if_only_dead(&mut self, dead: DeadPolicy) {
+        self.expires_at = match self.dead.last() {
+            Some((newest, _)) if self.jobs.len() == self.dead.len() => {
+                Some(newest.saturating_add(i64::try_from(dead.max_age_ms).unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        };
+    }
+
+    /// Whether it holds only dead jobs past their retention.
+    fn expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Forgets every job (an expired queue), keeping the paused flag (a key of its own, with
+    /// no TTL, in Redis).
+    fn clear(&mut self, budget: &Budget) {
+        let paused = self.paused;
+        budget.release(self.jobs.values().map(|j| j.charged).sum());
+        *self = Queue {
+            paused,
+            ..Queue::default()
+        };
     }
 
     /// Dead jobs past their age or beyond their count are deleted.
@@ -220,11 +264,13 @@ pub struct MemoryQueueStore {
 impl MemoryQueueStore {
     /// A store on `backend`'s clock, budget and signals.
     pub fn new(backend: &MemoryBackend) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            queues: HashMap::new(),
+            budget: backend.budget().clone(),
+        }));
+        backend.spawn_sweeper("queues", Arc::downgrade(&state), State::sweep);
         Self {
-            state: Arc::new(Mutex::new(State {
-                queues: HashMap::new(),
-                budget: backend.budget().clone(),
-            })),
+            state,
             clock: backend.clock().clone(),
             keys: backend.keys().clone(),
             signals: backend.signals().clone(),
@@ -243,6 +289,9 @@ impl MemoryQueueStore {
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let q = state.queues.entry(name.clone()).or_default();
+        if q.expired(now) {
+            q.clear(&self.budget);
+        }
         let out = f(q, now);
         if q.is_empty() {
             state.queues.remove(&name);
@@ -293,6 +342,9 @@ impl QueueStore for MemoryQueueStore {
                 return Ok(None);
             }
             budget.charge(cost)?;
+            if fresh > 0 {
+                q.expires_at = None;
+            }
             let mut out = Vec::with_capacity(jobs.len());
             for (j, known) in jobs.iter().zip(existing) {
                 if let Some(id) = known {
@@ -451,12 +503,14 @@ impl QueueStore for MemoryQueueStore {
         queue: &str,
         id: &str,
         holder: &str,
+        dead: DeadPolicy,
     ) -> Result<bool, StoreError> {
         Ok(self.with(tenant, queue, |q, _| {
             if !q.held(id, holder) {
                 return false;
             }
             q.forget(id, &self.budget);
+            q.expire_if_only_dead(dead);
             true
         }))
     }
@@ -596,6 +650,9 @@ impl QueueStore for MemoryQueueStore {
                 }
                 q.make_ready(&id, now);
                 n += 1;
+            }
+            if n > 0 {
+                q.expires_at = None;
             }
             n
         });

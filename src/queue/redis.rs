@@ -205,9 +205,10 @@ impl QueueStore for RedisQueueStore {
         queue: &str,
         id: &str,
         holder: &str,
+        dead: DeadPolicy,
     ) -> Result<bool, StoreError> {
         let mut call = self.call(&self.ack, tenant, queue);
-        call.arg(id).arg(holder);
+        call.arg(id).arg(holder).arg(dead.max_age_ms);
         // Not resent: an ack that ran and is sent again would report the lease lost.
         let done: i64 = self.backend.invoke("queue_ack", &call).await?;
         Ok(done == 1)

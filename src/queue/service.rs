@@ -458,7 +458,11 @@ impl Queues {
     ) -> Result<(), Error> {
         let s = self.check_queue("queue", queue)?;
         Self::check_job_ref(id, Some(token))?;
-        if self.store.ack(tenant, queue, id, &holder_id(token)).await? {
+        if self
+            .store
+            .ack(tenant, queue, id, &holder_id(token), s.dead)
+            .await?
+        {
             metrics::counter!("flowstate_queue_jobs_succeeded_total", "queue" => s.label)
                 .increment(1);
             Ok(())

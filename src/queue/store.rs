@@ -35,13 +35,15 @@ pub trait QueueStore: Send + Sync + 'static {
         dead: DeadPolicy,
     ) -> Result<Fetched, StoreError>;
 
-    /// Removes a job leased to `holder`; false when it is not (any more).
+    /// Removes a job leased to `holder`; false when it is not (any more). A queue left with
+    /// only dead jobs then expires with them (`dead.max_age_ms` after the newest).
     async fn ack(
         &self,
         tenant: &Tenant,
         queue: &str,
         id: &str,
         holder: &str,
+        dead: DeadPolicy,
     ) -> Result<bool, StoreError>;
 
     /// Ends `holder`'s attempt as failed: retried after `retry_after_ms` (or the backoff with

@@ -94,6 +94,27 @@ local function prune_dead(max_age, max_count)
   end
 end
 
+-- A queue holding only dead jobs expires with the newest of them (its keys get that TTL), so an
+-- abandoned queue leaves nothing behind after its dead-job retention; a live job makes the keys
+-- persistent again (persist_all).
+local function expire_if_only_dead(max_age)
+  local dead = redis.call('ZCARD', X)
+  if dead == 0 or redis.call('HLEN', M) > dead then return end
+  local newest = redis.call('ZRANGE', X, -1, -1, 'WITHSCORES')
+  local ttl = math.max(tonumber(newest[2]) + max_age - now, 1)
+  for _, key in ipairs({X, D, M, E}) do
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
+local function persist_all()
+  if redis.call('PTTL', M) > 0 then
+    for _, key in ipairs({X, D, M, E}) do
+      redis.call('PERSIST', key)
+    end
+  end
+end
+
 -- The job is dead: kept with its error until pruned; its unique key is free again.
 local function bury(id, j, err, max_age, max_count)
   unready(j)
@@ -105,6 +126,7 @@ local function bury(id, j, err, max_age, max_count)
   redis.call('ZADD', X, now, id)
   release_unique(id, j)
   prune_dead(max_age, max_count)
+  expire_if_only_dead(max_age)
 end
 
 -- Ready jobs not yet handed out, per stream: its length less its pending entries.

@@ -31,6 +31,10 @@ if fresh > 0 and held + fresh > max_jobs then
   return {-1, held}
 end
 
+if fresh > 0 then
+  persist_all()
+end
+
 local out, woke = {}, false
 for i = 0, n - 1 do
   local o = 3 + i * 10

@@ -31,6 +31,7 @@ for _, id in ipairs(ids) do
   end
 end
 if done > 0 and ARGV[1] == 'retry' then
+  persist_all()
   redis.call('PUBLISH', R[2], 'j')
 end
 return done
