@@ -25,6 +25,16 @@ pub fn current() -> Option<Instant> {
     DEADLINE.try_with(|d| *d).ok()
 }
 
+/// How long a call that waits (lock Acquire, queue Fetch) may wait: `wait`, cut so the answer
+/// still reaches the caller before its deadline (a grant or a lease answered after it would be
+/// stranded until its TTL runs out).
+pub fn bounded_wait(wait: Duration) -> Duration {
+    match remaining() {
+        Some(left) => wait.min(left.mul_f32(0.9).saturating_sub(Duration::from_millis(5))),
+        None => wait,
+    }
+}
+
 /// Time left until the current call's deadline; `None` outside a call (background tasks).
 pub fn remaining() -> Option<Duration> {
     DEADLINE

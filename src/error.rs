@@ -62,6 +62,17 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+/// Checks a name (of a lock, a queue): 1 to `max` bytes, no control characters.
+pub fn check_name(field: &str, name: &str, max: usize) -> Result<(), Error> {
+    if name.is_empty() || name.len() > max {
+        return Err(Error::invalid(field, format!("1 to {max} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "no control characters"));
+    }
+    Ok(())
+}
+
 impl Error {
     /// A single-field validation error.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {

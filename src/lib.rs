@@ -20,6 +20,7 @@
 //! - [`auth`]: API keys, client certificates, permissions, per-tenant request quotas.
 //! - [`store`]: the backends (Redis pool and script registry, memory), the key scheme, store errors.
 //! - [`health`]: component health (store, shutdown) driving `grpc.health.v1`.
+//! - [`lease`]: the secret tokens of lock grants and job leases, and their public ids.
 //! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
 //! - [`deadline`]: the current call's deadline, for store retries that must stop in time.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
@@ -38,6 +39,7 @@ pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod lease;
 pub mod lock;
 pub mod middleware;
 pub mod observe;

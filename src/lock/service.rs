@@ -20,9 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     config::LockConfig,
@@ -66,8 +64,7 @@ pub struct Locks {
 
 /// The public id of the holding `token` identifies.
 pub fn holder_id(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    hex::encode(&digest[..16])
+    crate::lease::public_id(token)
 }
 
 /// Leaves the queue when an Acquire stops waiting without a grant, even if it was cancelled.
@@ -99,16 +96,7 @@ impl Locks {
     }
 
     fn check_name(&self, field: &str, name: &str) -> Result<(), Error> {
-        if name.is_empty() || name.len() > self.config.max_name_bytes {
-            return Err(Error::invalid(
-                field,
-                format!("1 to {} bytes", self.config.max_name_bytes),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::invalid(field, "no control characters"));
-        }
-        Ok(())
+        crate::error::check_name(field, name, self.config.max_name_bytes)
     }
 
     fn check_ttl(&self, ttl: Duration) -> Result<u64, Error> {
@@ -146,18 +134,11 @@ impl Locks {
         check_metadata(&req.metadata)?;
         let metadata_json = serde_json::to_string(&req.metadata)
             .map_err(|_| Error::invalid("metadata", "not encodable"))?;
-        let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let token = crate::lease::new_token();
         let holder = holder_id(&token);
         let start = Instant::now();
         // Waiting ends in time for the answer to reach the caller before its deadline.
-        let wait = match crate::deadline::remaining() {
-            Some(left) => req
-                .wait
-                .min(left.mul_f32(0.9).saturating_sub(Duration::from_millis(5))),
-            None => req.wait,
-        };
+        let wait = crate::deadline::bounded_wait(req.wait);
         let end = start + wait;
         let waits = !wait.is_zero();
         let ticket = waits.then(|| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::{
-    model::{Failed, PRIORITIES},
+    model::Failed,
     service::{JobSpec, Queues},
 };
 use crate::{
@@ -95,11 +95,12 @@ fn enqueued(e: super::model::Enqueued) -> pb::EnqueueResponse {
     }
 }
 
+/// A stored priority (the ready stream's index) as the proto's enum.
 fn priority(p: u8) -> i32 {
     match p {
         0 => pb::JobPriority::High as i32,
-        p if p + 1 >= PRIORITIES => pb::JobPriority::Low as i32,
-        _ => pb::JobPriority::Normal as i32,
+        1 => pb::JobPriority::Normal as i32,
+        _ => pb::JobPriority::Low as i32,
     }
 }
 

@@ -27,11 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::{FutureExt as _, select_all};
 use rand::{Rng as _, RngCore as _};
-use sha2::{Digest as _, Sha256};
 
 use super::{
     config::{QueueSettings, QueuesConfig},
@@ -95,14 +93,7 @@ pub struct Queues {
 
 /// The public id of the lease `token` identifies.
 pub fn holder_id(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    hex::encode(&digest[..16])
-}
-
-fn new_token() -> String {
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    crate::lease::public_id(token)
 }
 
 fn new_job_id() -> String {
@@ -147,15 +138,7 @@ impl Queues {
     }
 
     fn check_queue(&self, field: &str, name: &str) -> Result<QueueSettings, Error> {
-        if name.is_empty() || name.len() > self.config.max_name_bytes {
-            return Err(Error::invalid(
-                field,
-                format!("1 to {} bytes", self.config.max_name_bytes),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::invalid(field, "no control characters"));
-        }
+        crate::error::check_name(field, name, self.config.max_name_bytes)?;
         Ok(self.config.settings(name))
     }
 
@@ -359,10 +342,7 @@ impl Queues {
         let start = Instant::now();
         // Waiting ends in time for the answer (with its leases) to reach the caller before its
         // deadline: a Fetch that leased jobs and then timed out would strand them.
-        let wait = match crate::deadline::remaining() {
-            Some(left) => wait.min(left.mul_f32(0.9).saturating_sub(Duration::from_millis(5))),
-            None => wait,
-        };
+        let wait = crate::deadline::bounded_wait(wait);
         let end = start + wait;
         let mut signals: Vec<Signal> = Vec::new();
         if !wait.is_zero() {
@@ -383,7 +363,7 @@ impl Queues {
                 if want == 0 {
                     break;
                 }
-                let tokens: Vec<String> = (0..want).map(|_| new_token()).collect();
+                let tokens: Vec<String> = (0..want).map(|_| crate::lease::new_token()).collect();
                 let holders: Vec<String> = tokens.iter().map(|t| holder_id(t)).collect();
                 let fetched = match self.store.fetch(tenant, q, &holders, s.dead).await {
                     Ok(fetched) => fetched,

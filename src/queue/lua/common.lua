@@ -69,16 +69,9 @@ local function forget(id, j)
   release_unique(id, j)
 end
 
+-- The same for an id whose state may be gone (nothing left to unlink but its own fields).
 local function forget_id(id)
-  local j = load(id)
-  if j then
-    forget(id, j)
-  else
-    redis.call('ZREM', X, id)
-    redis.call('HDEL', D, id)
-    redis.call('HDEL', M, id)
-    redis.call('HDEL', E, id)
-  end
+  forget(id, load(id) or {sid = '', u = ''})
 end
 
 -- Dead jobs past their age or beyond their count are deleted (a bounded step per call).
@@ -107,8 +100,10 @@ local function expire_if_only_dead(max_age)
   end
 end
 
+-- PTTL is 0 when under a millisecond is left: that TTL too must go, or the live job just
+-- written would expire with the dead ones.
 local function persist_all()
-  if redis.call('PTTL', M) > 0 then
+  if redis.call('PTTL', M) >= 0 then
     for _, key in ipairs({X, D, M, E}) do
       redis.call('PERSIST', key)
     end
