@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flowstate/v1/lock.proto",
         "proto/flowstate/v1/events.proto",
         "proto/flowstate/v1/queue.proto",
+        // Envoy's rate limit service (vendored, trimmed), served beside flowstate's own.
+        "proto/envoy/service/ratelimit/v3/rls.proto",
     ];
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

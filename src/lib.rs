@@ -12,6 +12,8 @@
 //! - [`lock`]: LockService: locks and semaphores with fencing tokens, woken waiters.
 //! - [`events`]: EventService: topics on Redis Streams, resumable subscriptions, fan-out.
 //! - [`queue`]: QueueService: job queues on Redis Streams consumer groups, leases, retries.
+//! - [`rls`]: Envoy's rate limit service (envoyproxy/ratelimit's YAML rules) on the rate-limit
+//!   counters.
 //!
 //! Shared by all of them:
 //! - [`proto`]: code generated from `proto/flowstate/v1` and the descriptor set for reflection.
@@ -46,6 +48,7 @@ pub mod observe;
 pub mod proto;
 pub mod queue;
 pub mod ratelimit;
+pub mod rls;
 pub mod server;
 pub mod session;
 pub mod store;

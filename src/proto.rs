@@ -8,6 +8,39 @@ pub mod v1 {
     tonic::include_proto!("flowstate.v1");
 }
 
+/// Envoy's rate limit service (`envoy.service.ratelimit.v3`) and the messages it uses, nested as
+/// their packages are (the generated code refers to them by relative paths).
+pub mod envoy {
+    pub mod service {
+        pub mod ratelimit {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ratelimit.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod common {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                }
+            }
+        }
+    }
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod r#type {
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every flowstate proto (with comments), served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flowstate_descriptor.bin"));

@@ -30,6 +30,7 @@ use crate::{
     },
     queue::{self, Queues, api::QueueApi},
     ratelimit::{self, RateLimits, api::RateLimitApi},
+    rls::{self, Rls, api::RlsApi},
     session::{self, Sessions, api::SessionApi},
     store::Backend,
     tls::{Acceptor, TlsFiles},
@@ -82,6 +83,30 @@ fn warn_about_quotas(config: &Config, auth: &Authenticator, backend: &Backend) {
     }
 }
 
+/// Envoy's rate limit service over the rate-limit counters, with its rules loaded (a broken
+/// rules file stops start-up with its file and line) and announced.
+fn open_rls(
+    config: &Config,
+    counters: std::sync::Arc<dyn ratelimit::RateLimitStore>,
+) -> anyhow::Result<Rls> {
+    let rules = match &config.rls.config_path {
+        Some(path) => {
+            let rules = rls::Rules::load(path, config.rls.merge_domains)
+                .map_err(|e| anyhow::anyhow!("rls.config_path: {e}"))?;
+            rls::watch::announce(&rules, path);
+            rules
+        }
+        None => {
+            tracing::info!(
+                "Envoy rate limit service: no rules (rls.config_path is not set), every \
+                 descriptor is UNKNOWN and every request OK"
+            );
+            rls::Rules::default()
+        }
+    };
+    Ok(Rls::new(counters, rules, config.rls.clone()))
+}
+
 /// Reflection over every descriptor a caller may meet: flowstate's own, grpc.health.v1 (or
 /// grpcurl cannot describe Health) and google.rpc (so error details such as BadRequest decode).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -108,6 +133,7 @@ pub async fn run(
             lock::api::PERMISSIONS,
             events::api::PERMISSIONS,
             queue::api::PERMISSIONS,
+            rls::api::PERMISSIONS,
         ],
     )?);
     match auth.mode() {
@@ -206,7 +232,26 @@ pub async fn run(
     ));
     let cache_service = CacheServiceServer::new(CacheApi::new(caches))
         .max_decoding_message_size(config.server.max_message_bytes);
-    let limits = RateLimits::new(ratelimit::open_store(&backend)?, &config.ratelimit);
+    let counters = ratelimit::open_store(&backend)?;
+    let limits = RateLimits::new(counters.clone(), &config.ratelimit);
+    let rls = open_rls(&config, counters)?;
+    if let Some(path) = &config.rls.config_path {
+        tasks.push((
+            "RLS rules watcher",
+            tokio::spawn(rls::watch::watch_rules(
+                rls.clone(),
+                path.clone(),
+                config.rls.merge_domains,
+                config.rls.reload_interval,
+                stop_tasks.subscribe(),
+            )),
+        ));
+    }
+    let rls_service =
+        proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::new(
+            RlsApi::new(rls),
+        )
+        .max_decoding_message_size(config.server.max_message_bytes);
     let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits))
         .max_decoding_message_size(config.server.max_message_bytes);
     let locks = Locks::new(
@@ -293,7 +338,8 @@ pub async fn run(
         .add_service(ratelimit_service)
         .add_service(lock_service)
         .add_service(event_service)
-        .add_service(queue_service);
+        .add_service(queue_service)
+        .add_service(rls_service);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

@@ -20,7 +20,7 @@ use std::{
 use common::RedisServer;
 use flowstate::{
     ratelimit::{
-        Algorithm, Counter, CounterId, Decision, FailureMode, Policy, RateLimitStore,
+        Algorithm, Counter, CounterId, Decision, FailureMode, Policy, RateLimitStore, Role,
         memory::MemoryRateLimitStore,
     },
     store::memory::MemoryBackend,
@@ -142,7 +142,7 @@ fn the_script_and_the_memory_store_decide_identically() {
         let backend = runtime
             .block_on(async { MemoryBackend::new("parity", Duration::from_secs(3600), 1 << 20) });
         let memory = runtime.block_on(async { MemoryRateLimitStore::new(&backend) });
-        let counters: Vec<Counter> = policies
+        let mut counters: Vec<Counter> = policies
             .iter()
             .enumerate()
             .map(|(i, policy)| Counter {
@@ -152,6 +152,8 @@ fn the_script_and_the_memory_store_decide_identically() {
                     key: "k".into(),
                 },
                 policy: *policy,
+                cost: 0,
+                role: Role::Enforced,
             })
             .collect();
         let keys: Vec<String> = counters
@@ -161,16 +163,21 @@ fn the_script_and_the_memory_store_decide_identically() {
         let mut now = 1_763_000_000_123_i64;
         for (i, step) in steps.iter().enumerate() {
             now += step.dt;
+            for c in &mut counters {
+                c.cost = step.cost;
+            }
             let mut call = script.prepare_invoke();
             for key in &keys {
                 call.key(key.as_str());
             }
-            call.arg(step.cost).arg(if step.commit { "1" } else { "0" });
+            call.arg(if step.commit { "1" } else { "0" });
             for c in &counters {
                 call.arg(c.policy.algorithm.code())
                     .arg(c.policy.limit)
                     .arg(c.policy.period_ms)
-                    .arg(c.policy.capacity());
+                    .arg(c.policy.capacity())
+                    .arg(c.cost)
+                    .arg(c.role.code());
             }
             call.arg(now);
             let lua: Vec<i64> = runtime
@@ -178,7 +185,7 @@ fn the_script_and_the_memory_store_decide_identically() {
                 .expect("script");
             backend.clock().set(now);
             let rust = runtime
-                .block_on(memory.check(&tenant, &counters, step.cost, step.commit))
+                .block_on(memory.check(&tenant, &counters, step.commit))
                 .expect("memory check");
             prop_assert_eq!(decisions(lua), rust, "step {} at {}", i, now);
         }

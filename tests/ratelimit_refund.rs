@@ -119,14 +119,18 @@ impl Driver<'_> {
         extra: &[i64],
     ) -> Vec<i64> {
         let mut call = self.script.key(key);
-        call.arg(cost);
         if mode != "refund" {
             call.arg(if mode == "peek" { "0" } else { "1" });
         }
         call.arg(policy.algorithm.code())
             .arg(policy.limit)
             .arg(policy.period_ms)
-            .arg(policy.capacity());
+            .arg(policy.capacity())
+            .arg(cost);
+        if mode != "refund" {
+            // The role: enforced.
+            call.arg(0);
+        }
         for x in extra {
             call.arg(*x);
         }

@@ -29,6 +29,7 @@ pub use crate::{
     lock::config::LockConfig,
     queue::config::{QueuePolicy, QueuesConfig},
     ratelimit::config::{LimitConfig, RateLimitConfig},
+    rls::config::RlsConfig,
     session::config::SessionConfig,
 };
 
@@ -52,6 +53,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Named rate limits and input limits.
     pub ratelimit: RateLimitConfig,
+    /// Envoy's rate limit service: rules file, reloads, over-limit cache.
+    pub rls: RlsConfig,
     /// Lock bounds.
     pub locks: LockConfig,
     /// Event topics: retention, bounds.
@@ -97,6 +100,7 @@ impl Config {
         self.session.validate(&mut bad);
         self.cache.validate(&mut bad);
         self.ratelimit.validate(&mut bad);
+        self.rls.validate(&mut bad);
         self.locks.validate(&mut bad);
         self.events.validate(&mut bad);
         self.queues.validate(&mut bad);

@@ -136,14 +136,19 @@ impl Policy {
                 "applies only to token_bucket and gcra; leave it 0".into(),
             ));
         }
+        // A fixed window only counts (no product with the period), so any count below the
+        // bound fits; the others scale counts by the period.
+        let factor = match self.algorithm {
+            Algorithm::FixedWindow => Some(1),
+            _ => self.period_ms.checked_mul(2),
+        };
         let scaled = i64::try_from(self.capacity().max(self.limit))
             .ok()
-            .and_then(|c| c.checked_mul(self.period_ms))
-            .and_then(|s| s.checked_mul(2));
+            .and_then(|c| factor.and_then(|f| c.checked_mul(f)));
         if scaled.is_none_or(|s| s >= MAX_SCALED) {
             return Err((
                 "limit",
-                "limit (or burst) × period in ms must stay below 2^51".into(),
+                "limit (or burst) × period in ms must stay below 2^51 (for a fixed window: the limit below 2^52)".into(),
             ));
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     algorithm::{Decision, State as RateState, decide},
-    model::{Counter, CounterId},
+    model::{Counter, CounterId, admits},
     store::RateLimitStore,
 };
 use crate::{
@@ -142,7 +142,6 @@ impl RateLimitStore for MemoryRateLimitStore {
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
         let keys: Vec<String> = counters
@@ -154,14 +153,23 @@ impl RateLimitStore for MemoryRateLimitStore {
         let mut decisions = Vec::with_capacity(counters.len());
         let mut updates = Vec::with_capacity(counters.len());
         for (counter, key) in counters.iter().zip(&keys) {
-            let (decision, update) = decide(&counter.policy, state.counter(key, now), now, cost);
+            let (decision, update) =
+                decide(&counter.policy, state.counter(key, now), now, counter.cost);
             decisions.push(decision);
             updates.push(update);
         }
-        if commit && decisions.iter().all(|d| d.allowed) {
+        if commit && admits(counters.iter().map(|c| c.role).zip(&decisions)) {
+            let writes: Vec<(String, _)> = keys
+                .into_iter()
+                .zip(updates)
+                .zip(counters.iter().zip(&decisions))
+                .filter(|(_, (_, d))| d.allowed)
+                .map(|(write, _)| write)
+                .collect();
+            let new: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
             // New counters are charged first, together: a full store or tenant consumes from none.
-            state.charge_new(tenant, &keys)?;
-            for (key, update) in keys.into_iter().zip(updates) {
+            state.charge_new(tenant, &new)?;
+            for (key, update) in writes {
                 state.set_counter(key, tenant, update.state, now.saturating_add(update.ttl_ms));
             }
         }
@@ -196,6 +204,8 @@ mod tests {
                 burst: 0,
                 failure_mode: FailureMode::Closed,
             },
+            cost: 1,
+            role: crate::ratelimit::Role::Enforced,
         }
     }
 
@@ -213,28 +223,28 @@ mod tests {
         );
         for key in ["k1", "k2"] {
             store
-                .check(&a, &[counter("l", key)], 1, true)
+                .check(&a, &[counter("l", key)], true)
                 .await
                 .expect("within the cap");
         }
         // Two new counters where one fits: neither is created.
         let over = store
-            .check(&a, &[counter("l", "k3"), counter("l", "k4")], 1, true)
+            .check(&a, &[counter("l", "k3"), counter("l", "k4")], true)
             .await;
         assert!(matches!(over, Err(StoreError::Full(_))), "{over:?}");
         assert_eq!(store.lock().per_tenant.get(&a), Some(&2));
         // Existing counters keep counting at the cap; other tenants are not affected.
         store
-            .check(&a, &[counter("l", "k1"), counter("l", "k3")], 1, true)
+            .check(&a, &[counter("l", "k1"), counter("l", "k3")], true)
             .await
             .expect("one new counter fits");
         store
-            .check(&a, &[counter("l", "k1")], 1, true)
+            .check(&a, &[counter("l", "k1")], true)
             .await
             .expect("an existing counter at the cap");
         for key in ["k1", "k2", "k3"] {
             store
-                .check(&b, &[counter("l", key)], 1, true)
+                .check(&b, &[counter("l", key)], true)
                 .await
                 .expect("another tenant has its own cap");
         }
@@ -243,7 +253,7 @@ mod tests {
             .await
             .expect("reset");
         store
-            .check(&a, &[counter("l", "k4")], 1, true)
+            .check(&a, &[counter("l", "k4")], true)
             .await
             .expect("room again after a reset");
     }

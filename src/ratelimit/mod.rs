@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use self::{
     algorithm::{Algorithm, Decision, FailureMode, Policy, State, Update, decide},
-    model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef},
+    model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef, Role, admits},
     service::RateLimits,
     store::RateLimitStore,
 };

@@ -26,7 +26,7 @@
 
 use super::{
     algorithm::Decision,
-    model::{Counter, CounterId},
+    model::{Counter, CounterId, Role, admits},
     store::RateLimitStore,
 };
 use crate::{
@@ -57,7 +57,9 @@ struct SlotsOutcome {
     decisions: Result<Vec<Decision>, StoreError>,
     /// Per counter, what `refund.lua` needs (from `reserve.lua`).
     windows: Vec<(i64, i64)>,
-    /// The groups that consumed and must be refunded (another slot denied or failed).
+    /// Per counter, whether it allowed (known even when another slot failed).
+    allowed: Vec<bool>,
+    /// The groups that consumed and must be refunded (the request was denied or a slot failed).
     to_refund: Vec<usize>,
 }
 
@@ -125,18 +127,19 @@ impl RedisRateLimitStore {
         keys: &[String],
         counters: &[Counter],
         positions: &[usize],
-        cost: u64,
         commit: bool,
     ) -> ScriptCall {
         let mut call = script.call();
-        call.arg(cost).arg(if commit { "1" } else { "0" });
+        call.arg(if commit { "1" } else { "0" });
         for &i in positions {
             let c = &counters[i];
             call.key(&keys[i])
                 .arg(c.policy.algorithm.code())
                 .arg(c.policy.limit)
                 .arg(c.policy.period_ms)
-                .arg(c.policy.capacity());
+                .arg(c.policy.capacity())
+                .arg(c.cost)
+                .arg(c.role.code());
         }
         call
     }
@@ -151,18 +154,32 @@ impl RedisRateLimitStore {
         keys: Vec<String>,
         counters: Vec<Counter>,
         groups: Vec<SlotGroup>,
-        cost: u64,
         commit: bool,
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<Decision>, StoreError> {
-        let decide = self.decide_across_slots(&keys, &counters, &groups, cost, commit);
+        let decide = self.decide_across_slots(&keys, &counters, &groups, commit);
         let outcome = match deadline {
             Some(deadline) => crate::deadline::scope(deadline, decide).await,
             None => decide.await,
         };
         if !outcome.to_refund.is_empty() {
-            let reserved: Vec<&SlotGroup> = outcome.to_refund.iter().map(|&g| &groups[g]).collect();
-            self.refund(&keys, &counters, &reserved, &outcome.windows, cost)
+            // Only what the reservations consumed: the counters that allowed, with a cost.
+            let written = |i: &usize| counters[*i].cost > 0 && outcome.allowed[*i];
+            let reserved: Vec<SlotGroup> = outcome
+                .to_refund
+                .iter()
+                .map(|&g| SlotGroup {
+                    positions: groups[g]
+                        .positions
+                        .iter()
+                        .copied()
+                        .filter(written)
+                        .collect(),
+                })
+                .filter(|g| !g.positions.is_empty())
+                .collect();
+            let reserved: Vec<&SlotGroup> = reserved.iter().collect();
+            self.refund(&keys, &counters, &reserved, &outcome.windows)
                 .await;
         }
         outcome.decisions
@@ -174,14 +191,13 @@ impl RedisRateLimitStore {
         keys: &[String],
         counters: &[Counter],
         groups: &[SlotGroup],
-        cost: u64,
         commit: bool,
     ) -> SlotsOutcome {
         let script = if commit { &self.reserve } else { &self.check };
         let width = if commit { 6 } else { 4 };
         let calls: Vec<ScriptCall> = groups
             .iter()
-            .map(|g| self.decide_call(script, keys, counters, &g.positions, cost, commit))
+            .map(|g| self.decide_call(script, keys, counters, &g.positions, commit))
             .collect();
         // Every slot at once; each outcome kept, since a failed slot must not hide which
         // others consumed.
@@ -201,7 +217,6 @@ impl RedisRateLimitStore {
         let mut windows = vec![(0i64, 0i64); counters.len()];
         let mut reserved = Vec::new();
         let mut failure = None;
-        let mut all = true;
         for (g, (group, reply)) in groups.iter().zip(replies).enumerate() {
             let reply = match reply.and_then(|r| {
                 if r.len() == group.positions.len() * width {
@@ -216,28 +231,32 @@ impl RedisRateLimitStore {
             }) {
                 Ok(reply) => reply,
                 Err(e) => {
-                    all = false;
                     failure.get_or_insert(e);
                     continue;
                 }
             };
-            let mut group_allows = true;
+            // A slot writes when its own enforced counters allow (`run_check` with windows).
+            let mut slot_writes = true;
             for (&i, r) in group.positions.iter().zip(reply.chunks_exact(width)) {
                 decisions[i] = decision(r);
-                group_allows &= decisions[i].allowed;
+                if counters[i].role == Role::Enforced {
+                    slot_writes &= decisions[i].allowed;
+                }
                 if commit {
                     windows[i] = (r[4], r[5]);
                 }
             }
-            all &= group_allows;
-            if commit && group_allows {
+            if commit && slot_writes {
                 reserved.push(g);
             }
         }
-        if all || !commit {
+        let admitted = failure.is_none() && admits(counters.iter().map(|c| c.role).zip(&decisions));
+        if admitted || !commit {
             reserved.clear();
         }
+        let allowed = decisions.iter().map(|d| d.allowed).collect();
         SlotsOutcome {
+            allowed,
             decisions: match failure {
                 Some(e) => Err(e),
                 None => Ok(decisions),
@@ -255,13 +274,11 @@ impl RedisRateLimitStore {
         counters: &[Counter],
         groups: &[&SlotGroup],
         windows: &[(i64, i64)],
-        cost: u64,
     ) {
         let calls: Vec<ScriptCall> = groups
             .iter()
             .map(|g| {
                 let mut call = self.refund.call();
-                call.arg(cost);
                 for &i in &g.positions {
                     let c = &counters[i];
                     call.key(&keys[i])
@@ -269,6 +286,7 @@ impl RedisRateLimitStore {
                         .arg(c.policy.limit)
                         .arg(c.policy.period_ms)
                         .arg(c.policy.capacity())
+                        .arg(c.cost)
                         .arg(windows[i].0)
                         .arg(windows[i].1);
                 }
@@ -309,7 +327,6 @@ impl RateLimitStore for RedisRateLimitStore {
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        cost: u64,
         commit: bool,
     ) -> Result<Vec<Decision>, StoreError> {
         let keys: Vec<String> = counters
@@ -322,7 +339,6 @@ impl RateLimitStore for RedisRateLimitStore {
                 keys,
                 counters.to_vec(),
                 groups,
-                cost,
                 commit,
                 crate::deadline::current(),
             ));
@@ -333,7 +349,7 @@ impl RateLimitStore for RedisRateLimitStore {
         let Some(group) = groups.first() else {
             return Ok(Vec::new());
         };
-        let call = self.decide_call(&self.check, &keys, counters, &group.positions, cost, commit);
+        let call = self.decide_call(&self.check, &keys, counters, &group.positions, commit);
         // A consuming check is never resent after a dropped connection: the first attempt may
         // have counted.
         let reply: Vec<i64> = if commit {

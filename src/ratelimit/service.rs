@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{
     algorithm::{Decision, FailureMode, Policy},
     config::RateLimitConfig,
-    model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef},
+    model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef, Role, admits},
     store::RateLimitStore,
 };
 use crate::{
@@ -93,7 +93,13 @@ impl RateLimits {
 
     /// `check` is the index of the check in the request (`None` for Reset); it only names
     /// fields in errors, so nothing is formatted on the success path.
-    fn resolve(&self, check: Option<usize>, limit: &LimitRef, key: &str) -> Result<Counter, Error> {
+    fn resolve(
+        &self,
+        check: Option<usize>,
+        limit: &LimitRef,
+        key: &str,
+        cost: u64,
+    ) -> Result<Counter, Error> {
         let field = |name: &str| match check {
             Some(i) => format!("checks[{i}].{name}"),
             None => name.to_owned(),
@@ -153,6 +159,8 @@ impl RateLimits {
                 key: key.to_owned(),
             },
             policy,
+            cost,
+            role: Role::Enforced,
         })
     }
 
@@ -172,7 +180,7 @@ impl RateLimits {
         }
         let mut counters: Vec<Counter> = Vec::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
-            let counter = self.resolve(Some(i), &check.limit, &check.key)?;
+            let counter = self.resolve(Some(i), &check.limit, &check.key, cost)?;
             if cost > counter.policy.capacity() {
                 return Err(Error::InvalidArgument(vec![Violation::new(
                     "cost",
@@ -191,7 +199,7 @@ impl RateLimits {
             counters.push(counter);
         }
         let commit = !dry_run && cost > 0;
-        let outcome = self.decide(tenant, &counters, cost, commit).await?;
+        let outcome = self.decide(tenant, &counters, commit).await?;
         if !dry_run {
             for (check, result) in checks.iter().zip(&outcome.results) {
                 let metrics = match &check.limit {
@@ -211,12 +219,11 @@ impl RateLimits {
         &self,
         tenant: &Tenant,
         counters: &[Counter],
-        cost: u64,
         commit: bool,
     ) -> Result<CheckOutcome, Error> {
-        match self.store.check(tenant, counters, cost, commit).await {
+        match self.store.check(tenant, counters, commit).await {
             Ok(decisions) => {
-                let allowed = decisions.iter().all(|d| d.allowed);
+                let allowed = admits(counters.iter().map(|c| c.role).zip(&decisions));
                 let results = decisions
                     .into_iter()
                     .zip(counters)
@@ -259,7 +266,7 @@ impl RateLimits {
 
     /// Forgets a counter.
     pub async fn reset(&self, tenant: &Tenant, limit: LimitRef, key: &str) -> Result<(), Error> {
-        let counter = self.resolve(None, &limit, key)?;
+        let counter = self.resolve(None, &limit, key, 0)?;
         Ok(self.store.reset(tenant, &counter.id).await?)
     }
 }

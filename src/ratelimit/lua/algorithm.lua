@@ -110,28 +110,39 @@ local function decide(alg, l, p, cap, s0, s1, s2, now, cost)
   return allowed, remaining, reset + shift, retry, n0, n1, n2, ttl + shift + 1000
 end
 
--- Decides every counter at `now`; when all allow and ARGV[2] is '1', consumes from all.
+-- Decides every counter at `now` and, when the request is admitted and ARGV[1] is '1',
+-- consumes from every counter that allows it (see `admits` in src/ratelimit/model.rs).
 -- KEYS[i]  counter i (a hash: a, b, c = the three state integers)
--- ARGV[1] cost, ARGV[2] commit ('1' or '0'),
--- ARGV[3 + 4(i-1) ..]: algorithm code, limit, period ms, capacity of counter i
+-- ARGV[1] commit ('1' or '0'),
+-- ARGV[2 + 6(i-1) ..]: algorithm code, limit, period ms, capacity, cost and role of counter i.
+-- Roles: 0 enforced (must allow), 1 quota (at least one quota counter of the request must
+-- allow), 2 shadow (never decides). A request is admitted when every enforced counter allows and,
+-- if it has quota counters, one of them does; then each counter that allows is written (a cost
+-- of 0 records only the clock reading), the others are not. Denied requests write nothing.
 -- Returns per counter: allowed (0/1), remaining, reset_after ms, retry_after ms, and with
 -- `windows` (a reservation, reserve.lua) two more: what refund.lua needs to take the
 -- consumption back. Fixed and sliding window: the window decided in, and 0. Token bucket: the
 -- tokens left after it and the time they were counted at. GCRA: how far ahead the schedule was
--- after it, and that time.
+-- after it, and that time. A reservation decides its slot alone: it writes when the slot's
+-- enforced counters allow (the quota rule needs every slot, so the caller applies it and refunds).
 local function run_check(now, windows)
-  local cost = tonumber(ARGV[1])
   local out = {}
   local writes = {}
-  local all = true
+  local enforced_ok, quotas, quota_ok = true, 0, false
   for i = 1, #KEYS do
-    local base = 2 + (i - 1) * 4
+    local base = 1 + (i - 1) * 6
     local st = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
+    local cost, role = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
     local allowed, remaining, reset, retry, n0, n1, n2, ttl = decide(
       tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
       tonumber(ARGV[base + 4]), tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0,
       now, cost)
-    all = all and allowed
+    if role == 0 then
+      enforced_ok = enforced_ok and allowed
+    elseif role == 1 then
+      quotas = quotas + 1
+      quota_ok = quota_ok or allowed
+    end
     local flag = 0
     if allowed then flag = 1 end
     out[#out + 1] = flag
@@ -151,13 +162,19 @@ local function run_check(now, windows)
         out[#out + 1] = int(n2)
       end
     end
-    writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
+    if allowed then
+      writes[i] = {int(n0), int(n1), int(n2), int(ttl)}
+    end
   end
-  if all and ARGV[2] == '1' then
+  local admitted = enforced_ok
+  if not windows and quotas > 0 then admitted = admitted and quota_ok end
+  if admitted and ARGV[1] == '1' then
     for i = 1, #KEYS do
       local w = writes[i]
-      redis.call('HSET', KEYS[i], 'a', w[1], 'b', w[2], 'c', w[3])
-      redis.call('PEXPIRE', KEYS[i], w[4])
+      if w then
+        redis.call('HSET', KEYS[i], 'a', w[1], 'b', w[2], 'c', w[3])
+        redis.call('PEXPIRE', KEYS[i], w[4])
+      end
     end
   end
   return out
@@ -167,8 +184,8 @@ end
 -- denied, without ever giving back more than the reservation still holds: other callers may
 -- have come and gone since, and a bucket may have refilled to the top meanwhile (the top caps
 -- what the reservation kept out, so it can never be given back whole).
--- KEYS[i] counter i; ARGV[1] cost;
--- ARGV[2 + 6(i-1) ..]: algorithm code, limit, period ms, capacity, and the two values
+-- KEYS[i] counter i;
+-- ARGV[1 + 7(i-1) ..]: algorithm code, limit, period ms, capacity, cost, and the two values
 -- reserve.lua returned for the counter.
 -- - fixed window: the cost comes off the count if the window is the same;
 -- - sliding window: off the current window's count, or off the previous one's if the window
@@ -179,13 +196,13 @@ end
 -- A counter that expired meanwhile has nothing to give back.
 -- Returns the number of counters it gave back to.
 local function run_refund(now)
-  local cost = tonumber(ARGV[1])
   local given = 0
   for i = 1, #KEYS do
-    local base = 1 + (i - 1) * 6
+    local base = (i - 1) * 7
     local alg, l, p, cap = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
       tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-    local v1, v2 = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
+    local cost = tonumber(ARGV[base + 5])
+    local v1, v2 = tonumber(ARGV[base + 6]), tonumber(ARGV[base + 7])
     local st = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
     if st[1] then
       local s0, s1, s2 = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
