@@ -413,12 +413,29 @@ async fn bad_requests_are_invalid_arguments(b: Backend) {
     let mut no_domain = request(vec![descriptor(&[("user", "x")])]);
     no_domain.domain.clear();
     let no_descriptors = request(vec![]);
-    let empty_key = request(vec![descriptor(&[("", "x")])]);
-    let no_entries = request(vec![descriptor(&[])]);
-    for r in [no_domain, no_descriptors, empty_key, no_entries] {
+    let too_many = request((0..65).map(|_| descriptor(&[("user", "x")])).collect());
+    let too_long = request(vec![descriptor(&[("user", &"x".repeat(2000))])]);
+    for r in [no_domain, no_descriptors, too_many, too_long] {
         let e = c.should_rate_limit(r).await.expect_err("invalid");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     }
+    // Envoy sends a descriptor whose actions found nothing as an empty one: it matches no
+    // rule, like an empty key (as in envoyproxy/ratelimit).
+    let r = ask(
+        &mut c,
+        request(vec![
+            descriptor(&[]),
+            descriptor(&[("", "x")]),
+            descriptor(&[("user", "ok")]),
+        ]),
+    )
+    .await;
+    assert!(!over(&r));
+    let codes: Vec<i32> = r.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(
+        codes,
+        vec![Code::Unknown as i32, Code::Unknown as i32, Code::Ok as i32]
+    );
 }
 
 /// A changed rules file takes effect without a restart; a broken one changes nothing.

@@ -294,20 +294,16 @@ impl Rls {
                 ),
             ));
         }
+        // A descriptor without entries, or with an empty key, matches no rule (UNKNOWN), as in
+        // envoyproxy/ratelimit: Envoy sends such descriptors when an action finds nothing.
         for (i, d) in descriptors.iter().enumerate() {
-            if d.entries.is_empty() || d.entries.len() > self.config.max_entries {
+            if d.entries.len() > self.config.max_entries {
                 return Err(Error::invalid(
                     format!("descriptors[{i}].entries"),
-                    format!("give between 1 and {} entries", self.config.max_entries),
+                    format!("at most {} entries", self.config.max_entries),
                 ));
             }
             for (j, (k, v)) in d.entries.iter().enumerate() {
-                if k.is_empty() {
-                    return Err(Error::invalid(
-                        format!("descriptors[{i}].entries[{j}].key"),
-                        "must not be empty",
-                    ));
-                }
                 if k.len() > self.config.max_entry_bytes || v.len() > self.config.max_entry_bytes {
                     return Err(Error::invalid(
                         format!("descriptors[{i}].entries[{j}]"),
