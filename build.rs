@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flowstate/v1/lock.proto",
         "proto/flowstate/v1/events.proto",
         "proto/flowstate/v1/queue.proto",
+        "proto/flowstate/v1/usage.proto",
         // Envoy's rate limit service (vendored, trimmed), served beside flowstate's own.
         "proto/envoy/service/ratelimit/v3/rls.proto",
     ];

@@ -12,6 +12,8 @@
 //! - [`lock`]: LockService: locks and semaphores with fencing tokens, woken waiters.
 //! - [`events`]: EventService: topics on Redis Streams, resumable subscriptions, fan-out.
 //! - [`queue`]: QueueService: job queues on Redis Streams consumer groups, leases, retries.
+//! - [`usage`]: UsageService: usage metering in minute/hour/day/month buckets, top subjects,
+//!   distinct counts.
 //! - [`rls`]: Envoy's rate limit service (envoyproxy/ratelimit's YAML rules) on the rate-limit
 //!   counters.
 //!
@@ -56,3 +58,4 @@ pub mod telemetry;
 pub mod tenant;
 pub mod time;
 pub mod tls;
+pub mod usage;

@@ -25,7 +25,7 @@ use crate::{
             cache_service_server::CacheServiceServer, event_service_server::EventServiceServer,
             lock_service_server::LockServiceServer, queue_service_server::QueueServiceServer,
             rate_limit_service_server::RateLimitServiceServer,
-            session_service_server::SessionServiceServer,
+            session_service_server::SessionServiceServer, usage_service_server::UsageServiceServer,
         },
     },
     queue::{self, Queues, api::QueueApi},
@@ -34,6 +34,7 @@ use crate::{
     session::{self, Sessions, api::SessionApi},
     store::Backend,
     tls::{Acceptor, TlsFiles},
+    usage::{self, Usage, api::UsageApi},
 };
 
 /// Opens the backend the configuration asks for and says loudly which one it is.
@@ -134,6 +135,7 @@ pub async fn run(
             events::api::PERMISSIONS,
             queue::api::PERMISSIONS,
             rls::api::PERMISSIONS,
+            usage::api::PERMISSIONS,
         ],
     )?);
     match auth.mode() {
@@ -262,6 +264,9 @@ pub async fn run(
         .max_decoding_message_size(config.server.max_message_bytes);
     let event_service = EventServiceServer::new(EventApi::new(events.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let usage = Usage::new(usage::open_store(&backend)?, config.usage.clone());
+    let usage_service = UsageServiceServer::new(UsageApi::new(usage))
+        .max_decoding_message_size(config.server.max_message_bytes);
     let queues = Queues::new(queue::open_store(&backend)?, config.queues.clone());
     let queue_service = QueueServiceServer::new(QueueApi::new(queues))
         .max_decoding_message_size(config.server.max_message_bytes);
@@ -339,7 +344,8 @@ pub async fn run(
         .add_service(lock_service)
         .add_service(event_service)
         .add_service(queue_service)
-        .add_service(rls_service);
+        .add_service(rls_service)
+        .add_service(usage_service);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

@@ -17,7 +17,7 @@ pub enum Permission {
     CacheWrite,
     /// Cache InvalidateTags, InvalidateNamespace.
     CacheInvalidate,
-    /// Rate-limit Check (dry runs too).
+    /// Rate-limit Check (dry runs too), and Envoy's ShouldRateLimit.
     RatelimitCheck,
     /// Rate-limit Reset: lifting a limit is an administrator's act.
     RatelimitAdmin,
@@ -37,10 +37,14 @@ pub enum Permission {
     QueuesRead,
     /// Queue Retry, Discard (of dead jobs), Pause, Resume.
     QueuesAdmin,
+    /// Usage Record.
+    UsageRecord,
+    /// Usage Query, Top.
+    UsageRead,
 }
 
 /// Every permission with its name, in one table (parsing, printing, `*`).
-pub const ALL: [(Permission, &str); 15] = [
+pub const ALL: [(Permission, &str); 17] = [
     (Permission::SessionsRead, "sessions:read"),
     (Permission::SessionsWrite, "sessions:write"),
     (Permission::CacheRead, "cache:read"),
@@ -56,6 +60,8 @@ pub const ALL: [(Permission, &str); 15] = [
     (Permission::QueuesWork, "queues:work"),
     (Permission::QueuesRead, "queues:read"),
     (Permission::QueuesAdmin, "queues:admin"),
+    (Permission::UsageRecord, "usage:record"),
+    (Permission::UsageRead, "usage:read"),
 ];
 
 impl Permission {

@@ -31,6 +31,7 @@ pub use crate::{
     ratelimit::config::{LimitConfig, RateLimitConfig},
     rls::config::RlsConfig,
     session::config::SessionConfig,
+    usage::config::{MetricConfig, Retention, UsageConfig},
 };
 
 /// The whole effective configuration.
@@ -55,6 +56,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// Envoy's rate limit service: rules file, reloads, over-limit cache.
     pub rls: RlsConfig,
+    /// Usage metering: retention, bounds, metrics.
+    pub usage: UsageConfig,
     /// Lock bounds.
     pub locks: LockConfig,
     /// Event topics: retention, bounds.
@@ -101,6 +104,7 @@ impl Config {
         self.cache.validate(&mut bad);
         self.ratelimit.validate(&mut bad);
         self.rls.validate(&mut bad);
+        self.usage.validate(&mut bad);
         self.locks.validate(&mut bad);
         self.events.validate(&mut bad);
         self.queues.validate(&mut bad);

@@ -833,7 +833,16 @@ fn resendable(pipe: &Pipeline, e: &RedisError) -> bool {
 fn is_write(cmd: &Cmd) -> bool {
     !matches!(
         command_name(cmd).as_slice(),
-        b"GET" | b"HMGET" | b"HGETALL" | b"TIME" | b"ZSCAN" | b"ZRANGE" | b"PTTL" | b"EXISTS"
+        b"GET"
+            | b"HGET"
+            | b"HMGET"
+            | b"HGETALL"
+            | b"PFCOUNT"
+            | b"TIME"
+            | b"ZSCAN"
+            | b"ZRANGE"
+            | b"PTTL"
+            | b"EXISTS"
     )
 }
 
@@ -871,7 +880,7 @@ fn command_slot(cmd: &Cmd) -> Result<Option<u16>, StoreError> {
         }
         b"TIME" | b"WAIT" => return Ok(None),
         b"GET" | b"SET" | b"DEL" | b"HMGET" | b"HGETALL" | b"HSET" | b"ZSCAN" | b"ZRANGE"
-        | b"PEXPIRE" | b"PTTL" | b"EXISTS" => args.next(),
+        | b"PEXPIRE" | b"PTTL" | b"EXISTS" | b"HGET" | b"PFCOUNT" => args.next(),
         other => {
             return Err(StoreError::Protocol(format!(
                 "{} has no known key position for cluster routing",

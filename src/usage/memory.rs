@@ -1,0 +1,296 @@
+//! The in-memory usage store: buckets in process memory with the same semantics as the
+//! scripts (store clock, retention, the dimension-value cap, exact distinct counts where Redis
+//! estimates them), one critical section per call.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{
+    keys::top_shard,
+    model::{Bucketed, Granularity, Read, SubjectUsage, TOP_SHARDS},
+    store::{Keep, UsageStore},
+};
+use crate::{
+    store::{
+        StoreError,
+        keys::Keys,
+        memory::{Budget, Clock, ExpiryQueue, MemoryBackend},
+    },
+    tenant::Tenant,
+    time::Millis,
+};
+
+#[derive(Default)]
+struct Bucket {
+    fields: HashMap<String, i64>,
+    uniques: HashSet<String>,
+    expires: Millis,
+    bytes: usize,
+}
+
+struct State {
+    /// Subjects' buckets by key (as Redis names them).
+    buckets: HashMap<String, Bucket>,
+    /// Top-index buckets by key: subject → total.
+    top: HashMap<String, Bucket>,
+    expiry: ExpiryQueue,
+    budget: Budget,
+}
+
+impl State {
+    fn forget(&mut self, key: &str) {
+        for map in [&mut self.buckets, &mut self.top] {
+            if let Some(b) = map.remove(key) {
+                self.expiry.remove(b.expires, key);
+                self.budget.release(b.bytes);
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Millis) -> usize {
+        let due = self.expiry.due(now);
+        for key in &due {
+            self.forget(key);
+        }
+        due.len()
+    }
+
+    /// Drops `key` if it has expired (the sweeper may not have run yet).
+    fn expire(&mut self, key: &str, now: Millis) {
+        let expires = self
+            .buckets
+            .get(key)
+            .or_else(|| self.top.get(key))
+            .map(|b| b.expires);
+        if expires.is_some_and(|e| e <= now) {
+            self.forget(key);
+        }
+    }
+
+    /// Adds `amounts` to the bucket `key` of `map` (top: `true`), new fields beyond
+    /// `max_fields` counted as `<dimension>=_other`, and sets its expiry.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        top: bool,
+        key: &str,
+        amounts: &[(String, i64)],
+        uniques: &[String],
+        max_fields: usize,
+        expires: Millis,
+    ) {
+        let map = if top {
+            &mut self.top
+        } else {
+            &mut self.buckets
+        };
+        let bucket = map.entry(key.to_owned()).or_default();
+        let mut grew = 0;
+        for (field, amount) in amounts {
+            let field = if !top
+                && field != "_"
+                && !bucket.fields.contains_key(field)
+                && bucket.fields.len() >= max_fields
+            {
+                let dim = field.split_once('=').map_or(field.as_str(), |(d, _)| d);
+                format!("{dim}=_other")
+            } else {
+                field.clone()
+            };
+            if !bucket.fields.contains_key(&field) {
+                grew += field.len() + 48;
+            }
+            *bucket.fields.entry(field).or_default() += amount;
+        }
+        for u in uniques {
+            if bucket.uniques.insert(u.clone()) {
+                grew += u.len() + 32;
+            }
+        }
+        let old = std::mem::replace(&mut bucket.expires, expires);
+        if bucket.bytes == 0 {
+            grew += 2 * key.len() + 96;
+        }
+        // Over the budget mid-batch: counted anyway (refusing half a batch would be worse) but
+        // not charged; the next batch is refused up front while the budget stays spent.
+        if self.budget.charge(grew).is_ok() {
+            bucket.bytes += grew;
+        }
+        if old != expires {
+            self.expiry.remove(old, key);
+            self.expiry.insert(expires, key.to_owned());
+        }
+    }
+}
+
+/// Usage in process memory. Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryUsageStore {
+    state: Arc<Mutex<State>>,
+    keys: Keys,
+    clock: Clock,
+}
+
+impl MemoryUsageStore {
+    /// An empty store whose sweeper runs until the store is dropped.
+    pub fn new(backend: &MemoryBackend) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            buckets: HashMap::new(),
+            top: HashMap::new(),
+            expiry: ExpiryQueue::default(),
+            budget: backend.budget().clone(),
+        }));
+        backend.spawn_sweeper("usage buckets", Arc::downgrade(&state), State::sweep);
+        Self {
+            state,
+            keys: backend.keys().clone(),
+            clock: backend.clock().clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        crate::store::memory::lock(&self.state)
+    }
+}
+
+/// When bucket `index` of `g` ends.
+fn ends(g: Granularity, index: i64) -> Millis {
+    g.start(index + 1)
+}
+
+#[tonic::async_trait]
+impl UsageStore for MemoryUsageStore {
+    async fn record(
+        &self,
+        tenant: &Tenant,
+        usage: &[SubjectUsage],
+        keep: Keep,
+        max_fields: usize,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        // A full store records nothing: the whole batch is refused up front.
+        state.budget.charge(0)?;
+        for u in usage {
+            let base = self.keys.usage_base(tenant, &u.metric, &u.subject);
+            let shard_base = self
+                .keys
+                .usage_top_base(tenant, &u.metric, top_shard(&u.subject));
+            let total: Vec<(String, i64)> = u
+                .fields
+                .iter()
+                .find(|(f, _)| f == "_")
+                .map(|(_, t)| (u.subject.clone(), *t))
+                .into_iter()
+                .collect();
+            for (g, keep) in Granularity::ALL.into_iter().zip(keep) {
+                let index = g.index(now);
+                let expires = ends(g, index).saturating_add(keep);
+                let key = Keys::usage_bucket(&base, g, index);
+                state.expire(&key, now);
+                state.add(false, &key, &u.fields, &[], max_fields, expires);
+                if g != Granularity::Minute && !u.uniques.is_empty() {
+                    let key = Keys::usage_unique(&base, g, index);
+                    state.expire(&key, now);
+                    state.add(false, &key, &[], &u.uniques, max_fields, expires);
+                }
+                if !total.is_empty() {
+                    let key = Keys::usage_bucket(&shard_base, g, index);
+                    state.expire(&key, now);
+                    state.add(true, &key, &total, &[], usize::MAX, expires);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn query(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        subject: &str,
+        g: Granularity,
+        first: i64,
+        last: i64,
+        read: &Read,
+    ) -> Result<Bucketed, StoreError> {
+        let now = self.clock.now();
+        let base = self.keys.usage_base(tenant, metric, subject);
+        let mut state = self.lock();
+        let mut out = Bucketed::default();
+        let mut distinct: HashSet<String> = HashSet::new();
+        for i in first..=last {
+            let key = if *read == Read::Unique {
+                Keys::usage_unique(&base, g, i)
+            } else {
+                Keys::usage_bucket(&base, g, i)
+            };
+            state.expire(&key, now);
+            let Some(bucket) = state.buckets.get(&key) else {
+                out.buckets.push(Vec::new());
+                continue;
+            };
+            out.buckets.push(match read {
+                Read::Field(field) => bucket
+                    .fields
+                    .get(field)
+                    .map(|v| vec![(field.clone(), *v)])
+                    .unwrap_or_default(),
+                Read::Group(dim) => {
+                    let prefix = format!("{dim}=");
+                    let mut values: Vec<(String, i64)> = bucket
+                        .fields
+                        .iter()
+                        .filter_map(|(f, v)| f.strip_prefix(&prefix).map(|s| (s.to_owned(), *v)))
+                        .collect();
+                    values.sort();
+                    values
+                }
+                Read::Unique => {
+                    distinct.extend(bucket.uniques.iter().cloned());
+                    if bucket.uniques.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![(String::new(), bucket.uniques.len() as i64)]
+                    }
+                }
+            });
+        }
+        if *read == Read::Unique {
+            out.distinct = Some(distinct.len() as i64);
+        }
+        Ok(out)
+    }
+
+    async fn top(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        g: Granularity,
+        count: usize,
+        n: usize,
+    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+        let now = self.clock.now();
+        let current = g.index(now);
+        let mut state = self.lock();
+        let mut sums: HashMap<String, i64> = HashMap::new();
+        for shard in 0..TOP_SHARDS {
+            let base = self.keys.usage_top_base(tenant, metric, shard);
+            for back in 0..count as i64 {
+                let key = Keys::usage_bucket(&base, g, current - back);
+                state.expire(&key, now);
+                if let Some(bucket) = state.top.get(&key) {
+                    for (s, v) in &bucket.fields {
+                        *sums.entry(s.clone()).or_default() += v;
+                    }
+                }
+            }
+        }
+        let mut all: Vec<(String, i64)> = sums.into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        Ok((all, current))
+    }
+}

@@ -1,0 +1,30 @@
+//! Usage metering: the `flowstate.v1.UsageService` domain in one folder.
+//!
+//! - [`api`]: the gRPC handlers.
+//! - [`service`]: validation, batching (events summed per metric and subject before the
+//!   store), series and top lists, and the totals usage quotas read.
+//! - [`model`]: shared types and the bucket arithmetic; [`store`]: the store contract;
+//!   [`redis`] (`lua/`) and [`memory`] implement it; [`keys`] has the key formats.
+//! - [`config`]: the `[usage]` section.
+
+pub mod api;
+pub mod config;
+pub mod keys;
+pub mod memory;
+pub mod model;
+pub mod redis;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use self::{model::Granularity, service::Usage, store::UsageStore};
+use crate::store::{Backend, StoreError};
+
+/// The usage store of `backend`.
+pub fn open_store(backend: &Backend) -> Result<Arc<dyn UsageStore>, StoreError> {
+    Ok(match backend {
+        Backend::Memory(m) => Arc::new(memory::MemoryUsageStore::new(m)),
+        Backend::Redis(r) => Arc::new(redis::RedisUsageStore::new(r.clone())?),
+    })
+}

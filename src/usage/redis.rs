@@ -1,0 +1,231 @@
+//! The Redis usage store: a Record is one pipeline of scripts (`lua/record.lua` per subject,
+//! `lua/top.lua` per top-index shard), each deciding its buckets from Redis's clock; a Query
+//! is one pipeline of reads of one subject's buckets (one slot); a Top is one script per shard.
+
+use std::collections::BTreeMap;
+
+use redis::Value;
+
+use super::{
+    keys::top_shard,
+    model::{Bucketed, Granularity, Read, SubjectUsage, TOP_SHARDS},
+    store::{Keep, UsageStore},
+};
+use crate::{
+    store::{
+        StoreError,
+        keys::Keys,
+        redis::{RedisBackend, lua, scripts::LuaScript},
+    },
+    tenant::Tenant,
+};
+
+/// Usage in Redis.
+pub struct RedisUsageStore {
+    backend: RedisBackend,
+    record: LuaScript,
+    top: LuaScript,
+    top_query: LuaScript,
+}
+
+impl RedisUsageStore {
+    /// Registers the usage scripts with `backend`.
+    pub fn new(backend: RedisBackend) -> Result<Self, StoreError> {
+        Ok(Self {
+            record: backend.register(
+                "usage.record",
+                lua!("src/usage/lua/buckets.lua", "src/usage/lua/record.lua"),
+            )?,
+            top: backend.register(
+                "usage.top",
+                lua!("src/usage/lua/buckets.lua", "src/usage/lua/top.lua"),
+            )?,
+            top_query: backend.register(
+                "usage.top_query",
+                lua!("src/usage/lua/buckets.lua", "src/usage/lua/top_query.lua"),
+            )?,
+            backend,
+        })
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(n) => *n,
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(0, |f| f as i64),
+        _ => 0,
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        other => int(other).to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl UsageStore for RedisUsageStore {
+    async fn record(
+        &self,
+        tenant: &Tenant,
+        usage: &[SubjectUsage],
+        keep: Keep,
+        max_fields: usize,
+    ) -> Result<(), StoreError> {
+        let keys = self.backend.keys();
+        let mut pipe = redis::pipe();
+        let mut shards: BTreeMap<(&str, u16), Vec<(&str, i64)>> = BTreeMap::new();
+        for u in usage {
+            let mut call = self.record.call();
+            call.key(keys.usage_base(tenant, &u.metric, &u.subject));
+            for k in keep {
+                call.arg(k);
+            }
+            call.arg(max_fields).arg(u.fields.len());
+            for (field, amount) in &u.fields {
+                call.arg(field.as_str()).arg(*amount);
+            }
+            call.arg(u.uniques.len());
+            for value in &u.uniques {
+                call.arg(value.as_str());
+            }
+            pipe.add_command(call.cmd());
+            if let Some((_, total)) = u.fields.iter().find(|(f, _)| f == "_") {
+                shards
+                    .entry((u.metric.as_str(), top_shard(&u.subject)))
+                    .or_default()
+                    .push((u.subject.as_str(), *total));
+            }
+        }
+        for ((metric, shard), subjects) in shards {
+            let mut call = self.top.call();
+            call.key(keys.usage_top_base(tenant, metric, shard));
+            for k in keep {
+                call.arg(k);
+            }
+            for (subject, total) in subjects {
+                call.arg(subject).arg(total);
+            }
+            pipe.add_command(call.cmd());
+        }
+        // Counting twice is worse than failing: never resent after a dropped connection.
+        self.backend.pipeline("usage_record", &pipe).await?;
+        Ok(())
+    }
+
+    async fn query(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        subject: &str,
+        g: Granularity,
+        first: i64,
+        last: i64,
+        read: &Read,
+    ) -> Result<Bucketed, StoreError> {
+        let base = self.backend.keys().usage_base(tenant, metric, subject);
+        let mut pipe = redis::pipe();
+        for i in first..=last {
+            match read {
+                Read::Field(field) => {
+                    pipe.cmd("HGET")
+                        .arg(Keys::usage_bucket(&base, g, i))
+                        .arg(field);
+                }
+                Read::Group(_) => {
+                    pipe.cmd("HGETALL").arg(Keys::usage_bucket(&base, g, i));
+                }
+                Read::Unique => {
+                    pipe.cmd("PFCOUNT").arg(Keys::usage_unique(&base, g, i));
+                }
+            }
+        }
+        if *read == Read::Unique {
+            let mut all = redis::cmd("PFCOUNT");
+            for i in first..=last {
+                all.arg(Keys::usage_unique(&base, g, i));
+            }
+            pipe.add_command(all);
+        }
+        let replies = self
+            .backend
+            .retry_once("usage_query", || {
+                self.backend.pipeline("usage_query", &pipe)
+            })
+            .await?;
+        let mut out = Bucketed::default();
+        let buckets = usize::try_from(last - first + 1).unwrap_or(0);
+        for reply in replies.iter().take(buckets) {
+            let values = match (read, reply) {
+                (_, Value::Nil) => Vec::new(),
+                (Read::Field(field), v) => vec![(field.clone(), int(v))],
+                (Read::Unique, v) => vec![(String::new(), int(v))],
+                (Read::Group(dim), v) => {
+                    let prefix = format!("{dim}=");
+                    let items: Vec<(String, i64)> = match v {
+                        Value::Array(items) => items
+                            .chunks_exact(2)
+                            .map(|kv| (text(&kv[0]), int(&kv[1])))
+                            .collect(),
+                        Value::Map(items) => items.iter().map(|(k, v)| (text(k), int(v))).collect(),
+                        _ => Vec::new(),
+                    };
+                    items
+                        .into_iter()
+                        .filter_map(|(f, v)| f.strip_prefix(&prefix).map(|s| (s.to_owned(), v)))
+                        .collect()
+                }
+            };
+            out.buckets.push(values);
+        }
+        if *read == Read::Unique {
+            out.distinct = Some(replies.get(buckets).map_or(0, int));
+        }
+        Ok(out)
+    }
+
+    async fn top(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        g: Granularity,
+        count: usize,
+        n: usize,
+    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+        let mut pipe = redis::pipe();
+        let nonce: u64 = rand::random();
+        for shard in 0..TOP_SHARDS {
+            let mut call = self.top_query.call();
+            call.key(self.backend.keys().usage_top_base(tenant, metric, shard))
+                .arg(g.code())
+                .arg(count)
+                .arg(n)
+                .arg(nonce);
+            pipe.add_command(call.cmd());
+        }
+        let replies = self
+            .backend
+            .retry_once("usage_top", || self.backend.pipeline("usage_top", &pipe))
+            .await?;
+        let mut current = i64::MIN;
+        let mut all: Vec<(String, i64)> = Vec::new();
+        for reply in &replies {
+            let Value::Array(items) = reply else {
+                return Err(StoreError::Protocol("usage_top: not an array".into()));
+            };
+            let Some((head, rows)) = items.split_first() else {
+                continue;
+            };
+            current = current.max(int(head));
+            all.extend(rows.chunks_exact(2).map(|r| (text(&r[0]), int(&r[1]))));
+        }
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        Ok((all, current))
+    }
+}

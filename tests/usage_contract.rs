@@ -1,0 +1,377 @@
+//! The UsageService contract, through real gRPC calls, on every store: events recorded in
+//! batches and queried back exactly per minute, hour, day and month; dimensions (filtered,
+//! grouped, capped); distinct counts; top subjects; concurrent batches lose nothing; bounds;
+//! every Redis key has a TTL.
+
+#[macro_use]
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::Backend;
+use flowstate::{config::Config, proto::v1 as pb};
+use pb::usage_service_client::UsageServiceClient;
+use tonic::{Code, transport::Channel};
+
+type Client = UsageServiceClient<Channel>;
+
+contract_tests! {
+    batches_query_back_exactly_at_every_granularity,
+    dimensions_filter_group_and_are_capped with super::capped,
+    distinct_counts,
+    top_lists_the_highest_subjects,
+    concurrent_batches_lose_nothing,
+    bad_input_is_refused_whole with super::strict,
+    every_key_expires,
+}
+
+fn capped(c: &mut Config) {
+    c.usage.max_dimension_values = 3;
+}
+
+fn strict(c: &mut Config) {
+    c.usage.allow_unknown_metrics = false;
+    c.usage.metrics.insert(
+        "llm_tokens".into(),
+        flowstate::config::MetricConfig {
+            dimensions: vec!["model".into()],
+        },
+    );
+}
+
+fn client(b: &Backend) -> Client {
+    UsageServiceClient::new(b.server.channel.clone())
+}
+
+fn event(metric: &str, subject: &str, amount: i64, dims: &[(&str, &str)]) -> pb::UsageEvent {
+    pb::UsageEvent {
+        metric: metric.into(),
+        subject: subject.into(),
+        amount: Some(amount),
+        dimensions: dims
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        unique: String::new(),
+    }
+}
+
+async fn record(c: &mut Client, events: Vec<pb::UsageEvent>) {
+    let n = events.len() as u32;
+    let r = c
+        .record(pb::RecordRequest { events })
+        .await
+        .expect("Record")
+        .into_inner();
+    assert_eq!(r.recorded, n);
+}
+
+fn ts(ms: i64) -> prost_types::Timestamp {
+    flowstate::time::to_timestamp(ms)
+}
+
+/// The series of `metric` for `subject` over the last two hours (and up to an hour ahead, so a
+/// store clock ahead of this process is covered) at `g`.
+async fn query(
+    c: &mut Client,
+    metric: &str,
+    subject: &str,
+    g: pb::Granularity,
+) -> pb::QueryResponse {
+    query_with(c, metric, subject, g, |_| {}).await
+}
+
+async fn query_with(
+    c: &mut Client,
+    metric: &str,
+    subject: &str,
+    g: pb::Granularity,
+    tweak: impl FnOnce(&mut pb::QueryRequest),
+) -> pb::QueryResponse {
+    let now = flowstate::time::now_ms();
+    let (from, to) = match g {
+        pb::Granularity::Minute => (now - 7_200_000, now + 3_600_000),
+        pb::Granularity::Hour => (now - 7_200_000, now + 3_600_000),
+        pb::Granularity::Day => (now - 2 * 86_400_000, now + 86_400_000),
+        _ => (now - 62 * 86_400_000, now + 31 * 86_400_000),
+    };
+    let mut r = pb::QueryRequest {
+        metric: metric.into(),
+        subject: subject.into(),
+        from: Some(ts(from)),
+        to: Some(ts(to)),
+        granularity: g as i32,
+        ..Default::default()
+    };
+    tweak(&mut r);
+    c.query(r).await.expect("Query").into_inner()
+}
+
+fn total(r: &pb::QueryResponse) -> i64 {
+    assert_eq!(r.series.len(), 1);
+    let s = &r.series[0];
+    assert_eq!(s.points.iter().map(|p| p.value).sum::<i64>(), s.total);
+    s.total
+}
+
+const GRANULARITIES: [pb::Granularity; 4] = [
+    pb::Granularity::Minute,
+    pb::Granularity::Hour,
+    pb::Granularity::Day,
+    pb::Granularity::Month,
+];
+
+async fn batches_query_back_exactly_at_every_granularity(b: Backend) {
+    let mut c = client(&b);
+    let mut want: HashMap<String, i64> = HashMap::new();
+    for batch in 0..5 {
+        let events: Vec<pb::UsageEvent> = (0..400)
+            .map(|i| {
+                let subject = format!("ws-{}", (i + batch) % 7);
+                let amount = (i % 13 + 1) as i64;
+                *want.entry(subject.clone()).or_default() += amount;
+                event("llm_tokens", &subject, amount, &[])
+            })
+            .collect();
+        record(&mut c, events).await;
+    }
+    // An event without an amount counts 1.
+    let mut one = event("llm_tokens", "ws-0", 0, &[]);
+    one.amount = None;
+    record(&mut c, vec![one]).await;
+    *want.entry("ws-0".into()).or_default() += 1;
+    for (subject, expected) in &want {
+        for g in GRANULARITIES {
+            let r = query(&mut c, "llm_tokens", subject, g).await;
+            assert_eq!(total(&r), *expected, "{subject} at {g:?}");
+            let points = &r.series[0].points;
+            // Every bucket of the range is there, in order, starts aligned.
+            assert!(
+                points
+                    .windows(2)
+                    .all(|w| w[0].start.as_ref().map(|t| t.seconds)
+                        < w[1].start.as_ref().map(|t| t.seconds))
+            );
+        }
+    }
+    let none = query(&mut c, "llm_tokens", "nobody", pb::Granularity::Day).await;
+    assert_eq!(total(&none), 0);
+    let other_metric = query(&mut c, "api_calls", "ws-0", pb::Granularity::Day).await;
+    assert_eq!(total(&other_metric), 0, "metrics are separate");
+}
+
+async fn dimensions_filter_group_and_are_capped(b: Backend) {
+    let mut c = client(&b);
+    let mut events = Vec::new();
+    for (model, n) in [
+        ("gpt-4o", 5),
+        ("claude", 3),
+        ("llama", 2),
+        ("mistral", 7),
+        ("phi", 1),
+    ] {
+        for _ in 0..n {
+            events.push(event(
+                "llm_tokens",
+                "ws",
+                10,
+                &[("model", model), ("region", "eu")],
+            ));
+        }
+    }
+    record(&mut c, events).await;
+    let all = query(&mut c, "llm_tokens", "ws", pb::Granularity::Hour).await;
+    assert_eq!(total(&all), 180);
+    let gpt = query_with(&mut c, "llm_tokens", "ws", pb::Granularity::Hour, |r| {
+        r.dimensions.insert("model".into(), "gpt-4o".into());
+    })
+    .await;
+    assert_eq!(total(&gpt), 50);
+    let grouped = query_with(&mut c, "llm_tokens", "ws", pb::Granularity::Day, |r| {
+        r.group_by = "model".into();
+    })
+    .await;
+    let by: HashMap<&str, i64> = grouped
+        .series
+        .iter()
+        .map(|s| (s.value.as_str(), s.total))
+        .collect();
+    // max_dimension_values = 3: with `region=eu` taking one of the 4 fields beside the total,
+    // the first models recorded keep their own field and the rest count as `_other`.
+    assert_eq!(by.values().sum::<i64>(), 180, "{by:?}");
+    assert!(by.contains_key("_other"), "{by:?}");
+    assert!(by.len() <= 4, "{by:?}");
+}
+
+async fn distinct_counts(b: Backend) {
+    let mut c = client(&b);
+    let events: Vec<pb::UsageEvent> = (0..300)
+        .map(|i| {
+            let mut e = event("active_users", "ws", 1, &[]);
+            e.unique = format!("user-{}", i % 40);
+            e
+        })
+        .collect();
+    record(&mut c, events).await;
+    for g in [
+        pb::Granularity::Hour,
+        pb::Granularity::Day,
+        pb::Granularity::Month,
+    ] {
+        let r = query_with(&mut c, "active_users", "ws", g, |r| r.unique = true).await;
+        let s = &r.series[0];
+        assert!((39..=41).contains(&s.total), "{g:?}: {}", s.total);
+    }
+    let sum = query(&mut c, "active_users", "ws", pb::Granularity::Day).await;
+    assert_eq!(total(&sum), 300, "amounts still sum");
+}
+
+async fn top_lists_the_highest_subjects(b: Backend) {
+    let mut c = client(&b);
+    let events: Vec<pb::UsageEvent> = (0..30)
+        .flat_map(|i| {
+            (0..3).map(move |_| event("campaigns", &format!("ws-{i:02}"), i as i64 * 10, &[]))
+        })
+        .collect();
+    record(&mut c, events).await;
+    for (window, g) in [
+        (Duration::from_secs(3600), pb::Granularity::Unspecified),
+        (Duration::from_secs(86_400), pb::Granularity::Hour),
+        (Duration::from_secs(7 * 86_400), pb::Granularity::Day),
+        (Duration::from_secs(40 * 86_400), pb::Granularity::Month),
+    ] {
+        let r = c
+            .top(pb::TopRequest {
+                metric: "campaigns".into(),
+                window: Some(prost_types::Duration {
+                    seconds: window.as_secs() as i64,
+                    nanos: 0,
+                }),
+                n: 5,
+                granularity: g as i32,
+            })
+            .await
+            .expect("Top")
+            .into_inner();
+        let got: Vec<(String, i64)> = r
+            .entries
+            .into_iter()
+            .map(|e| (e.subject, e.value))
+            .collect();
+        let want: Vec<(String, i64)> = (25..30)
+            .rev()
+            .map(|i| (format!("ws-{i:02}"), i as i64 * 30))
+            .collect();
+        assert_eq!(got, want, "{window:?} {g:?}");
+        assert!(r.from.is_some() && r.to.is_some());
+    }
+}
+
+async fn concurrent_batches_lose_nothing(b: Backend) {
+    let c = client(&b);
+    let tasks = (0..16).map(|t| {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let events = (0..50)
+                    .map(|i| event("api_calls", &format!("s{}", (i + t) % 4), 1, &[]))
+                    .collect();
+                record(&mut c, events).await;
+            }
+        })
+    });
+    for t in futures_util::future::join_all(tasks).await {
+        t.expect("task");
+    }
+    let mut c = c.clone();
+    let mut sum = 0;
+    for s in 0..4 {
+        sum += total(&query(&mut c, "api_calls", &format!("s{s}"), pb::Granularity::Day).await);
+    }
+    assert_eq!(sum, 16 * 20 * 50);
+}
+
+async fn bad_input_is_refused_whole(b: Backend) {
+    let mut c = client(&b);
+    let invalid = |events: Vec<pb::UsageEvent>| pb::RecordRequest { events };
+    let cases = vec![
+        invalid(vec![]),
+        invalid(vec![event("", "s", 1, &[])]),
+        invalid(vec![event("not_configured", "s", 1, &[])]),
+        invalid(vec![event("llm_tokens", "", 1, &[])]),
+        invalid(vec![event("llm_tokens", &"x".repeat(300), 1, &[])]),
+        invalid(vec![event("llm_tokens", "s", 1, &[("region", "eu")])]),
+        invalid(vec![
+            event("llm_tokens", "s", 1, &[]),
+            event("llm_tokens", "s", 1, &[("model", "")]),
+        ]),
+        invalid(
+            (0..10_001)
+                .map(|_| event("llm_tokens", "s", 1, &[]))
+                .collect(),
+        ),
+    ];
+    for r in cases {
+        let e = c.record(r).await.expect_err("invalid");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let day = query(&mut c, "llm_tokens", "s", pb::Granularity::Day).await;
+    assert_eq!(total(&day), 0, "refused batches recorded nothing");
+    let e = c
+        .query(pb::QueryRequest {
+            metric: "llm_tokens".into(),
+            subject: "s".into(),
+            from: Some(ts(0)),
+            granularity: pb::Granularity::Minute as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many buckets");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .query(pb::QueryRequest {
+            metric: "llm_tokens".into(),
+            subject: "s".into(),
+            from: Some(ts(0)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no granularity");
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+async fn every_key_expires(b: Backend) {
+    let mut c = client(&b);
+    let mut e = event("llm_tokens", "ws", 5, &[("model", "m")]);
+    e.unique = "u1".into();
+    record(&mut c, vec![e]).await;
+    let keys = b.redis_keys().await;
+    if b.nodes.is_empty() {
+        return;
+    }
+    // 4 buckets, 3 distinct-count buckets, 4 top-index buckets.
+    assert_eq!(keys.len(), 11, "{keys:?}");
+    let mut checked = 0;
+    for url in &b.nodes {
+        let mut conn = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let here: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", b.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        for key in here.iter().filter(|k| keys.contains(k)) {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, keys.len());
+}
