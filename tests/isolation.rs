@@ -21,6 +21,7 @@ use pb::{
     lock_service_client::LockServiceClient, queue_service_client::QueueServiceClient,
     rate_limit_service_client::RateLimitServiceClient,
     session_service_client::SessionServiceClient, subscribe_response::Kind,
+    usage_service_client::UsageServiceClient,
 };
 use tonic::Code;
 
@@ -31,6 +32,8 @@ contract_tests! {
     locks_are_separate_across_tenants with super::two_tenants,
     topics_are_separate_across_tenants with super::two_tenants,
     queues_are_separate_across_tenants with super::two_tenants,
+    usage_is_separate_across_tenants with super::two_tenants,
+    envoy_rate_limits_are_separate_across_tenants with super::two_tenants,
 }
 
 /// Keys for tenants `alpha` and `beta`, every permission each.
@@ -64,6 +67,14 @@ fn two_tenants(c: &mut Config) {
             failure_mode: FailureMode::Closed,
         },
     );
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
+    )
+    .expect("rules");
+    c.rls.config_path = Some(rules);
 }
 
 async fn sessions_are_invisible_across_tenants(b: Backend) {
@@ -643,4 +654,111 @@ async fn queues_are_separate_across_tenants(b: Backend) {
         .jobs;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].payload.as_ref(), b"beta's");
+}
+
+async fn usage_is_separate_across_tenants(b: Backend) {
+    let mut c = UsageServiceClient::new(b.server.channel.clone());
+    let event = pb::UsageEvent {
+        metric: "llm_tokens".into(),
+        subject: "ws-1".into(),
+        amount: Some(7),
+        unique: "u".into(),
+        ..Default::default()
+    };
+    c.record(with_key(
+        pb::RecordRequest {
+            events: vec![event],
+        },
+        alpha(),
+    ))
+    .await
+    .expect("alpha records");
+    let now = flowstate::time::now_ms();
+    let query = |unique: bool| pb::QueryRequest {
+        metric: "llm_tokens".into(),
+        subject: "ws-1".into(),
+        from: Some(flowstate::time::to_timestamp(now - 86_400_000)),
+        to: Some(flowstate::time::to_timestamp(now + 86_400_000)),
+        granularity: pb::Granularity::Day as i32,
+        unique,
+        ..Default::default()
+    };
+    for (key, want) in [(alpha(), 7), (beta(), 0)] {
+        let r = c
+            .query(with_key(query(false), key))
+            .await
+            .expect("query")
+            .into_inner();
+        assert_eq!(r.series[0].total, want);
+        let u = c
+            .query(with_key(query(true), key))
+            .await
+            .expect("unique")
+            .into_inner();
+        assert_eq!(u.series[0].total, want.min(1));
+    }
+    let top = c
+        .top(with_key(
+            pb::TopRequest {
+                metric: "llm_tokens".into(),
+                window: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                n: 10,
+                granularity: 0,
+            },
+            beta(),
+        ))
+        .await
+        .expect("top")
+        .into_inner();
+    assert!(top.entries.is_empty(), "beta sees no subject of alpha");
+}
+
+async fn envoy_rate_limits_are_separate_across_tenants(b: Backend) {
+    use flowstate::proto::envoy::{
+        extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+        service::ratelimit::v3::{
+            RateLimitRequest, rate_limit_response::Code as RlsCode,
+            rate_limit_service_client::RateLimitServiceClient as RlsClient,
+        },
+    };
+    let mut c = RlsClient::new(b.server.channel.clone());
+    let request = || RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "user".into(),
+                value: "alice".into(),
+            }],
+            limit: None,
+            hits_addend: None,
+        }],
+        hits_addend: 0,
+    };
+    let ask = |key: &'static str| {
+        let mut c = c.clone();
+        async move {
+            c.should_rate_limit(with_key(request(), key))
+                .await
+                .expect("ShouldRateLimit")
+                .into_inner()
+                .overall_code
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(ask(alpha()).await, RlsCode::Ok as i32);
+    }
+    assert_eq!(
+        ask(alpha()).await,
+        RlsCode::OverLimit as i32,
+        "alpha is over"
+    );
+    assert_eq!(
+        ask(beta()).await,
+        RlsCode::Ok as i32,
+        "beta has its own budget"
+    );
+    let _ = &mut c;
 }

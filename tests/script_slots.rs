@@ -87,7 +87,15 @@ fn keys_of(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
         | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE" | "ZRANGEBYSCORE"
         | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" | "ZRANK" | "ZCOUNT" | "ZSCORE" | "XADD"
         | "XLEN" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XSETID" | "HLEN" | "XACK" | "XDEL"
-        | "XPENDING" | "ZREVRANGE" => vec![words[1].clone()],
+        | "XPENDING" | "ZREVRANGE" | "HINCRBY" | "ZINCRBY" => vec![words[1].clone()],
+        "PFADD" => vec![words[1].clone()],
+        // ZUNIONSTORE dest numkeys key...
+        "ZUNIONSTORE" => {
+            let n: usize = String::from_utf8_lossy(&words[2]).parse().expect("numkeys");
+            let mut keys = vec![words[1].clone()];
+            keys.extend(words[3..3 + n].iter().cloned());
+            keys
+        }
         other => panic!("a script ran {other}: add it to keys_of"),
     }
 }
@@ -422,6 +430,31 @@ async fn workload(server: &TestServer) {
     q.resume(pb::ResumeQueueRequest { queue })
         .await
         .expect("resume");
+
+    let mut u = pb::usage_service_client::UsageServiceClient::new(server.channel.clone());
+    let events = (0..20)
+        .map(|i| pb::UsageEvent {
+            metric: "llm_tokens".into(),
+            subject: format!("ws-{}", i % 5),
+            amount: Some(3),
+            dimensions: [("model".to_owned(), format!("m{}", i % 2))].into(),
+            unique: format!("user-{i}"),
+        })
+        .collect();
+    u.record(pb::RecordRequest { events })
+        .await
+        .expect("record");
+    u.top(pb::TopRequest {
+        metric: "llm_tokens".into(),
+        window: Some(prost_types::Duration {
+            seconds: 7200,
+            nanos: 0,
+        }),
+        n: 3,
+        granularity: pb::Granularity::Hour as i32,
+    })
+    .await
+    .expect("top");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +473,7 @@ async fn every_script_touches_one_slot() {
     flowstate::lock::open_store(&wrapped, &config.locks).expect("lock store");
     flowstate::events::open_store(&wrapped).expect("event store");
     flowstate::queue::open_store(&wrapped).expect("queue store");
+    flowstate::usage::open_store(&wrapped).expect("usage store");
     let scripts = backend.scripts();
     let name_of = |sha: &[u8]| -> &'static str {
         scripts

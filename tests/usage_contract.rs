@@ -265,6 +265,74 @@ async fn top_lists_the_highest_subjects(b: Backend) {
         assert_eq!(got, want, "{window:?} {g:?}");
         assert!(r.from.is_some() && r.to.is_some());
     }
+    // Several buckets are summed (ZUNIONSTORE in the script): on Redis, put a subject into the
+    // previous minute's top index by hand; a two-minute window sees it, a one-minute one not.
+    let Some(url) = b.redis_url.clone() else {
+        return;
+    };
+    let mut conn = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut time: (String, String) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("TIME");
+    let seconds = time.0.parse::<i64>().expect("seconds");
+    if seconds % 60 > 55 {
+        // Clear of a minute boundary between the seeding and the Top calls.
+        tokio::time::sleep(Duration::from_secs((61 - seconds % 60) as u64)).await;
+        time = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("TIME");
+    }
+    let minute = time.0.parse::<i64>().expect("seconds") / 60;
+    let shard = flowstate::usage::keys::top_shard("ws-late");
+    let keys = flowstate::store::keys::Keys::new(&b.prefix);
+    let base = keys.usage_top_base(
+        &flowstate::tenant::Tenant::default_tenant(),
+        "campaigns",
+        shard,
+    );
+    for m in [minute - 1, minute] {
+        let _: f64 = redis::cmd("ZINCRBY")
+            .arg(format!("{base}m:{m}"))
+            .arg(500)
+            .arg("ws-late")
+            .query_async(&mut conn)
+            .await
+            .expect("ZINCRBY");
+    }
+    let top = |seconds: i64| {
+        let mut c = c.clone();
+        async move {
+            c.top(pb::TopRequest {
+                metric: "campaigns".into(),
+                window: Some(prost_types::Duration { seconds, nanos: 0 }),
+                n: 1,
+                granularity: pb::Granularity::Minute as i32,
+            })
+            .await
+            .expect("Top")
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| (e.subject, e.value))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        top(120).await,
+        vec![("ws-late".to_owned(), 1000)],
+        "two minutes summed"
+    );
+    assert_eq!(
+        top(60).await,
+        vec![("ws-29".to_owned(), 870)],
+        "the current minute only"
+    );
 }
 
 async fn concurrent_batches_lose_nothing(b: Backend) {
