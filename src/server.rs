@@ -234,8 +234,11 @@ pub async fn run(
     ));
     let cache_service = CacheServiceServer::new(CacheApi::new(caches))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let usage = Usage::new(usage::open_store(&backend)?, config.usage.clone());
+    let usage_service = UsageServiceServer::new(UsageApi::new(usage.clone()))
+        .max_decoding_message_size(config.server.max_message_bytes);
     let counters = ratelimit::open_store(&backend)?;
-    let limits = RateLimits::new(counters.clone(), &config.ratelimit);
+    let limits = RateLimits::new(counters.clone(), &config.ratelimit).with_usage(usage);
     let rls = open_rls(&config, counters)?;
     if let Some(path) = &config.rls.config_path {
         tasks.push((
@@ -263,9 +266,6 @@ pub async fn run(
     let lock_service = LockServiceServer::new(LockApi::new(locks))
         .max_decoding_message_size(config.server.max_message_bytes);
     let event_service = EventServiceServer::new(EventApi::new(events.clone()))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let usage = Usage::new(usage::open_store(&backend)?, config.usage.clone());
-    let usage_service = UsageServiceServer::new(UsageApi::new(usage))
         .max_decoding_message_size(config.server.max_message_bytes);
     let queues = Queues::new(queue::open_store(&backend)?, config.queues.clone());
     let queue_service = QueueServiceServer::new(QueueApi::new(queues))

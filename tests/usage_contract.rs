@@ -23,6 +23,29 @@ contract_tests! {
     concurrent_batches_lose_nothing,
     bad_input_is_refused_whole with super::strict,
     every_key_expires,
+    usage_limits_read_recorded_usage with super::quotas,
+}
+
+fn quotas(c: &mut Config) {
+    c.ratelimit.usage_limits.insert(
+        "tokens_daily".into(),
+        flowstate::config::UsageLimitConfig {
+            metric: "llm_tokens".into(),
+            limit: 100,
+            window: flowstate::config::UsageWindow::Day,
+            failure_mode: flowstate::ratelimit::FailureMode::Closed,
+        },
+    );
+    c.ratelimit.limits.insert(
+        "calls".into(),
+        flowstate::config::LimitConfig {
+            algorithm: flowstate::ratelimit::Algorithm::FixedWindow,
+            limit: 1000,
+            period: Duration::from_secs(30 * 86_400),
+            burst: 0,
+            failure_mode: flowstate::ratelimit::FailureMode::Closed,
+        },
+    );
 }
 
 fn capped(c: &mut Config) {
@@ -442,4 +465,93 @@ async fn every_key_expires(b: Backend) {
         }
     }
     assert_eq!(checked, keys.len());
+}
+
+async fn usage_limits_read_recorded_usage(b: Backend) {
+    use pb::rate_limit_service_client::RateLimitServiceClient;
+    let mut u = client(&b);
+    let mut r = RateLimitServiceClient::new(b.server.channel.clone());
+    let named = |name: &str, key: &str| pb::LimitCheck {
+        limit: Some(pb::limit_check::Limit::Name(name.into())),
+        key: key.into(),
+    };
+    let check = |checks: Vec<pb::LimitCheck>, cost: u64| pb::CheckRequest {
+        checks,
+        cost: Some(cost),
+        dry_run: false,
+    };
+    let first = r
+        .check(check(vec![named("tokens_daily", "ws")], 30))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(first.allowed);
+    assert_eq!(
+        first.results[0].remaining, 100,
+        "a usage limit consumes nothing"
+    );
+    record(&mut u, vec![event("llm_tokens", "ws", 80, &[])]).await;
+    let over = r
+        .check(check(vec![named("tokens_daily", "ws")], 30))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!over.allowed);
+    assert_eq!(over.results[0].remaining, 20);
+    assert!(
+        over.results[0]
+            .retry_after
+            .as_ref()
+            .is_some_and(|d| d.seconds > 0 || d.nanos > 0)
+    );
+    assert!(
+        r.check(check(vec![named("tokens_daily", "ws")], 20))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    // All or nothing: the usage limit refuses, the counter beside it consumes nothing.
+    let both = r
+        .check(check(
+            vec![named("calls", "ws"), named("tokens_daily", "ws")],
+            30,
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!both.allowed);
+    assert!(both.results[0].allowed && !both.results[1].allowed);
+    let calls = r
+        .check(pb::CheckRequest {
+            checks: vec![named("calls", "ws")],
+            cost: Some(1),
+            dry_run: true,
+        })
+        .await
+        .expect("peek")
+        .into_inner();
+    // 1000 less the peeked cost of 1: the refused check took nothing.
+    assert_eq!(calls.results[0].remaining, 999);
+    // Another subject has its own usage.
+    assert!(
+        r.check(check(vec![named("tokens_daily", "other")], 100))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    let e = r
+        .reset(pb::ResetRequest {
+            limit: Some(pb::reset_request::Limit::Name("tokens_daily".into())),
+            key: "ws".into(),
+        })
+        .await
+        .expect_err("no counter");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = r
+        .check(check(vec![named("tokens_daily", "ws")], 101))
+        .await
+        .expect_err("more than the limit");
+    assert_eq!(e.code(), Code::InvalidArgument);
 }

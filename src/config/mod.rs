@@ -28,7 +28,7 @@ pub use crate::{
     events::config::{EventsConfig, TopicRetention},
     lock::config::LockConfig,
     queue::config::{QueuePolicy, QueuesConfig},
-    ratelimit::config::{LimitConfig, RateLimitConfig},
+    ratelimit::config::{LimitConfig, RateLimitConfig, UsageLimitConfig, UsageWindow},
     rls::config::RlsConfig,
     session::config::SessionConfig,
     usage::config::{MetricConfig, Retention, UsageConfig},

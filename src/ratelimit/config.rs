@@ -20,6 +20,52 @@ pub struct RateLimitConfig {
     pub max_inline_period: Duration,
     /// The named limits requests refer to by name.
     pub limits: BTreeMap<String, LimitConfig>,
+    /// Usage limits (quotas over a usage metric), referred to by name like the limits.
+    pub usage_limits: BTreeMap<String, UsageLimitConfig>,
+}
+
+/// A usage quota (`[ratelimit.usage_limits.<name>]`): at most `limit` of `metric` per `window` and
+/// subject (the check's key), read from the usage recorded with UsageService. It admits while
+/// the recorded usage plus the check's cost fits, and consumes nothing (Record does), so billing
+/// and enforcement read the same numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageLimitConfig {
+    /// The usage metric, e.g. `llm_tokens`.
+    pub metric: String,
+    /// The most usage per window.
+    pub limit: u64,
+    /// `minute`, `hour`, `day` or `month` (calendar-aligned, UTC, on the store's clock).
+    pub window: UsageWindow,
+    /// `open` (allow, marked not enforced) or `closed` (UNAVAILABLE) when the store fails.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+/// The window of a usage quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageWindow {
+    /// The current minute.
+    Minute,
+    /// The current hour.
+    Hour,
+    /// The current day (UTC).
+    Day,
+    /// The current calendar month (UTC).
+    Month,
+}
+
+impl UsageWindow {
+    /// The usage granularity it reads.
+    pub fn granularity(self) -> crate::usage::Granularity {
+        use crate::usage::Granularity as G;
+        match self {
+            UsageWindow::Minute => G::Minute,
+            UsageWindow::Hour => G::Hour,
+            UsageWindow::Day => G::Day,
+            UsageWindow::Month => G::Month,
+        }
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -29,6 +75,7 @@ impl Default for RateLimitConfig {
             max_key_bytes: 256,
             max_inline_period: Duration::from_secs(24 * 3600),
             limits: BTreeMap::new(),
+            usage_limits: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +130,28 @@ impl RateLimitConfig {
             if let Err((field, why)) = limit.policy().validate() {
                 bad.push(format!("`ratelimit.limits.{name}.{field}` {why}"));
             }
+        }
+        for (name, quota) in &self.usage_limits {
+            if !crate::tenant::is_key_safe_name(name) {
+                bad.push(format!(
+                    "`ratelimit.usage_limits.{name}`: names are 1-64 characters of A-Z a-z 0-9 _ . -"
+                ));
+            }
+            if self.limits.contains_key(name) {
+                bad.push(format!(
+                    "`ratelimit.usage_limits.{name}`: a limit has the same name (checks name either)"
+                ));
+            }
+            if !crate::tenant::is_key_safe_name(&quota.metric) {
+                bad.push(format!(
+                    "`ratelimit.usage_limits.{name}.metric`: 1-64 characters of A-Z a-z 0-9 _ . -"
+                ));
+            }
+            require_positive(
+                bad,
+                &format!("ratelimit.usage_limits.{name}.limit"),
+                quota.limit > 0,
+            );
         }
     }
 }

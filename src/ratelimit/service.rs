@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     algorithm::{Decision, FailureMode, Policy},
-    config::RateLimitConfig,
+    config::{RateLimitConfig, UsageLimitConfig},
     model::{CheckInput, CheckOutcome, CheckResult, Counter, CounterId, LimitRef, Role, admits},
     store::RateLimitStore,
 };
@@ -13,6 +13,7 @@ use crate::{
     error::{Error, Violation},
     tenant::Tenant,
     time::{Millis, duration_ms},
+    usage::Usage,
 };
 
 /// Decision counts of one limit (labelled by limit name, or `inline`), registered once so the
@@ -61,6 +62,8 @@ type NamedLimit = (Policy, Arc<str>, DecisionMetrics);
 pub struct RateLimits {
     store: Arc<dyn RateLimitStore>,
     named: Arc<HashMap<String, NamedLimit>>,
+    usage_limits: Arc<HashMap<String, (UsageLimitConfig, DecisionMetrics)>>,
+    usage: Option<Usage>,
     inline_metrics: DecisionMetrics,
     max_checks: usize,
     max_key_bytes: usize,
@@ -84,11 +87,93 @@ impl RateLimits {
                     })
                     .collect(),
             ),
+            usage_limits: Arc::new(
+                config
+                    .usage_limits
+                    .iter()
+                    .map(|(name, l)| (name.clone(), (l.clone(), DecisionMetrics::new(name))))
+                    .collect(),
+            ),
+            usage: None,
             inline_metrics: DecisionMetrics::new("inline"),
             max_checks: config.max_checks,
             max_key_bytes: config.max_key_bytes,
             max_inline_period_ms: duration_ms(config.max_inline_period),
         }
+    }
+
+    /// Reads usage limits from `usage` (the metrics UsageService records).
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// The key check of every kind: not empty, not too long.
+    fn check_key(&self, field: String, key: &str) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::invalid(
+                field,
+                format!("longer than {} bytes", self.max_key_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads every usage limit of a request (at once): allowed while the subject's recorded
+    /// usage in the current window plus `cost` fits. Nothing is consumed. A transient store
+    /// failure allows (not enforced) only a limit whose failure mode is open.
+    async fn read_usage(
+        &self,
+        tenant: &Tenant,
+        checks: &[(&UsageLimitConfig, &str)],
+        cost: u64,
+    ) -> Result<Vec<CheckResult>, Error> {
+        let Some(usage) = &self.usage else {
+            return Err(Error::Store(crate::store::StoreError::Protocol(
+                "usage limits need the usage store".into(),
+            )));
+        };
+        let reads = futures_util::future::join_all(
+            checks
+                .iter()
+                .map(|(l, key)| usage.current(tenant, &l.metric, key, l.window.granularity())),
+        )
+        .await;
+        checks
+            .iter()
+            .zip(reads)
+            .map(|((l, _), read)| match read {
+                Ok((used, left)) => {
+                    let used = u64::try_from(used).unwrap_or(0);
+                    let allowed = used.saturating_add(cost) <= l.limit;
+                    Ok(CheckResult {
+                        decision: Decision {
+                            allowed,
+                            remaining: l.limit.saturating_sub(used),
+                            reset_after_ms: left,
+                            retry_after_ms: if allowed { 0 } else { left },
+                        },
+                        limit: l.limit,
+                        enforced: true,
+                    })
+                }
+                Err(e) if e.is_transient() && l.failure_mode == FailureMode::Open => {
+                    tracing::warn!(error = %e, "store failed; a usage limit fails open (not enforced)");
+                    Ok(CheckResult {
+                        decision: Decision {
+                            allowed: true,
+                            ..Decision::default()
+                        },
+                        limit: l.limit,
+                        enforced: false,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            })
+            .collect()
     }
 
     /// `check` is the index of the check in the request (`None` for Reset); it only names
@@ -143,15 +228,7 @@ impl RateLimits {
                 )
             }
         };
-        if key.is_empty() {
-            return Err(Error::invalid(field("key"), "must not be empty"));
-        }
-        if key.len() > self.max_key_bytes {
-            return Err(Error::invalid(
-                field("key"),
-                format!("longer than {} bytes", self.max_key_bytes),
-            ));
-        }
+        self.check_key(field("key"), key)?;
         Ok(Counter {
             id: CounterId {
                 limit: limit_id,
@@ -179,7 +256,39 @@ impl RateLimits {
             ));
         }
         let mut counters: Vec<Counter> = Vec::with_capacity(checks.len());
+        // Per check: Ok(position among counters) or Err(position among usage limits).
+        let mut order: Vec<Result<usize, usize>> = Vec::with_capacity(checks.len());
+        let mut usage_checks: Vec<(&UsageLimitConfig, &str)> = Vec::new();
+        let mut usage_names: Vec<&str> = Vec::new();
         for (i, check) in checks.iter().enumerate() {
+            if let LimitRef::Named(name) = &check.limit
+                && let Some((limit, _)) = self.usage_limits.get(name)
+            {
+                self.check_key(format!("checks[{i}].key"), &check.key)?;
+                if cost > limit.limit {
+                    return Err(Error::invalid(
+                        "cost",
+                        format!(
+                            "{cost} is more than checks[{i}] can ever admit ({})",
+                            limit.limit
+                        ),
+                    ));
+                }
+                if let Some(j) = usage_checks
+                    .iter()
+                    .zip(&usage_names)
+                    .position(|((_, key), n)| *n == name && *key == check.key)
+                {
+                    return Err(Error::invalid(
+                        format!("checks[{i}]"),
+                        format!("same limit and key as usage check {j}"),
+                    ));
+                }
+                order.push(Err(usage_checks.len()));
+                usage_checks.push((limit, &check.key));
+                usage_names.push(name);
+                continue;
+            }
             let counter = self.resolve(Some(i), &check.limit, &check.key, cost)?;
             if cost > counter.policy.capacity() {
                 return Err(Error::InvalidArgument(vec![Violation::new(
@@ -196,14 +305,44 @@ impl RateLimits {
                     format!("same limit and key as checks[{j}]"),
                 ));
             }
+            order.push(Ok(counters.len()));
             counters.push(counter);
         }
-        let commit = !dry_run && cost > 0;
-        let outcome = self.decide(tenant, &counters, commit).await?;
+        // Usage limits first: one that refuses refuses the request, and then no counter
+        // consumes (they are still read, to report them).
+        let usage = if usage_checks.is_empty() {
+            Vec::new()
+        } else {
+            self.read_usage(tenant, &usage_checks, cost).await?
+        };
+        let usage_allows = usage.iter().all(|r| r.decision.allowed);
+        let commit = !dry_run && cost > 0 && usage_allows;
+        let counted = if counters.is_empty() {
+            CheckOutcome {
+                allowed: true,
+                results: Vec::new(),
+            }
+        } else {
+            self.decide(tenant, &counters, commit).await?
+        };
+        let outcome = CheckOutcome {
+            allowed: counted.allowed && usage_allows,
+            results: order
+                .iter()
+                .map(|at| match at {
+                    Ok(c) => counted.results[*c],
+                    Err(u) => usage[*u],
+                })
+                .collect(),
+        };
         if !dry_run {
             for (check, result) in checks.iter().zip(&outcome.results) {
                 let metrics = match &check.limit {
-                    LimitRef::Named(name) => self.named.get(name).map(|(_, _, m)| m),
+                    LimitRef::Named(name) => self
+                        .named
+                        .get(name)
+                        .map(|(_, _, m)| m)
+                        .or_else(|| self.usage_limits.get(name).map(|(_, m)| m)),
                     LimitRef::Inline(_) => None,
                 };
                 metrics.unwrap_or(&self.inline_metrics).record(result);
@@ -266,6 +405,14 @@ impl RateLimits {
 
     /// Forgets a counter.
     pub async fn reset(&self, tenant: &Tenant, limit: LimitRef, key: &str) -> Result<(), Error> {
+        if let LimitRef::Named(name) = &limit
+            && self.usage_limits.contains_key(name)
+        {
+            return Err(Error::invalid(
+                "name",
+                "a usage limit has no counter to reset: it reads the usage UsageService records",
+            ));
+        }
         let counter = self.resolve(None, &limit, key, 0)?;
         Ok(self.store.reset(tenant, &counter.id).await?)
     }

@@ -124,10 +124,13 @@ impl RuleMetrics {
 
 /// Metrics of the rules in force: by rule path, and per rule the detailed values seen so far
 /// (at most `rls.detailed_metric_values` each, then the rule's own).
+/// (domain, rule path or metric key).
+type RuleKey = (Arc<str>, String);
+
 struct Metrics {
-    rules: HashMap<(Arc<str>, String), Arc<RuleMetrics>>,
-    detailed: Mutex<HashMap<(Arc<str>, String), Arc<RuleMetrics>>>,
-    detailed_per_rule: Mutex<HashMap<(Arc<str>, String), usize>>,
+    rules: HashMap<RuleKey, Arc<RuleMetrics>>,
+    detailed: Mutex<HashMap<RuleKey, Arc<RuleMetrics>>>,
+    detailed_per_rule: Mutex<HashMap<RuleKey, usize>>,
     cap: usize,
 }
 

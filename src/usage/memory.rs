@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     keys::top_shard,
-    model::{Bucketed, Granularity, Read, SubjectUsage, TOP_SHARDS},
+    model::{Bucketed, Buckets, Granularity, Read, SubjectUsage, TOP_SHARDS},
     store::{Keep, UsageStore},
 };
 use crate::{
@@ -209,13 +209,16 @@ impl UsageStore for MemoryUsageStore {
     async fn query(
         &self,
         tenant: &Tenant,
-        metric: &str,
-        subject: &str,
-        g: Granularity,
-        first: i64,
-        last: i64,
+        buckets: Buckets<'_>,
         read: &Read,
     ) -> Result<Bucketed, StoreError> {
+        let Buckets {
+            metric,
+            subject,
+            granularity: g,
+            first,
+            last,
+        } = buckets;
         let now = self.clock.now();
         let base = self.keys.usage_base(tenant, metric, subject);
         let mut state = self.lock();
@@ -292,5 +295,26 @@ impl UsageStore for MemoryUsageStore {
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         Ok((all, current))
+    }
+
+    async fn current(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        subject: &str,
+        g: Granularity,
+    ) -> Result<(i64, i64), StoreError> {
+        let now = self.clock.now();
+        let index = g.index(now);
+        let key = Keys::usage_bucket(&self.keys.usage_base(tenant, metric, subject), g, index);
+        let mut state = self.lock();
+        state.expire(&key, now);
+        let used = state
+            .buckets
+            .get(&key)
+            .and_then(|b| b.fields.get("_"))
+            .copied()
+            .unwrap_or(0);
+        Ok((used, ends(g, index) - now))
     }
 }

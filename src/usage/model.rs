@@ -112,6 +112,21 @@ pub struct SubjectUsage {
     pub uniques: Vec<String>,
 }
 
+/// The buckets `first..=last` of `granularity` of one metric and subject.
+#[derive(Debug, Clone, Copy)]
+pub struct Buckets<'a> {
+    /// The metric.
+    pub metric: &'a str,
+    /// The subject.
+    pub subject: &'a str,
+    /// The bucket size.
+    pub granularity: Granularity,
+    /// The first bucket's index.
+    pub first: i64,
+    /// The last bucket's index.
+    pub last: i64,
+}
+
 /// What a Query reads from each bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {

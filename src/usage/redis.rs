@@ -8,7 +8,7 @@ use redis::Value;
 
 use super::{
     keys::top_shard,
-    model::{Bucketed, Granularity, Read, SubjectUsage, TOP_SHARDS},
+    model::{Bucketed, Buckets, Granularity, Read, SubjectUsage, TOP_SHARDS},
     store::{Keep, UsageStore},
 };
 use crate::{
@@ -26,6 +26,7 @@ pub struct RedisUsageStore {
     record: LuaScript,
     top: LuaScript,
     top_query: LuaScript,
+    current: LuaScript,
 }
 
 impl RedisUsageStore {
@@ -39,6 +40,10 @@ impl RedisUsageStore {
             top: backend.register(
                 "usage.top",
                 lua!("src/usage/lua/buckets.lua", "src/usage/lua/top.lua"),
+            )?,
+            current: backend.register(
+                "usage.current",
+                lua!("src/usage/lua/buckets.lua", "src/usage/lua/current.lua"),
             )?,
             top_query: backend.register(
                 "usage.top_query",
@@ -121,13 +126,16 @@ impl UsageStore for RedisUsageStore {
     async fn query(
         &self,
         tenant: &Tenant,
-        metric: &str,
-        subject: &str,
-        g: Granularity,
-        first: i64,
-        last: i64,
+        buckets: Buckets<'_>,
         read: &Read,
     ) -> Result<Bucketed, StoreError> {
+        let Buckets {
+            metric,
+            subject,
+            granularity: g,
+            first,
+            last,
+        } = buckets;
         let base = self.backend.keys().usage_base(tenant, metric, subject);
         let mut pipe = redis::pipe();
         for i in first..=last {
@@ -227,5 +235,27 @@ impl UsageStore for RedisUsageStore {
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         Ok((all, current))
+    }
+
+    async fn current(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        subject: &str,
+        g: Granularity,
+    ) -> Result<(i64, i64), StoreError> {
+        let mut call = self.current.call();
+        call.key(self.backend.keys().usage_base(tenant, metric, subject))
+            .arg(g.code());
+        let reply: Vec<i64> = self
+            .backend
+            .invoke_idempotent("usage_current", &call)
+            .await?;
+        match reply.as_slice() {
+            [used, left] => Ok((*used, *left)),
+            _ => Err(StoreError::Protocol(
+                "usage_current: not two numbers".into(),
+            )),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     config::UsageConfig,
-    model::{Granularity, Read, SubjectUsage},
+    model::{Buckets, Granularity, Read, SubjectUsage},
     store::{Keep, UsageStore},
 };
 use crate::{
@@ -281,7 +281,17 @@ impl Usage {
         };
         let data = self
             .store
-            .query(tenant, &q.metric, &q.subject, g, first, last, &read)
+            .query(
+                tenant,
+                Buckets {
+                    metric: &q.metric,
+                    subject: &q.subject,
+                    granularity: g,
+                    first,
+                    last,
+                },
+                &read,
+            )
             .await?;
         let starts: Vec<Millis> = (first..=last).map(|i| g.start(i)).collect();
         if let Read::Group(_) = read {
@@ -373,26 +383,15 @@ impl Usage {
         })
     }
 
-    /// A subject's total of `metric` in the current bucket of `g` (a usage quota's reading),
-    /// with when that bucket ends, by the store's clock (`now` is its reading).
+    /// A subject's total of `metric` in the current bucket of `g` by the store's clock, and the
+    /// milliseconds until that bucket ends: what a usage quota reads.
     pub async fn current(
         &self,
         tenant: &Tenant,
         metric: &str,
         subject: &str,
         g: Granularity,
-        now: Millis,
-    ) -> Result<(i64, Millis), Error> {
-        let i = g.index(now);
-        let data = self
-            .store
-            .query(tenant, metric, subject, g, i, i, &Read::Field("_".into()))
-            .await?;
-        let used = data
-            .buckets
-            .first()
-            .and_then(|b| b.first())
-            .map_or(0, |(_, n)| *n);
-        Ok((used, g.start(i + 1)))
+    ) -> Result<(i64, Millis), crate::store::StoreError> {
+        self.store.current(tenant, metric, subject, g).await
     }
 }

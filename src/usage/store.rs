@@ -1,7 +1,7 @@
 //! The usage store contract. Both implementations run the same contract suite
 //! (`tests/usage_contract.rs`).
 
-use super::model::{Bucketed, Granularity, Read, SubjectUsage};
+use super::model::{Bucketed, Buckets, Granularity, Read, SubjectUsage};
 use crate::{store::StoreError, tenant::Tenant};
 
 /// Retention per granularity, finest first (ms after a bucket ends).
@@ -21,15 +21,11 @@ pub trait UsageStore: Send + Sync + 'static {
         max_fields: usize,
     ) -> Result<(), StoreError>;
 
-    /// Reads buckets `first..=last` of `g` for one metric and subject.
+    /// Reads `buckets`.
     async fn query(
         &self,
         tenant: &Tenant,
-        metric: &str,
-        subject: &str,
-        g: Granularity,
-        first: i64,
-        last: i64,
+        buckets: Buckets<'_>,
         read: &Read,
     ) -> Result<Bucketed, StoreError>;
 
@@ -44,4 +40,14 @@ pub trait UsageStore: Send + Sync + 'static {
         count: usize,
         n: usize,
     ) -> Result<(Vec<(String, i64)>, i64), StoreError>;
+
+    /// A subject's total in the current bucket of `g` by the store's clock, and the
+    /// milliseconds until that bucket ends (a usage quota's reading).
+    async fn current(
+        &self,
+        tenant: &Tenant,
+        metric: &str,
+        subject: &str,
+        g: Granularity,
+    ) -> Result<(i64, i64), StoreError>;
 }
