@@ -22,6 +22,7 @@ from flowstate import types as t
 from flowstate.client import _RESUMABLE, StartName, _subscribe_request
 from flowstate.errors import EventsExpired, FlowstateError, LockBusy, LockLost, RateLimited, from_rpc_error
 from flowstate.queues import AsyncQueues
+from flowstate.usage import AsyncUsage
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
@@ -430,6 +431,7 @@ class AsyncClient:
         self.locks = Locks(self)
         self.events = Events(self)
         self.queues = AsyncQueues(self)
+        self.usage = AsyncUsage(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def health(self, service: str = "readiness") -> bool:
@@ -443,6 +445,8 @@ class AsyncClient:
         return r.status == health_pb2.HealthCheckResponse.SERVING
 
     async def close(self) -> None:
+        """Flushes buffered usage events, then closes the channel."""
+        await self.usage.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -29,6 +29,7 @@ from flowstate.errors import (
     from_rpc_error,
 )
 from flowstate.queues import Queues
+from flowstate.usage import Usage
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
@@ -487,6 +488,7 @@ class Client:
         self.locks = Locks(self)
         self.events = Events(self)
         self.queues = Queues(self)
+        self.usage = Usage(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def health(self, service: str = "readiness") -> bool:
@@ -500,6 +502,8 @@ class Client:
         return r.status == health_pb2.HealthCheckResponse.SERVING
 
     def close(self) -> None:
+        """Flushes buffered usage events, then closes the channel."""
+        self.usage.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
