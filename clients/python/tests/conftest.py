@@ -125,16 +125,29 @@ def serving(channel) -> bool:
     return r.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def readme_rls_rules() -> str:
+    """The envoyproxy/ratelimit rules the README shows (its YAML block for domain `edge`)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (rules,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if b.startswith("domain: edge")]
+    return rules
+
+
 @pytest.fixture(scope="session")
-def target(redis_server):
-    """A flowstate on Redis, plaintext, authentication off (as on a laptop)."""
+def target(redis_server, tmp_path_factory):
+    """A flowstate on Redis, plaintext, authentication off (as on a laptop), with the README's
+    Envoy rate limit rules."""
     redis_url, _ = redis_server
+    rules = tmp_path_factory.mktemp("rls") / "rules.yaml"
+    rules.write_text(readme_rls_rules())
 
     def ready(address: str) -> bool:
         with grpc.insecure_channel(address) as channel:
             return serving(channel)
 
-    proc, address, metrics = start_flowstate(redis_url, SERVER_CONFIG, ready)
+    config = SERVER_CONFIG + f'\n[rls]\nconfig_path = "{rules}"\n'
+    proc, address, metrics = start_flowstate(redis_url, config, ready)
     METRICS[address] = metrics
     yield address
     stop(proc)

@@ -27,7 +27,8 @@ def test_the_readme_has_grpcurl_examples_for_every_service():
     text = "\n".join(GRPCURL_BLOCKS)
     for needle in [" list", "describe ", "grpc.health.v1.Health/Check", "SessionService/", "CacheService/", "RateLimitService/",
                    "LockService/", "EventService/Publish", "EventService/Subscribe", "QueueService/Enqueue",
-                   "QueueService/Fetch", "QueueService/Ack"]:
+                   "QueueService/Fetch", "QueueService/Ack", "UsageService/Record", "UsageService/Query",
+                   "UsageService/Top", "RateLimitService/ShouldRateLimit"]:
         assert needle in text, f"README lacks a grpcurl example with {needle!r}"
 
 
@@ -68,3 +69,10 @@ def test_python_quick_start_runs(target):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "3 items" in out.stdout
+
+
+def test_the_readme_rls_rules_load_and_decide(target):
+    """The README's envoyproxy/ratelimit rules are the ones the test server runs with (see the
+    `target` fixture): alice gets 5 per minute."""
+    (rules,) = [b for b in blocks("yaml") if b.startswith("domain: edge")]
+    assert "requests_per_unit: 5" in rules
