@@ -150,7 +150,9 @@ def redis_benchmark(port: int, conc: int, seconds: float) -> dict[str, dict]:
     sha = load(check_script((ROOT / "src/ratelimit/lua/check.lua").read_text()))
     sha_now = load(check_script("\nreturn run_check(tonumber(ARGV[#ARGV]))\n"))
     n = str(int(seconds * 70_000))
-    counter = ["1", "bench:rl:{user-__rand_int__}", "1", "1", "4", "100000000", "3600000", "100000000"]
+    # One key; ARGV: commit, then the counter's algorithm (GCRA), limit, period, capacity, cost
+    # and role (enforced), as src/ratelimit/redis.rs sends them.
+    counter = ["1", "bench:rl:{user-__rand_int__}", "1", "4", "100000000", "3600000", "100000000", "1", "0"]
     runs = [
         (None, ["-t", "get,set"]),
         ("EVALSHA", ["EVALSHA", sha, *counter]),
