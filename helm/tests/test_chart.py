@@ -291,3 +291,50 @@ def test_production_hides_reflection_and_sets_a_tenant_request_quota():
     config = tomllib.loads(configmap["data"]["flowstate.toml"])
     assert config["server"]["reflection"] is False
     assert config["quota"]["requests_per_second"] > 0
+
+
+RLS = {
+    "rls": {
+        "rules": {
+            "edge.yaml": "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"
+        }
+    }
+}
+
+
+def test_envoy_rate_limit_rules_are_a_configmap_mounted_whole():
+    """The rules are mounted as a directory (no subPath, so edits reach the pods) and flowstate
+    accepts the rendered configuration with them."""
+    docs = render(RLS)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    maps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    assert "edge.yaml" in maps["fs-flowstate-rls"]["data"]
+    deployment, c = container(docs)
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "rls"]
+    assert mount["mountPath"] == "/etc/flowstate/rls" and "subPath" not in mount
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["rls"]["configMap"]["name"] == "fs-flowstate-rls"
+    toml = tomllib.loads(maps["fs-flowstate"]["data"]["flowstate.toml"])
+    assert toml["rls"]["config_path"] == "/etc/flowstate/rls"
+    binary = os.environ.get("FLOWSTATE_BIN", str(ROOT / "target" / "debug" / "flowstate"))
+    with tempfile.TemporaryDirectory() as d:
+        (pathlib.Path(d) / "edge.yaml").write_text(maps["fs-flowstate-rls"]["data"]["edge.yaml"])
+        config = pathlib.Path(d) / "flowstate.toml"
+        config.write_text(maps["fs-flowstate"]["data"]["flowstate.toml"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
+        env.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
+        env["FLOWSTATE_RLS__CONFIG_PATH"] = d  # where the pod has /etc/flowstate/rls
+        out = subprocess.run([binary, "--config", str(config), "config"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    # An existing ConfigMap instead: mounted, none rendered.
+    docs = render({"rls": {"existingConfigMap": "edge-rules"}})
+    assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == ["fs-flowstate"]
+    deployment, _ = container(docs)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["rls"]["configMap"]["name"] == "edge-rules"
+
+
+def test_schema_refuses_rule_files_that_are_not_yaml():
+    with pytest.raises(Exception):
+        render({"rls": {"rules": {"edge.txt": "domain: edge"}}})
