@@ -102,3 +102,30 @@ def test_asyncio_usage(target):
             assert (await fs.usage.query("py_async_close", "s", start, end, granularity="hour"))[0].total == 5
 
     asyncio.run(main())
+
+
+SKEWED = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "FAKETIME": "+90",
+          "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_replicas_with_skewed_clocks_count_into_the_same_minute(target, redis_server):
+    """Two replicas, one whose clock runs 90 s ahead: events recorded through both land in the
+    same minute bucket, because Redis's clock names the buckets (by the skewed replica's own
+    clock they would be a minute or two apart)."""
+    url, _ = redis_server
+    skewed, other, _ = start_flowstate(url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=SKEWED)
+    try:
+        if datetime.now(timezone.utc).second > 54:
+            time.sleep(61 - datetime.now(timezone.utc).second)
+        with flowstate.Client(target) as fs, flowstate.Client(other) as fs_skewed:
+            for _ in range(100):
+                fs.usage.record("py_skew", "ws", 1)
+                fs_skewed.usage.record("py_skew", "ws", 1)
+            fs.usage.flush()
+            fs_skewed.usage.flush()
+            start, end = window()
+            for client in (fs, fs_skewed):
+                points = client.usage.query("py_skew", "ws", start, end, granularity="minute")[0].points
+                assert [p.value for p in points if p.value] == [200], "one minute, both replicas"
+    finally:
+        stop(skewed)
