@@ -359,8 +359,9 @@ impl Rules {
     }
 }
 
-/// The YAML files a path names.
-fn config_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+/// The YAML files a path names: the file itself, or a directory's `*.yaml` / `*.yml` files (not
+/// its subdirectories, dot files skipped), in name order.
+pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.is_file() {
         return Ok(vec![path.to_owned()]);

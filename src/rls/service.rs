@@ -180,10 +180,37 @@ impl Metrics {
     }
 }
 
+/// Requests answered OK and OVER_LIMIT, of one domain (registered once, not per request).
+struct RequestCounters {
+    ok: metrics::Counter,
+    over_limit: metrics::Counter,
+}
+
+impl RequestCounters {
+    fn new(domain: &str) -> Self {
+        let c = |code: &'static str| metrics::counter!("flowstate_rls_requests_total", "domain" => domain.to_owned(), "code" => code);
+        Self {
+            ok: c("ok"),
+            over_limit: c("over_limit"),
+        }
+    }
+
+    fn count(&self, over_limit: bool) {
+        if over_limit {
+            self.over_limit.increment(1);
+        } else {
+            self.ok.increment(1);
+        }
+    }
+}
+
 /// The rules in force and everything derived from them.
 struct Loaded {
     rules: Rules,
     metrics: Metrics,
+    /// Per configured domain; requests for others count under `_unknown`.
+    requests: HashMap<String, RequestCounters>,
+    unknown_domain: RequestCounters,
     /// Per domain: the metrics of limits given in requests (`limit` overrides).
     overrides: Mutex<HashMap<String, Arc<RuleMetrics>>>,
 }
@@ -214,7 +241,6 @@ pub struct Rls {
     loaded: Arc<RwLock<Arc<Loaded>>>,
     cache: OverLimitCache,
     config: Arc<RlsConfig>,
-    requests: Arc<Mutex<HashMap<(String, &'static str), metrics::Counter>>>,
 }
 
 impl Rls {
@@ -226,7 +252,6 @@ impl Rls {
             loaded: Arc::new(RwLock::new(Arc::new(loaded))),
             cache: OverLimitCache::new(config.local_cache_entries),
             config: Arc::new(config),
-            requests: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -235,6 +260,12 @@ impl Rls {
         metrics::gauge!("flowstate_rls_rules").set(rule_count as f64);
         Loaded {
             metrics: Metrics::new(&rules, config.detailed_metric_values),
+            requests: rules
+                .domain_names()
+                .into_iter()
+                .map(|d| (d.to_owned(), RequestCounters::new(d)))
+                .collect(),
+            unknown_domain: RequestCounters::new("_unknown"),
             rules,
             overrides: Mutex::new(HashMap::new()),
         }
@@ -268,16 +299,6 @@ impl Rls {
     /// Entries in the over-limit cache.
     pub fn cached_over_limit(&self) -> u64 {
         self.cache.len()
-    }
-
-    fn count_request(&self, domain: &str, code: &'static str) {
-        let mut requests = crate::store::memory::lock(&self.requests);
-        requests
-            .entry((domain.to_owned(), code))
-            .or_insert_with(|| {
-                metrics::counter!("flowstate_rls_requests_total", "domain" => domain.to_owned(), "code" => code)
-            })
-            .increment(1);
     }
 
     /// Validates a request's shape; nothing is counted for a bad one.
@@ -340,7 +361,7 @@ impl Rls {
         let loaded = self.current();
         if !loaded.rules.has_domain(domain) {
             // As envoyproxy/ratelimit: an unknown domain limits nothing.
-            self.count_request("_unknown", "ok");
+            loaded.unknown_domain.count(false);
             return Ok(Outcome {
                 over_limit: false,
                 statuses: descriptors.iter().map(|_| unknown()).collect(),
@@ -547,7 +568,11 @@ impl Rls {
             metrics::counter!("flowstate_rls_global_shadow_mode_total").increment(1);
             over_limit = false;
         }
-        self.count_request(domain, if over_limit { "over_limit" } else { "ok" });
+        loaded
+            .requests
+            .get(domain)
+            .unwrap_or(&loaded.unknown_domain)
+            .count(over_limit);
         let headers = if self.config.response_headers {
             self.headers(&statuses)
         } else {

@@ -2,41 +2,30 @@
 //! Kubernetes ConfigMap swaps a symlink, which file-change events miss), compared by content,
 //! loaded whole or not at all.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokio::sync::watch;
 
-use super::{Rls, Rules, rules::dangling_replaces};
+use super::{
+    Rls, Rules,
+    rules::{config_files, dangling_replaces},
+};
 
 /// The contents of the rule files under `path`, to tell a change (a read error counts as one).
-fn snapshot(path: &PathBuf) -> Vec<(PathBuf, Result<Vec<u8>, String>)> {
-    let files = match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut files: Vec<PathBuf> = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                        !name.starts_with('.')
-                            && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                    })
-                    .collect();
-                files.sort();
-                files
-            }
-            Err(e) => return vec![(path.clone(), Err(e.to_string()))],
-        },
-        Ok(_) => vec![path.clone()],
-        Err(e) => return vec![(path.clone(), Err(e.to_string()))],
-    };
-    files
-        .into_iter()
-        .map(|f| {
-            let bytes = std::fs::read(&f).map_err(|e| e.to_string());
-            (f, bytes)
-        })
-        .collect()
+fn snapshot(path: &Path) -> Vec<(PathBuf, Result<Vec<u8>, String>)> {
+    match config_files(path) {
+        Ok(files) => files
+            .into_iter()
+            .map(|f| {
+                let bytes = std::fs::read(&f).map_err(|e| e.to_string());
+                (f, bytes)
+            })
+            .collect(),
+        Err(e) => vec![(path.to_owned(), Err(e))],
+    }
 }
 
 /// Logs what a set of rules holds, and warns about `replaces` that name no rule.
