@@ -668,6 +668,7 @@ async fn usage_is_separate_across_tenants(b: Backend) {
     c.record(with_key(
         pb::RecordRequest {
             events: vec![event],
+            ..Default::default()
         },
         alpha(),
     ))

@@ -34,6 +34,7 @@ contract_tests! {
     algorithms_chosen_per_rule_are_exact with super::rules,
     over_limit_cache_refuses_without_the_store with super::rules,
     bad_requests_are_invalid_arguments with super::rules,
+    one_counter_named_twice_counts_twice with super::rules,
 }
 
 /// The rules of these tests. `month` windows are 30 days long: no test straddles one.
@@ -492,4 +493,23 @@ async fn rules_reload_on_change_and_a_broken_file_keeps_the_old_ones() {
         "the broken file changed nothing"
     );
     let _ = &mut c2;
+}
+
+async fn one_counter_named_twice_counts_twice(b: Backend) {
+    let mut c = client(&b);
+    // The same descriptor twice in one request is one counter with both hits: 5 per user
+    // admits two such requests (4 hits), not five.
+    let twice = request(vec![
+        descriptor(&[("user", "zed")]),
+        descriptor(&[("user", "zed")]),
+    ]);
+    for remaining in [3, 1] {
+        let r = ask(&mut c, twice.clone()).await;
+        assert!(!over(&r));
+        assert_eq!(r.statuses[0].limit_remaining, remaining);
+        assert_eq!(r.statuses[1].limit_remaining, remaining);
+    }
+    assert!(over(&ask(&mut c, twice).await), "2 more do not fit in 1");
+    let once = ask(&mut c, request(vec![descriptor(&[("user", "zed")])])).await;
+    assert!(!over(&once), "1 still does");
 }

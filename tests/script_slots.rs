@@ -441,9 +441,12 @@ async fn workload(server: &TestServer) {
             unique: format!("user-{i}"),
         })
         .collect();
-    u.record(pb::RecordRequest { events })
-        .await
-        .expect("record");
+    u.record(pb::RecordRequest {
+        events,
+        ..Default::default()
+    })
+    .await
+    .expect("record");
     u.top(pb::TopRequest {
         metric: "llm_tokens".into(),
         window: Some(prost_types::Duration {
@@ -455,6 +458,17 @@ async fn workload(server: &TestServer) {
     })
     .await
     .expect("top");
+    let mut r = pb::rate_limit_service_client::RateLimitServiceClient::new(server.channel.clone());
+    r.check(pb::CheckRequest {
+        checks: vec![pb::LimitCheck {
+            limit: Some(pb::limit_check::Limit::Name("tokens".into())),
+            key: "ws-1".into(),
+        }],
+        cost: Some(10),
+        dry_run: false,
+    })
+    .await
+    .expect("usage limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,6 +478,16 @@ async fn every_script_touches_one_slot() {
     config.redis.url = Some(redis.url());
     // A feed keeps its topic alive every max_age / 4 (at least 1 s): within the workload.
     config.events.max_age = Duration::from_secs(4);
+    // A usage limit, so that its reading script runs.
+    config.ratelimit.usage_limits.insert(
+        "tokens".into(),
+        flowstate::config::UsageLimitConfig {
+            metric: "llm_tokens".into(),
+            limit: 1000,
+            window: flowstate::config::UsageWindow::Day,
+            failure_mode: flowstate::ratelimit::FailureMode::Closed,
+        },
+    );
     // The scripts the server registers, by SHA1 (the same sources give the same SHA1s).
     let backend = RedisBackend::new(&config.redis).expect("backend");
     let wrapped = Backend::Redis(backend.clone());

@@ -24,6 +24,7 @@ contract_tests! {
     bad_input_is_refused_whole with super::strict,
     every_key_expires,
     usage_limits_read_recorded_usage with super::quotas,
+    a_batch_sent_again_counts_once,
 }
 
 fn quotas(c: &mut Config) {
@@ -82,7 +83,10 @@ fn event(metric: &str, subject: &str, amount: i64, dims: &[(&str, &str)]) -> pb:
 async fn record(c: &mut Client, events: Vec<pb::UsageEvent>) {
     let n = events.len() as u32;
     let r = c
-        .record(pb::RecordRequest { events })
+        .record(pb::RecordRequest {
+            events,
+            ..Default::default()
+        })
         .await
         .expect("Record")
         .into_inner();
@@ -384,7 +388,10 @@ async fn concurrent_batches_lose_nothing(b: Backend) {
 
 async fn bad_input_is_refused_whole(b: Backend) {
     let mut c = client(&b);
-    let invalid = |events: Vec<pb::UsageEvent>| pb::RecordRequest { events };
+    let invalid = |events: Vec<pb::UsageEvent>| pb::RecordRequest {
+        events,
+        ..Default::default()
+    };
     let cases = vec![
         invalid(vec![]),
         invalid(vec![event("", "s", 1, &[])]),
@@ -554,4 +561,51 @@ async fn usage_limits_read_recorded_usage(b: Backend) {
         .await
         .expect_err("more than the limit");
     assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+async fn a_batch_sent_again_counts_once(b: Backend) {
+    let mut c = client(&b);
+    let batch = |id: &str| pb::RecordRequest {
+        events: (0..10)
+            .map(|i| event("llm_tokens", &format!("ws-{}", i % 3), 5, &[]))
+            .collect(),
+        batch_id: id.into(),
+    };
+    for id in ["b-1", "b-1", "b-1", "b-2"] {
+        let r = c.record(batch(id)).await.expect("Record").into_inner();
+        assert_eq!(r.recorded, 10);
+    }
+    let mut sum = 0;
+    for s in 0..3 {
+        sum += total(
+            &query(
+                &mut c,
+                "llm_tokens",
+                &format!("ws-{s}"),
+                pb::Granularity::Day,
+            )
+            .await,
+        );
+    }
+    assert_eq!(sum, 2 * 50, "b-1 once, b-2 once");
+    let e = c.record(batch("not a valid id")).await.expect_err("bad id");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let top = c
+        .top(pb::TopRequest {
+            metric: "llm_tokens".into(),
+            window: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            n: 3,
+            granularity: 0,
+        })
+        .await
+        .expect("Top")
+        .into_inner();
+    assert_eq!(
+        top.entries.iter().map(|e| e.value).sum::<i64>(),
+        100,
+        "the top index too"
+    );
 }

@@ -7,10 +7,12 @@
 //! and only until `sent + r`, where `sent` is when the call left this replica (before the store
 //! decided, so the entry ends no later than the store's own answer would change). The store's
 //! clock is never compared with this replica's: only the relative `retry_after` is used, on the
-//! monotonic clock. Staleness is bounded by `retry_after` itself; what it can miss is an early
-//! end of the denial (a `Reset` of the counter, a config reload raising the limit, which clears
-//! the cache on this replica). Memory is bounded by `rls.local_cache_entries` (least recently
-//! used entries go first).
+//! monotonic clock. What it can miss is an early end of the denial (a `Reset` of the counter, a
+//! Cluster reservation that refused it and was refunded, a limit raised on another replica's
+//! reload; a reload clears this replica's cache), so an entry also lives at most
+//! `rls.local_cache_max_ttl` (1 s): the staleness bound. A client hammering past its limit then
+//! costs one store call per second per replica instead of one per request. Memory is bounded by
+//! `rls.local_cache_entries` (least recently used entries go first).
 
 use std::time::{Duration, Instant};
 

@@ -27,6 +27,11 @@ pub struct RlsConfig {
     /// Entries of the over-limit cache (keys known to be over their limit until an instant,
     /// refused without a store call); 0 turns it off.
     pub local_cache_entries: u64,
+    /// The longest a refusal is cached (at most until the store's `retry_after`): bounds how
+    /// long a replica can go on refusing after the counter was freed early (a Reset, a Cluster
+    /// reservation refunded, a limit raised on another replica's reload).
+    #[serde(with = "humantime_serde")]
+    pub local_cache_max_ttl: Duration,
     /// The share of a limit past which admitted hits also count as `near_limit`
     /// (envoyproxy/ratelimit's `NEAR_LIMIT_RATIO`).
     pub near_limit_ratio: f64,
@@ -62,6 +67,7 @@ impl Default for RlsConfig {
             merge_domains: false,
             shadow_mode: false,
             local_cache_entries: 100_000,
+            local_cache_max_ttl: Duration::from_secs(1),
             near_limit_ratio: 0.8,
             response_headers: false,
             header_limit: "RateLimit-Limit".to_owned(),
@@ -82,6 +88,11 @@ impl RlsConfig {
     pub fn validate(&self, bad: &mut Vec<String>) {
         require_positive(bad, "rls.reload_interval", !self.reload_interval.is_zero());
         require_positive(bad, "rls.max_descriptors", self.max_descriptors > 0);
+        require_positive(
+            bad,
+            "rls.local_cache_max_ttl",
+            !self.local_cache_max_ttl.is_zero(),
+        );
         require_positive(bad, "rls.max_entries", self.max_entries > 0);
         require_positive(bad, "rls.max_entry_bytes", self.max_entry_bytes > 0);
         if !(self.near_limit_ratio > 0.0 && self.near_limit_ratio <= 1.0) {

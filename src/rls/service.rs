@@ -434,6 +434,25 @@ impl Rls {
                 });
                 continue;
             }
+            // Two descriptors of one counter (the same entries twice, or share_threshold values
+            // of one pattern) are one counter with both costs: a script that decided each copy on
+            // the same state would admit both.
+            if let Some(at) = counters.iter().position(|c| c.id == id) {
+                let c = &mut counters[at];
+                let cost = c.cost.saturating_add(d.hits);
+                if cost > c.policy.capacity() {
+                    plans.push(Plan::Refused {
+                        m,
+                        until: None,
+                        cached: false,
+                    });
+                    continue;
+                }
+                c.cost = cost;
+                c.role = stronger(c.role, role);
+                plans.push(Plan::Counted { m, at });
+                continue;
+            }
             plans.push(Plan::Counted {
                 m,
                 at: counters.len(),
@@ -533,14 +552,15 @@ impl Rls {
                         continue;
                     };
                     let counter = &counters[*at];
-                    self.record(&loaded, m, counter, decision, admitted);
+                    self.record(&loaded, m, counter, d.hits, decision, admitted);
                     if !decision.allowed && counter.role == Role::Enforced {
                         self.cache.insert(
                             tenant,
                             &counter.id,
                             counter.cost,
                             sent,
-                            Duration::from_millis(decision.retry_after_ms.max(0) as u64),
+                            Duration::from_millis(decision.retry_after_ms.max(0) as u64)
+                                .min(self.config.local_cache_max_ttl),
                         );
                     }
                     if decision.allowed {
@@ -588,13 +608,20 @@ impl Rls {
     }
 
     /// Counts a store decision in the rule's metrics (in hits, as envoyproxy/ratelimit does).
-    fn record(&self, loaded: &Loaded, m: &Matched, c: &Counter, d: &Decision, admitted: bool) {
+    fn record(
+        &self,
+        loaded: &Loaded,
+        m: &Matched,
+        c: &Counter,
+        hits: u64,
+        d: &Decision,
+        admitted: bool,
+    ) {
         let Some(metrics) = loaded.metrics_of(m) else {
             return;
         };
-        let hits = c.cost;
         if !d.allowed {
-            if c.role == Role::Shadow {
+            if m.rule.shadow {
                 metrics.shadow.increment(hits);
             } else {
                 metrics.over.increment(hits);
@@ -746,6 +773,15 @@ fn merge(dest: &mut prost_types::Struct, src: &prost_types::Struct) {
                 dest.fields.insert(k.clone(), v.clone());
             }
         }
+    }
+}
+
+/// The role of a counter two descriptors share: enforced if either is, else quota if either is.
+fn stronger(a: Role, b: Role) -> Role {
+    match (a, b) {
+        (Role::Enforced, _) | (_, Role::Enforced) => Role::Enforced,
+        (Role::Quota, _) | (_, Role::Quota) => Role::Quota,
+        _ => Role::Shadow,
     }
 }
 

@@ -63,7 +63,7 @@ impl UsageService for UsageApi {
                 unique: e.unique,
             })
             .collect();
-        let recorded = self.usage.record(&tenant, events).await?;
+        let recorded = self.usage.record(&tenant, events, &r.batch_id).await?;
         Ok(Response::new(pb::RecordResponse { recorded }))
     }
 

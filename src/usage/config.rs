@@ -23,6 +23,9 @@ pub struct UsageConfig {
     pub max_points: usize,
     /// Longest subject, dimension value or unique value, in bytes.
     pub max_value_bytes: usize,
+    /// How long a Record's `batch_id` is remembered (a resend within it counts nothing twice).
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
     /// Whether metrics not listed in `usage.metrics` may be recorded.
     pub allow_unknown_metrics: bool,
     /// Metrics by name: the dimensions each allows.
@@ -88,6 +91,7 @@ impl Default for UsageConfig {
             max_dimension_values: 100,
             max_points: 1500,
             max_value_bytes: 256,
+            dedup_window: Duration::from_secs(600),
             allow_unknown_metrics: true,
             metrics: BTreeMap::new(),
         }
@@ -106,6 +110,7 @@ impl UsageConfig {
             ("usage.max_dimension_values", self.max_dimension_values > 0),
             ("usage.max_points", self.max_points > 0),
             ("usage.max_value_bytes", self.max_value_bytes > 0),
+            ("usage.dedup_window", !self.dedup_window.is_zero()),
         ] {
             require_positive(bad, key, ok);
         }

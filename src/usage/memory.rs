@@ -35,12 +35,18 @@ struct State {
     buckets: HashMap<String, Bucket>,
     /// Top-index buckets by key: subject → total.
     top: HashMap<String, Bucket>,
+    /// Batch ids recently recorded (a batch is one critical section here: all of it counted, or
+    /// none), with when they are forgotten.
+    batches: HashMap<String, Millis>,
     expiry: ExpiryQueue,
     budget: Budget,
 }
 
 impl State {
     fn forget(&mut self, key: &str) {
+        if let Some(at) = self.batches.remove(key) {
+            self.expiry.remove(at, key);
+        }
         for map in [&mut self.buckets, &mut self.top] {
             if let Some(b) = map.remove(key) {
                 self.expiry.remove(b.expires, key);
@@ -63,7 +69,8 @@ impl State {
             .buckets
             .get(key)
             .or_else(|| self.top.get(key))
-            .map(|b| b.expires);
+            .map(|b| b.expires)
+            .or_else(|| self.batches.get(key).copied());
         if expires.is_some_and(|e| e <= now) {
             self.forget(key);
         }
@@ -80,7 +87,7 @@ impl State {
         uniques: &[String],
         max_fields: usize,
         expires: Millis,
-    ) {
+    ) -> usize {
         let map = if top {
             &mut self.top
         } else {
@@ -100,28 +107,25 @@ impl State {
                 field.clone()
             };
             if !bucket.fields.contains_key(&field) {
-                grew += field.len() + 48;
+                grew += field.len() + FIELD_BYTES;
             }
             *bucket.fields.entry(field).or_default() += amount;
         }
         for u in uniques {
             if bucket.uniques.insert(u.clone()) {
-                grew += u.len() + 32;
+                grew += u.len() + UNIQUE_BYTES;
             }
         }
         let old = std::mem::replace(&mut bucket.expires, expires);
         if bucket.bytes == 0 {
-            grew += 2 * key.len() + 96;
+            grew += 2 * key.len() + BUCKET_BYTES;
         }
-        // Over the budget mid-batch: counted anyway (refusing half a batch would be worse) but
-        // not charged; the next batch is refused up front while the budget stays spent.
-        if self.budget.charge(grew).is_ok() {
-            bucket.bytes += grew;
-        }
+        bucket.bytes += grew;
         if old != expires {
             self.expiry.remove(old, key);
             self.expiry.insert(expires, key.to_owned());
         }
+        grew
     }
 }
 
@@ -139,6 +143,7 @@ impl MemoryUsageStore {
         let state = Arc::new(Mutex::new(State {
             buckets: HashMap::new(),
             top: HashMap::new(),
+            batches: HashMap::new(),
             expiry: ExpiryQueue::default(),
             budget: backend.budget().clone(),
         }));
@@ -155,6 +160,31 @@ impl MemoryUsageStore {
     }
 }
 
+/// Bytes a new field costs beyond its name (a `dimension=_other` field is at most 7 longer than
+/// `dimension=`, so this also bounds a redirected one), a unique value beyond itself, and a
+/// bucket beyond its key.
+const FIELD_BYTES: usize = 56;
+const UNIQUE_BYTES: usize = 32;
+const BUCKET_BYTES: usize = 96;
+
+/// The most a batch can add: every bucket, field and unique value new (key names are counted
+/// with room for the granularity and index).
+fn upper_bound(keys: &Keys, tenant: &Tenant, usage: &[SubjectUsage]) -> usize {
+    let grans = Granularity::ALL.len();
+    usage
+        .iter()
+        .map(|u| {
+            let key = keys.usage_base(tenant, &u.metric, &u.subject).len() + 32;
+            let fields: usize = u.fields.iter().map(|(f, _)| f.len() + FIELD_BYTES).sum();
+            let uniques: usize = u.uniques.iter().map(|v| v.len() + UNIQUE_BYTES).sum();
+            let top = keys.usage_top_base(tenant, &u.metric, 0).len() + 32;
+            grans * (2 * key + BUCKET_BYTES + fields)
+                + (grans - 1) * (2 * key + BUCKET_BYTES + uniques)
+                + grans * (2 * top + BUCKET_BYTES + u.subject.len() + FIELD_BYTES)
+        })
+        .sum()
+}
+
 /// When bucket `index` of `g` ends.
 fn ends(g: Granularity, index: i64) -> Millis {
     g.start(index + 1)
@@ -168,11 +198,25 @@ impl UsageStore for MemoryUsageStore {
         usage: &[SubjectUsage],
         keep: Keep,
         max_fields: usize,
+        batch: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
         let now = self.clock.now();
         let mut state = self.lock();
-        // A full store records nothing: the whole batch is refused up front.
-        state.budget.charge(0)?;
+        if let Some((id, remember)) = batch {
+            let marker = self.keys.usage_base(tenant, "_batch", id);
+            state.expire(&marker, now);
+            if state.batches.contains_key(&marker) {
+                return Ok(());
+            }
+            let until = now.saturating_add(remember);
+            state.batches.insert(marker.clone(), until);
+            state.expiry.insert(until, marker);
+        }
+        // The most the batch can add (every bucket and field new) is charged first, so a full
+        // store records nothing; what it did not need is given back after.
+        let charged = upper_bound(&self.keys, tenant, usage);
+        state.budget.charge(charged)?;
+        let mut grew = 0;
         for u in usage {
             let base = self.keys.usage_base(tenant, &u.metric, &u.subject);
             let shard_base = self
@@ -190,19 +234,20 @@ impl UsageStore for MemoryUsageStore {
                 let expires = ends(g, index).saturating_add(keep);
                 let key = Keys::usage_bucket(&base, g, index);
                 state.expire(&key, now);
-                state.add(false, &key, &u.fields, &[], max_fields, expires);
+                grew += state.add(false, &key, &u.fields, &[], max_fields, expires);
                 if g != Granularity::Minute && !u.uniques.is_empty() {
                     let key = Keys::usage_unique(&base, g, index);
                     state.expire(&key, now);
-                    state.add(false, &key, &[], &u.uniques, max_fields, expires);
+                    grew += state.add(false, &key, &[], &u.uniques, max_fields, expires);
                 }
                 if !total.is_empty() {
                     let key = Keys::usage_bucket(&shard_base, g, index);
                     state.expire(&key, now);
-                    state.add(true, &key, &total, &[], usize::MAX, expires);
+                    grew += state.add(true, &key, &total, &[], usize::MAX, expires);
                 }
             }
         }
+        state.budget.release(charged.saturating_sub(grew));
         Ok(())
     }
 

@@ -81,13 +81,17 @@ impl UsageStore for RedisUsageStore {
         usage: &[SubjectUsage],
         keep: Keep,
         max_fields: usize,
+        batch: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
         let keys = self.backend.keys();
+        let (batch_id, remember) = batch.unwrap_or(("", 0));
         let mut pipe = redis::pipe();
         let mut shards: BTreeMap<(&str, u16), Vec<(&str, i64)>> = BTreeMap::new();
         for u in usage {
             let mut call = self.record.call();
-            call.key(keys.usage_base(tenant, &u.metric, &u.subject));
+            call.key(keys.usage_base(tenant, &u.metric, &u.subject))
+                .arg(batch_id)
+                .arg(remember);
             for k in keep {
                 call.arg(k);
             }
@@ -109,7 +113,9 @@ impl UsageStore for RedisUsageStore {
         }
         for ((metric, shard), subjects) in shards {
             let mut call = self.top.call();
-            call.key(keys.usage_top_base(tenant, metric, shard));
+            call.key(keys.usage_top_base(tenant, metric, shard))
+                .arg(batch_id)
+                .arg(remember);
             for k in keep {
                 call.arg(k);
             }
@@ -118,7 +124,8 @@ impl UsageStore for RedisUsageStore {
             }
             pipe.add_command(call.cmd());
         }
-        // Counting twice is worse than failing: never resent after a dropped connection.
+        // Counting twice is worse than failing: never resent after a dropped connection (the
+        // caller may resend a batch with an id; the scripts skip what counted it already).
         self.backend.pipeline("usage_record", &pipe).await?;
         Ok(())
     }

@@ -18,6 +18,10 @@ use crate::{
     time::Millis,
 };
 
+/// The largest amount an event or a batch's sum may carry: Redis counts in 64-bit integers and
+/// Lua in doubles, exact up to 2^53, and a bucket must stay far from either end.
+const MAX_AMOUNT: i64 = 1 << 53;
+
 /// One event, before validation.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -141,6 +145,9 @@ impl Usage {
     fn check_event(&self, i: usize, e: &Event) -> Result<(), Error> {
         let f = |name: &str| format!("events[{i}].{name}");
         self.check_metric(&f("metric"), &e.metric)?;
+        if e.amount.unsigned_abs() > MAX_AMOUNT as u64 {
+            return Err(Error::invalid(f("amount"), "at most 2^53 either way"));
+        }
         self.check_value(&f("subject"), &e.subject, false)?;
         self.check_value(&f("unique"), &e.unique, true)?;
         if e.dimensions.len() > self.config.max_dimensions {
@@ -170,7 +177,18 @@ impl Usage {
 
     /// Validates every event (a bad one refuses the whole batch, nothing recorded), sums them
     /// per metric and subject, and records the sums in one store round trip.
-    pub async fn record(&self, tenant: &Tenant, events: Vec<Event>) -> Result<u32, Error> {
+    pub async fn record(
+        &self,
+        tenant: &Tenant,
+        events: Vec<Event>,
+        batch_id: &str,
+    ) -> Result<u32, Error> {
+        if !batch_id.is_empty() && !crate::tenant::is_key_safe_name(batch_id) {
+            return Err(Error::invalid(
+                "batch_id",
+                "1-64 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
         if events.is_empty() || events.len() > self.config.max_events {
             return Err(Error::invalid(
                 "events",
@@ -182,11 +200,23 @@ impl Usage {
         }
         type Sums = (BTreeMap<String, i64>, BTreeSet<String>);
         let mut sums: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
+        let add = |sum: &mut i64, amount: i64| -> Result<(), Error> {
+            *sum = sum
+                .checked_add(amount)
+                .filter(|s| s.unsigned_abs() <= MAX_AMOUNT as u64)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "events",
+                        "one metric and subject add up beyond 2^53 in one batch",
+                    )
+                })?;
+            Ok(())
+        };
         for e in &events {
             let (fields, uniques) = sums.entry((&e.metric, &e.subject)).or_default();
-            *fields.entry("_".to_owned()).or_default() += e.amount;
+            add(fields.entry("_".to_owned()).or_default(), e.amount)?;
             for (k, v) in &e.dimensions {
-                *fields.entry(format!("{k}={v}")).or_default() += e.amount;
+                add(fields.entry(format!("{k}={v}")).or_default(), e.amount)?;
             }
             if !e.unique.is_empty() {
                 uniques.insert(e.unique.clone());
@@ -207,6 +237,8 @@ impl Usage {
                 &batch,
                 self.keep,
                 self.config.max_dimension_values + 1,
+                (!batch_id.is_empty())
+                    .then(|| (batch_id, crate::time::duration_ms(self.config.dedup_window))),
             )
             .await?;
         for e in &events {
@@ -362,7 +394,8 @@ impl Usage {
             Granularity::Month => 30 * 24 * HOUR,
             other => other.max_len_ms(),
         };
-        let count = (window_ms + unit - 1) / unit;
+        // Rounded up without an addition that could overflow (window_ms may be i64::MAX).
+        let count = window_ms / unit + i64::from(window_ms % unit != 0);
         if count > self.config.max_points as i64 {
             return Err(Error::invalid(
                 "window",

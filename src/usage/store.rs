@@ -12,13 +12,16 @@ pub type Keep = [i64; 4];
 pub trait UsageStore: Send + Sync + 'static {
     /// Adds each subject's usage to its buckets of every granularity at the store's now (each
     /// subject in one atomic step), and each subject's total to the metric's top index. The
-    /// whole batch is one round trip; it is not resent after a dropped connection.
+    /// whole batch is one round trip; it is not resent after a dropped connection. With a
+    /// `batch` (id, how long it is remembered in ms), a subject or top-index shard that already
+    /// counted this batch is skipped, so the caller may resend it.
     async fn record(
         &self,
         tenant: &Tenant,
         usage: &[SubjectUsage],
         keep: Keep,
         max_fields: usize,
+        batch: Option<(&str, i64)>,
     ) -> Result<(), StoreError>;
 
     /// Reads `buckets`.

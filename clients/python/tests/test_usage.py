@@ -129,3 +129,20 @@ def test_replicas_with_skewed_clocks_count_into_the_same_minute(target, redis_se
                 assert [p.value for p in points if p.value] == [200], "one minute, both replicas"
     finally:
         stop(skewed)
+
+
+def test_bad_events_fail_at_the_call_or_are_dropped_alone(target):
+    with flowstate.Client(target) as fs:
+        with pytest.raises(ValueError):
+            fs.usage.record("py_bad", "ws", 1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            fs.usage.record("py_bad", "", 1)
+        # Valid types, refused by flowstate (a metric name it does not accept): dropped alone.
+        fs.usage.record("not a metric!", "ws", 1)
+        fs.usage.record("also bad!", "ws", 1)
+        for _ in range(10):
+            fs.usage.record("py_bad", "ws", 2)
+        fs.usage.flush()
+        assert fs.usage.rejected == 2 and fs.usage.pending == 0
+        start, end = window()
+        assert fs.usage.query("py_bad", "ws", start, end, granularity="hour")[0].total == 20

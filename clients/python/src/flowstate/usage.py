@@ -8,23 +8,31 @@
 (metric, subject, dimensions, unique value), and a background thread (an asyncio task for
 `AsyncClient`) sends the buffer every `flush_interval` seconds, or at once when it holds
 `max_batch` entries. An event counts in the buckets of the moment its flush reaches flowstate
-(by flowstate's store clock), so buffering moves it by at most `flush_interval`. A flush that
-fails is put back and sent with the next one; the buffer holds at most `max_buffer` entries and
-counts what it had to drop in `dropped`. `flush()` sends now; closing the client flushes.
+(by flowstate's store clock), so buffering moves it by at most `flush_interval`.
+
+Every batch carries a random `batch_id`: a batch whose call failed (flowstate unreachable, a
+deadline) is kept as it is and sent again, with the same id, before anything newer, and
+flowstate counts each metric and subject of a batch once however often it arrives (within its
+`usage.dedup_window`, 10 minutes). A batch flowstate refuses as invalid is sent again without the
+events it named (those are counted in `rejected` and logged). At most `max_buffer` entries wait
+(buffered or to resend); beyond that events are dropped and counted in `dropped`. `flush()`
+sends now; closing the client flushes. `record` checks its arguments' types at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 import grpc
 
-from flowstate.errors import from_rpc_error
+from flowstate.errors import InvalidArgument, from_rpc_error
 from flowstate.v1 import usage_pb2, usage_pb2_grpc
 
 if TYPE_CHECKING:
@@ -107,22 +115,84 @@ class _Buffer:
             return len(self._sums)
 
 
-def _key(metric: str, subject: str, dimensions: Mapping[str, str] | None, unique: str | None) -> _Key:
-    return (metric, subject, tuple(sorted((dimensions or {}).items())), unique or "")
+MAX_AMOUNT = 2**53
 
 
-def _requests(entries: dict[_Key, int], max_batch: int) -> list[tuple[usage_pb2.RecordRequest, dict[_Key, int]]]:
-    """The Record calls for `entries`, at most `max_batch` events each, with what each carries."""
-    out = []
-    items = list(entries.items())
-    for start in range(0, len(items), max_batch):
-        chunk = dict(items[start : start + max_batch])
+def _key(
+    metric: str, subject: str, amount: int, dimensions: Mapping[str, str] | None, unique: str | None
+) -> _Key:
+    """The buffer key of an event, after checking its types (a bad event fails at the call site,
+    not later in a batch)."""
+    if not isinstance(metric, str) or not metric or not isinstance(subject, str) or not subject:
+        raise ValueError("metric and subject must be non-empty strings")
+    if isinstance(amount, bool) or not isinstance(amount, int) or abs(amount) > MAX_AMOUNT:
+        raise ValueError("amount must be an int of at most 2**53 either way")
+    dims = tuple(sorted((dimensions or {}).items()))
+    if any(not isinstance(k, str) or not isinstance(v, str) or not k or not v for k, v in dims):
+        raise ValueError("dimensions map non-empty strings to non-empty strings")
+    if unique is not None and not isinstance(unique, str):
+        raise ValueError("unique must be a string")
+    return (metric, subject, dims, unique or "")
+
+
+_EVENT = re.compile(r"^events\[(\d+)\]")
+
+
+class _Batch:
+    """A Record call in flight or waiting to be sent again: its id never changes."""
+
+    def __init__(self, entries: list[tuple[_Key, int]]) -> None:
+        self.id = uuid.uuid4().hex
+        self.entries = entries
+
+    def request(self) -> usage_pb2.RecordRequest:
         events = [
             usage_pb2.UsageEvent(metric=m, subject=s, amount=a, dimensions=dict(d), unique=u)
-            for (m, s, d, u), a in chunk.items()
+            for (m, s, d, u), a in self.entries
         ]
-        out.append((usage_pb2.RecordRequest(events=events), chunk))
-    return out
+        return usage_pb2.RecordRequest(events=events, batch_id=self.id)
+
+    def without_rejected(self, error: InvalidArgument) -> int:
+        """Drops the events the server named as invalid; returns how many (all of them when it
+        named none: the batch cannot be sent as it is)."""
+        bad = {int(m.group(1)) for f in error.field_violations if (m := _EVENT.match(f))}
+        if not bad:
+            dropped = len(self.entries)
+            self.entries = []
+            return dropped
+        self.entries = [e for i, e in enumerate(self.entries) if i not in bad]
+        return len(bad)
+
+
+class _Outbox:
+    """Batches to send again, oldest first, bounded (with the buffer) by `max_buffer` entries."""
+
+    def __init__(self) -> None:
+        self.batches: list[_Batch] = []
+        self.lock = threading.Lock()
+
+    def size(self) -> int:
+        with self.lock:
+            return sum(len(b.entries) for b in self.batches)
+
+    def take(self) -> list[_Batch]:
+        with self.lock:
+            taken, self.batches = self.batches, []
+            return taken
+
+    def keep(self, batches: list[_Batch], limit: int) -> int:
+        """Keeps `batches` (before newer ones); returns the entries dropped to stay in `limit`."""
+        with self.lock:
+            self.batches = [b for b in batches if b.entries] + self.batches
+            dropped = 0
+            while self.batches and sum(len(b.entries) for b in self.batches) > limit:
+                dropped += len(self.batches.pop(0).entries)
+            return dropped
+
+
+def _batches(entries: dict[_Key, int], max_batch: int) -> list[_Batch]:
+    items = list(entries.items())
+    return [_Batch(items[i : i + max_batch]) for i in range(0, len(items), max_batch)]
 
 
 def _timestamp(value: datetime):
@@ -182,6 +252,9 @@ class Usage:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self._buffer = _Buffer(max_buffer)
+        self._outbox = _Outbox()
+        self.max_buffer = max_buffer
+        self.rejected = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flushing = threading.Lock()
@@ -195,8 +268,8 @@ class Usage:
 
     @property
     def pending(self) -> int:
-        """Entries waiting for the next flush."""
-        return len(self._buffer)
+        """Entries waiting for the next flush (buffered, or to be sent again)."""
+        return len(self._buffer) + self._outbox.size()
 
     def record(
         self,
@@ -208,7 +281,7 @@ class Usage:
         unique: str | None = None,
     ) -> None:
         """Buffers one event; never blocks on the network."""
-        held = self._buffer.add(_key(metric, subject, dimensions, unique), amount)
+        held = self._buffer.add(_key(metric, subject, amount, dimensions, unique), amount)
         if self._thread is None:
             self._start()
         if held >= self.max_batch:
@@ -230,22 +303,31 @@ class Usage:
                 log.warning("usage flush failed, will retry: %s", e)
 
     def flush(self) -> int:
-        """Sends everything buffered now; returns the events sent. On failure what was not sent
-        goes back to the buffer and the error is raised."""
+        """Sends what waits to be sent again, then everything buffered; returns the events sent.
+        On a failure the unsent batches are kept (with their ids) and the error is raised."""
         with self._flushing:
-            entries = self._buffer.take()
+            batches = self._outbox.take() + _batches(self._buffer.take(), self.max_batch)
             sent = 0
-            calls = _requests(entries, self.max_batch)
-            for i, (request, chunk) in enumerate(calls):
+            for i, batch in enumerate(batches):
                 try:
-                    response = self._stub.Record(
-                        request, timeout=self._client.timeout, metadata=self._client._metadata
-                    )
-                except grpc.RpcError as e:
-                    for _, rest in calls[i:]:
-                        self._buffer.put_back(rest)
-                    raise from_rpc_error(e) from None
-                sent += response.recorded
+                    while batch.entries:
+                        try:
+                            response = self._stub.Record(
+                                batch.request(), timeout=self._client.timeout, metadata=self._client._metadata
+                            )
+                        except grpc.RpcError as e:
+                            error = from_rpc_error(e)
+                            if not isinstance(error, InvalidArgument):
+                                raise error from None
+                            dropped = batch.without_rejected(error)
+                            self.rejected += dropped
+                            log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
+                            continue
+                        sent += response.recorded
+                        break
+                except BaseException:
+                    self._buffer.dropped += self._outbox.keep(batches[i:], self.max_buffer)
+                    raise
             return sent
 
     def query(
@@ -297,6 +379,9 @@ class AsyncUsage:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self._buffer = _Buffer(max_buffer)
+        self._outbox = _Outbox()
+        self.max_buffer = max_buffer
+        self.rejected = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -308,7 +393,7 @@ class AsyncUsage:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + self._outbox.size()
 
     def record(
         self,
@@ -320,7 +405,7 @@ class AsyncUsage:
         unique: str | None = None,
     ) -> None:
         """Buffers one event; never blocks."""
-        held = self._buffer.add(_key(metric, subject, dimensions, unique), amount)
+        held = self._buffer.add(_key(metric, subject, amount, dimensions, unique), amount)
         if self._task is None and not self._closed:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -341,22 +426,32 @@ class AsyncUsage:
                 log.warning("usage flush failed, will retry: %s", e)
 
     async def flush(self) -> int:
+        """As `Usage.flush`."""
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
-            entries = self._buffer.take()
+            batches = self._outbox.take() + _batches(self._buffer.take(), self.max_batch)
             sent = 0
-            calls = _requests(entries, self.max_batch)
-            for i, (request, _chunk) in enumerate(calls):
+            for i, batch in enumerate(batches):
                 try:
-                    response = await self._stub.Record(
-                        request, timeout=self._client.timeout, metadata=self._client._metadata
-                    )
-                except grpc.RpcError as e:
-                    for _, rest in calls[i:]:
-                        self._buffer.put_back(rest)
-                    raise from_rpc_error(e) from None
-                sent += response.recorded
+                    while batch.entries:
+                        try:
+                            response = await self._stub.Record(
+                                batch.request(), timeout=self._client.timeout, metadata=self._client._metadata
+                            )
+                        except grpc.RpcError as e:
+                            error = from_rpc_error(e)
+                            if not isinstance(error, InvalidArgument):
+                                raise error from None
+                            dropped = batch.without_rejected(error)
+                            self.rejected += dropped
+                            log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
+                            continue
+                        sent += response.recorded
+                        break
+                except BaseException:
+                    self._buffer.dropped += self._outbox.keep(batches[i:], self.max_buffer)
+                    raise
             return sent
 
     async def query(

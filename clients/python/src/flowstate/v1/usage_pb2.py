@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowstate/v1/usage.proto\x12\x0c\x66lowstate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\nUsageEvent\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x06\x61mount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12<\n\ndimensions\x18\x04 \x03(\x0b\x32(.flowstate.v1.UsageEvent.DimensionsEntry\x12\x0e\n\x06unique\x18\x05 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_amount\"9\n\rRecordRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.flowstate.v1.UsageEvent\"\"\n\x0eRecordResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\"\xc6\x02\n\x0cQueryRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12(\n\x04\x66rom\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0bgranularity\x18\x05 \x01(\x0e\x32\x19.flowstate.v1.Granularity\x12>\n\ndimensions\x18\x06 \x03(\x0b\x32*.flowstate.v1.QueryRequest.DimensionsEntry\x12\x10\n\x08group_by\x18\x07 \x01(\t\x12\x0e\n\x06unique\x18\x08 \x01(\x08\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x05Point\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x03\"K\n\x06Series\x12\r\n\x05value\x18\x01 \x01(\t\x12#\n\x06points\x18\x02 \x03(\x0b\x32\x13.flowstate.v1.Point\x12\r\n\x05total\x18\x03 \x01(\x03\"5\n\rQueryResponse\x12$\n\x06series\x18\x01 \x03(\x0b\x32\x14.flowstate.v1.Series\"\x82\x01\n\nTopRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\t\n\x01n\x18\x03 \x01(\r\x12.\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x19.flowstate.v1.Granularity\"*\n\x08TopEntry\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03\"\x88\x01\n\x0bTopResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.flowstate.v1.TopEntry\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x84\x01\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANULARITY_MINUTE\x10\x01\x12\x14\n\x10GRANULARITY_HOUR\x10\x02\x12\x13\n\x0fGRANULARITY_DAY\x10\x03\x12\x15\n\x11GRANULARITY_MONTH\x10\x04\x32\xd1\x01\n\x0cUsageService\x12\x43\n\x06Record\x12\x1b.flowstate.v1.RecordRequest\x1a\x1c.flowstate.v1.RecordResponse\x12@\n\x05Query\x12\x1a.flowstate.v1.QueryRequest\x1a\x1b.flowstate.v1.QueryResponse\x12:\n\x03Top\x12\x18.flowstate.v1.TopRequest\x1a\x19.flowstate.v1.TopResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowstate/v1/usage.proto\x12\x0c\x66lowstate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\nUsageEvent\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x06\x61mount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12<\n\ndimensions\x18\x04 \x03(\x0b\x32(.flowstate.v1.UsageEvent.DimensionsEntry\x12\x0e\n\x06unique\x18\x05 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_amount\"K\n\rRecordRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.flowstate.v1.UsageEvent\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\"\"\n\x0eRecordResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\"\xc6\x02\n\x0cQueryRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12(\n\x04\x66rom\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0bgranularity\x18\x05 \x01(\x0e\x32\x19.flowstate.v1.Granularity\x12>\n\ndimensions\x18\x06 \x03(\x0b\x32*.flowstate.v1.QueryRequest.DimensionsEntry\x12\x10\n\x08group_by\x18\x07 \x01(\t\x12\x0e\n\x06unique\x18\x08 \x01(\x08\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x05Point\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x03\"K\n\x06Series\x12\r\n\x05value\x18\x01 \x01(\t\x12#\n\x06points\x18\x02 \x03(\x0b\x32\x13.flowstate.v1.Point\x12\r\n\x05total\x18\x03 \x01(\x03\"5\n\rQueryResponse\x12$\n\x06series\x18\x01 \x03(\x0b\x32\x14.flowstate.v1.Series\"\x82\x01\n\nTopRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\t\n\x01n\x18\x03 \x01(\r\x12.\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x19.flowstate.v1.Granularity\"*\n\x08TopEntry\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03\"\x88\x01\n\x0bTopResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.flowstate.v1.TopEntry\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x84\x01\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANULARITY_MINUTE\x10\x01\x12\x14\n\x10GRANULARITY_HOUR\x10\x02\x12\x13\n\x0fGRANULARITY_DAY\x10\x03\x12\x15\n\x11GRANULARITY_MONTH\x10\x04\x32\xd1\x01\n\x0cUsageService\x12\x43\n\x06Record\x12\x1b.flowstate.v1.RecordRequest\x1a\x1c.flowstate.v1.RecordResponse\x12@\n\x05Query\x12\x1a.flowstate.v1.QueryRequest\x1a\x1b.flowstate.v1.QueryResponse\x12:\n\x03Top\x12\x18.flowstate.v1.TopRequest\x1a\x19.flowstate.v1.TopResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEEVENT_DIMENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYREQUEST_DIMENSIONSENTRY']._loaded_options = None
   _globals['_QUERYREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_GRANULARITY']._serialized_start=1256
-  _globals['_GRANULARITY']._serialized_end=1388
+  _globals['_GRANULARITY']._serialized_start=1274
+  _globals['_GRANULARITY']._serialized_end=1406
   _globals['_USAGEEVENT']._serialized_start=108
   _globals['_USAGEEVENT']._serialized_end=314
   _globals['_USAGEEVENT_DIMENSIONSENTRY']._serialized_start=254
   _globals['_USAGEEVENT_DIMENSIONSENTRY']._serialized_end=303
   _globals['_RECORDREQUEST']._serialized_start=316
-  _globals['_RECORDREQUEST']._serialized_end=373
-  _globals['_RECORDRESPONSE']._serialized_start=375
-  _globals['_RECORDRESPONSE']._serialized_end=409
-  _globals['_QUERYREQUEST']._serialized_start=412
-  _globals['_QUERYREQUEST']._serialized_end=738
+  _globals['_RECORDREQUEST']._serialized_end=391
+  _globals['_RECORDRESPONSE']._serialized_start=393
+  _globals['_RECORDRESPONSE']._serialized_end=427
+  _globals['_QUERYREQUEST']._serialized_start=430
+  _globals['_QUERYREQUEST']._serialized_end=756
   _globals['_QUERYREQUEST_DIMENSIONSENTRY']._serialized_start=254
   _globals['_QUERYREQUEST_DIMENSIONSENTRY']._serialized_end=303
-  _globals['_POINT']._serialized_start=740
-  _globals['_POINT']._serialized_end=805
-  _globals['_SERIES']._serialized_start=807
-  _globals['_SERIES']._serialized_end=882
-  _globals['_QUERYRESPONSE']._serialized_start=884
-  _globals['_QUERYRESPONSE']._serialized_end=937
-  _globals['_TOPREQUEST']._serialized_start=940
-  _globals['_TOPREQUEST']._serialized_end=1070
-  _globals['_TOPENTRY']._serialized_start=1072
-  _globals['_TOPENTRY']._serialized_end=1114
-  _globals['_TOPRESPONSE']._serialized_start=1117
-  _globals['_TOPRESPONSE']._serialized_end=1253
-  _globals['_USAGESERVICE']._serialized_start=1391
-  _globals['_USAGESERVICE']._serialized_end=1600
+  _globals['_POINT']._serialized_start=758
+  _globals['_POINT']._serialized_end=823
+  _globals['_SERIES']._serialized_start=825
+  _globals['_SERIES']._serialized_end=900
+  _globals['_QUERYRESPONSE']._serialized_start=902
+  _globals['_QUERYRESPONSE']._serialized_end=955
+  _globals['_TOPREQUEST']._serialized_start=958
+  _globals['_TOPREQUEST']._serialized_end=1088
+  _globals['_TOPENTRY']._serialized_start=1090
+  _globals['_TOPENTRY']._serialized_end=1132
+  _globals['_TOPRESPONSE']._serialized_start=1135
+  _globals['_TOPRESPONSE']._serialized_end=1271
+  _globals['_USAGESERVICE']._serialized_start=1409
+  _globals['_USAGESERVICE']._serialized_end=1618
 # @@protoc_insertion_point(module_scope)

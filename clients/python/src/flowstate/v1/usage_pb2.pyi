@@ -46,10 +46,12 @@ class UsageEvent(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., subject: _Optional[str] = ..., amount: _Optional[int] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., unique: _Optional[str] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "batch_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[UsageEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
     __slots__ = ("recorded",)

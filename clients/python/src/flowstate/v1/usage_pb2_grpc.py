@@ -34,7 +34,8 @@ class UsageServiceStub:
     granularity's retention after they end (`usage.retention`). A Record is one pipelined round
     trip however many events it carries; events of one metric and subject are added in one
     atomic step, and a Record is not resent after a dropped connection (it could count twice):
-    UNAVAILABLE means some of its events may have been counted.
+    UNAVAILABLE means some of its events may have been counted. A Record with a `batch_id` can be
+    resent with the same id: what was counted is not counted again.
 
     Errors: INVALID_ARGUMENT (bad metric or subject, too many events or dimensions, an unknown
     metric when `usage.allow_unknown_metrics` is false, a range too long), UNAVAILABLE,
@@ -73,7 +74,8 @@ class UsageServiceServicer:
     granularity's retention after they end (`usage.retention`). A Record is one pipelined round
     trip however many events it carries; events of one metric and subject are added in one
     atomic step, and a Record is not resent after a dropped connection (it could count twice):
-    UNAVAILABLE means some of its events may have been counted.
+    UNAVAILABLE means some of its events may have been counted. A Record with a `batch_id` can be
+    resent with the same id: what was counted is not counted again.
 
     Errors: INVALID_ARGUMENT (bad metric or subject, too many events or dimensions, an unknown
     metric when `usage.allow_unknown_metrics` is false, a range too long), UNAVAILABLE,
@@ -137,7 +139,8 @@ class UsageService:
     granularity's retention after they end (`usage.retention`). A Record is one pipelined round
     trip however many events it carries; events of one metric and subject are added in one
     atomic step, and a Record is not resent after a dropped connection (it could count twice):
-    UNAVAILABLE means some of its events may have been counted.
+    UNAVAILABLE means some of its events may have been counted. A Record with a `batch_id` can be
+    resent with the same id: what was counted is not counted again.
 
     Errors: INVALID_ARGUMENT (bad metric or subject, too many events or dimensions, an unknown
     metric when `usage.allow_unknown_metrics` is false, a range too long), UNAVAILABLE,
