@@ -20,9 +20,11 @@ use tracing::Instrument;
 /// Health checks and reflection are never counted or refused: a probe that fails because the
 /// server is busy would make Kubernetes restart a healthy pod, and grpcurl must work on a busy
 /// server. (tonic's own concurrency limit is per HTTP/2 connection, hence this layer.)
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
+    /// Calls refused (`flowstate_admission_shed_total`): what a load-shedding alert watches.
+    shed: metrics::Counter,
 }
 
 impl AdmissionLayer {
@@ -30,6 +32,7 @@ impl AdmissionLayer {
     pub fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
+            shed: metrics::counter!("flowstate_admission_shed_total"),
         }
     }
 }
@@ -41,15 +44,17 @@ impl<S> Layer<S> for AdmissionLayer {
         Admission {
             inner,
             permits: self.permits.clone(),
+            shed: self.shed.clone(),
         }
     }
 }
 
 /// See [`AdmissionLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admission<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    shed: metrics::Counter,
 }
 
 /// Whether `path` is a call that must be answered whatever the load or the caller: health
@@ -88,12 +93,15 @@ where
                     response
                 })
             }
-            Err(_) => Box::pin(async {
+            Err(_) => {
+                self.shed.increment(1);
+                Box::pin(async {
                 Ok(Status::resource_exhausted(
                     "server is at its concurrency limit; retry with backoff",
                 )
                 .into_http())
-            }),
+            })
+            }
         }
     }
 }

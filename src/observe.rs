@@ -147,6 +147,43 @@ fn describe() {
         "flowstate_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out (plaintext clients included)."
     );
+    describe_counter!(
+        "flowstate_rls_requests_total",
+        "Envoy rate limit requests by domain and overall code (ok, over_limit)."
+    );
+    describe_counter!(
+        "flowstate_rls_hits_total",
+        "Envoy rate limit hits (hits_addend units) by domain, rule and result."
+    );
+    describe_gauge!("flowstate_rls_rules", "Envoy rate limit rules in force.");
+    describe_counter!(
+        "flowstate_rls_config_loads_total",
+        "Envoy rate limit rule reloads after a change, by result."
+    );
+    describe_gauge!(
+        "flowstate_rls_config_reload_failing",
+        "1 while the rules files on disk are invalid and the previous rules stay in force."
+    );
+    describe_counter!(
+        "flowstate_rls_global_shadow_mode_total",
+        "Requests answered OK by rls.shadow_mode that were over a limit."
+    );
+    describe_gauge!(
+        "flowstate_memory_used_bytes",
+        "Memory store: bytes its state is charged (sessions, counters, locks, queues, usage)."
+    );
+    describe_gauge!(
+        "flowstate_memory_max_bytes",
+        "Memory store: its budget (memory.max_bytes); new state is refused past it."
+    );
+    describe_counter!(
+        "flowstate_admission_shed_total",
+        "Calls refused with RESOURCE_EXHAUSTED at server.max_concurrent_requests (load shedding)."
+    );
+    describe_counter!(
+        "flowstate_usage_events_total",
+        "Usage events recorded, by metric (configured ones; others as _other)."
+    );
 }
 
 /// Every known RPC as `(service, method)`, from the descriptor sets of every service served
@@ -336,7 +373,11 @@ pub async fn collect(
                 .absolute(evicted);
         }
         match &backend {
-            Backend::Memory(_) => {}
+            Backend::Memory(m) => {
+                let budget = m.budget();
+                metrics::gauge!("flowstate_memory_used_bytes").set(budget.used() as f64);
+                metrics::gauge!("flowstate_memory_max_bytes").set(budget.max_bytes() as f64);
+            }
             Backend::Redis(r) => {
                 let (open, idle, waiting) = r.pool_status();
                 for (state, value) in [

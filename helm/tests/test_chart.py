@@ -3,6 +3,7 @@ Kubernetes' own schemas (kubernetes-validate), plus the assertions that matter i
 
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
 import tomllib
@@ -17,7 +18,7 @@ CHART = ROOT / "helm" / "flowstate"
 PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.0")
 # CRD kinds Kubernetes' schemas do not cover; checked by hand below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def render(values=None):
@@ -338,3 +339,28 @@ def test_envoy_rate_limit_rules_are_a_configmap_mounted_whole():
 def test_schema_refuses_rule_files_that_are_not_yaml():
     with pytest.raises(Exception):
         render({"rls": {"rules": {"edge.txt": "domain: edge"}}})
+
+
+def test_prometheus_rule_is_the_rules_file_and_passes_promtool():
+    """The PrometheusRule's spec is files/prometheus-rules.yml as it is; promtool checks the rules
+    and runs their unit tests (every alert fires when it should and not otherwise)."""
+    docs = render({"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}}})
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    plain = yaml.safe_load((CHART / "files" / "prometheus-rules.yml").read_text())
+    assert rule["spec"] == plain
+    alerts = [r["alert"] for g in plain["groups"] for r in g["rules"] if "alert" in r]
+    tests = (ROOT / "helm" / "tests" / "prometheus" / "rules.test.yml").read_text()
+    for alert in alerts:
+        assert f"alertname: {alert}" in tests, f"{alert} has no promtool test"
+    assert not by_kind(render(None), "PrometheusRule"), "off by default"
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (CI installs it)"
+    with tempfile.TemporaryDirectory() as d:
+        spec = pathlib.Path(d) / "from-chart.yml"
+        spec.write_text(yaml.safe_dump(rule["spec"]))
+        out = subprocess.run([promtool, "check", "rules", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([promtool, "test", "rules", "rules.test.yml"], capture_output=True, text=True,
+                         cwd=ROOT / "helm" / "tests" / "prometheus")
+    assert out.returncode == 0, out.stdout + out.stderr

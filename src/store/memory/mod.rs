@@ -112,6 +112,11 @@ impl Budget {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// The budget (`memory.max_bytes`).
+    pub fn max_bytes(&self) -> u64 {
+        u64::try_from(self.max).unwrap_or(0)
+    }
+
     /// Bytes in use.
     pub fn used(&self) -> u64 {
         u64::try_from(self.used.load(Ordering::Relaxed)).unwrap_or(0)
