@@ -96,11 +96,11 @@ where
             Err(_) => {
                 self.shed.increment(1);
                 Box::pin(async {
-                Ok(Status::resource_exhausted(
-                    "server is at its concurrency limit; retry with backoff",
-                )
-                .into_http())
-            })
+                    Ok(Status::resource_exhausted(
+                        "server is at its concurrency limit; retry with backoff",
+                    )
+                    .into_http())
+                })
             }
         }
     }

@@ -316,27 +316,32 @@ async fn top_lists_the_highest_subjects(b: Backend) {
             .expect("TIME");
     }
     let minute = time.0.parse::<i64>().expect("seconds") / 60;
-    let shard = flowstate::usage::keys::top_shard("ws-late");
+    // A metric of its own, seeded by hand in both minutes, so nothing recorded earlier (maybe in
+    // another minute) takes part.
     let keys = flowstate::store::keys::Keys::new(&b.prefix);
-    let base = keys.usage_top_base(
-        &flowstate::tenant::Tenant::default_tenant(),
-        "campaigns",
-        shard,
-    );
-    for m in [minute - 1, minute] {
-        let _: f64 = redis::cmd("ZINCRBY")
-            .arg(format!("{base}m:{m}"))
-            .arg(500)
-            .arg("ws-late")
-            .query_async(&mut conn)
-            .await
-            .expect("ZINCRBY");
-    }
+    let tenant = flowstate::tenant::Tenant::default_tenant();
+    let seed = |subject: &'static str, m: i64, amount: i64| {
+        let base =
+            keys.usage_top_base(&tenant, "union", flowstate::usage::keys::top_shard(subject));
+        let mut conn = conn.clone();
+        async move {
+            let _: f64 = redis::cmd("ZINCRBY")
+                .arg(format!("{base}m:{m}"))
+                .arg(amount)
+                .arg(subject)
+                .query_async(&mut conn)
+                .await
+                .expect("ZINCRBY");
+        }
+    };
+    seed("ws-late", minute - 1, 500).await;
+    seed("ws-late", minute, 500).await;
+    seed("ws-now", minute, 700).await;
     let top = |seconds: i64| {
         let mut c = c.clone();
         async move {
             c.top(pb::TopRequest {
-                metric: "campaigns".into(),
+                metric: "union".into(),
                 window: Some(prost_types::Duration { seconds, nanos: 0 }),
                 n: 1,
                 granularity: pb::Granularity::Minute as i32,
@@ -357,7 +362,7 @@ async fn top_lists_the_highest_subjects(b: Backend) {
     );
     assert_eq!(
         top(60).await,
-        vec![("ws-29".to_owned(), 870)],
+        vec![("ws-now".to_owned(), 700)],
         "the current minute only"
     );
 }
