@@ -47,17 +47,17 @@ fn a_directory_loads_whole_and_its_lookups_work() {
     assert_eq!(rules.domain_names(), vec!["mongo_cps", "rl"]);
     // examples/ratelimit/config/example.yaml, as the envoyproxy/ratelimit docs describe it.
     let m = rules
-        .find("rl", [("foo", "x"), ("bar", "bkthomps")].into_iter())
+        .find("rl", &[("foo", "x"), ("bar", "bkthomps")])
         .expect("foo/bar_bkthomps");
     assert_eq!(m.rule.name, "bkthomps");
     let m = rules
         .find(
             "rl",
-            [("source_cluster", "proxy"), ("destination_cluster", "mock")].into_iter(),
+            &[("source_cluster", "proxy"), ("destination_cluster", "mock")],
         )
         .expect("nested");
     assert_eq!(m.rule.path, "source_cluster_proxy.destination_cluster_mock");
-    assert!(rules.find("rl", [("nothing", "x")].into_iter()).is_none());
+    assert!(rules.find("rl", &[("nothing", "x")]).is_none());
 }
 
 #[test]
@@ -90,14 +90,6 @@ fn one_domain_in_two_files_needs_merging() {
         .to_string();
     assert!(err.contains("duplicate domain 'test-domain'"), "{err}");
     let merged = Rules::load(dir.path(), true).expect("merged");
-    assert!(
-        merged
-            .find("test-domain", [("key1", "value1")].into_iter())
-            .is_some()
-    );
-    assert!(
-        merged
-            .find("test-domain", [("key2", "value2")].into_iter())
-            .is_some()
-    );
+    assert!(merged.find("test-domain", &[("key1", "value1")]).is_some());
+    assert!(merged.find("test-domain", &[("key2", "value2")]).is_some());
 }

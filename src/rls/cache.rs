@@ -103,16 +103,6 @@ impl OverLimitCache {
             entries.invalidate_all();
         }
     }
-
-    /// Entries held (approximate, for the metrics).
-    pub fn len(&self) -> u64 {
-        self.entries.as_ref().map_or(0, Cache::entry_count)
-    }
-
-    /// Whether the cache holds nothing (or is off).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -271,85 +271,113 @@ impl Rules {
     }
 
     /// The rule a descriptor (`entries` as key/value pairs) matches in `domain`, if any.
-    pub fn find<'a>(
+    ///
+    /// The request's values are only copied for the rules that need them: a `share_threshold`
+    /// wildcard (its counter key) and `detailed_metric` / `value_to_metric` rules (their metric
+    /// key); every other match allocates nothing beyond the lookup key it reuses.
+    pub fn find<K: AsRef<str>, V: AsRef<str>>(
         &self,
         domain: &str,
-        entries: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+        entries: &[(K, V)],
     ) -> Option<Matched> {
+        /// How one entry matched: the node, the wildcard pattern it matched by, if any, and
+        /// whether it matched by its value (not by its key alone).
+        struct Step<'n> {
+            child: &'n Node,
+            wildcard: Option<&'n str>,
+            by_value: bool,
+        }
         let mut node = self.domains.get(domain)?;
-        let n = entries.len();
-        let mut found: Option<Arc<Rule>> = None;
-        let mut shared = vec![None; n];
-        let mut detailed = String::new();
-        let mut valued = String::new();
-        for (i, (key, value)) in entries.enumerate() {
-            let full = format!("{key}_{value}");
-            if !detailed.is_empty() {
-                detailed.push('.');
-                valued.push('.');
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(entries.len());
+        let mut full = String::new();
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            full.clear();
+            full.push_str(key);
+            full.push('_');
+            full.push_str(value);
+            let mut wildcard = None;
+            let mut child = node.children.get(full.as_str());
+            if child.is_none()
+                && let Some((pattern, _)) = node
+                    .wildcards
+                    .iter()
+                    .find(|(_, parts)| wildcard_match(parts, &full))
+            {
+                child = node.children.get(pattern);
+                wildcard = Some(pattern.as_str());
             }
-            detailed.push_str(&full);
-            let mut next = node.children.get(&full);
-            let mut wildcard: Option<&str> = None;
-            if next.is_none() {
-                for (pattern, parts) in &node.wildcards {
-                    if wildcard_match(parts, &full) {
-                        next = node.children.get(pattern);
-                        wildcard = Some(pattern);
-                        break;
-                    }
-                }
-            }
-            let by_value = next.is_some();
-            if next.is_none() {
-                next = node.children.get(key);
-            }
-            let Some(child) = next else {
-                valued.push_str(key);
+            let by_value = child.is_some();
+            let child = child.or_else(|| node.children.get(key))?;
+            steps.push(Step {
+                child,
+                wildcard,
+                by_value,
+            });
+            if i + 1 == entries.len() {
                 break;
-            };
-            // The value this entry shows in metrics (envoyproxy/ratelimit's value_to_metric).
-            let shown: Option<&str> = match wildcard {
-                Some(pattern) if child.share_threshold => {
-                    let v = pattern.strip_prefix(&format!("{key}_")).unwrap_or(pattern);
-                    shared[i] = Some(v.to_owned());
-                    Some(v.trim_end_matches('*'))
-                }
-                Some(_) if child.value_to_metric => Some(value),
-                Some(pattern) => Some(pattern.strip_prefix(&format!("{key}_")).unwrap_or(pattern)),
-                None if by_value => Some(value),
-                None if child.value_to_metric => Some(value),
-                None => None,
-            };
-            valued.push_str(key);
-            if let Some(v) = shown.filter(|v| !v.is_empty()) {
-                valued.push('_');
-                valued.push_str(v);
-            }
-            if i + 1 == n {
-                found = child.rule.clone();
             }
             if child.children.is_empty() {
                 // envoyproxy/ratelimit stops here: deeper entries cannot match anything.
-                if i + 1 < n {
-                    found = None;
-                }
-                break;
+                return None;
             }
             node = child;
         }
-        let rule = found?;
-        let metric_key = if rule.detailed_metric {
-            Some(detailed)
-        } else if valued != rule.path {
-            Some(valued)
-        } else {
-            None
+        let rule = steps.last()?.child.rule.clone()?;
+        let value_of = |pattern: &str, key: &str| -> String {
+            pattern
+                .strip_prefix(key)
+                .and_then(|p| p.strip_prefix('_'))
+                .unwrap_or(pattern)
+                .to_owned()
         };
-        let shared = if shared.iter().any(Option::is_some) {
-            shared
+        let shares = |s: &Step<'_>| s.wildcard.is_some() && s.child.share_threshold;
+        let shared: Vec<Option<String>> = if steps.iter().any(shares) {
+            steps
+                .iter()
+                .zip(entries)
+                .map(|(s, (k, _))| {
+                    s.wildcard
+                        .filter(|_| s.child.share_threshold)
+                        .map(|p| value_of(p, k.as_ref()))
+                })
+                .collect()
         } else {
             Vec::new()
+        };
+        let metric_key = if rule.detailed_metric {
+            let parts: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}_{}", k.as_ref(), v.as_ref()))
+                .collect();
+            Some(parts.join("."))
+        } else if steps.iter().any(|s| s.child.value_to_metric || shares(s)) {
+            // envoyproxy/ratelimit's value_to_metric key: each entry's key, and the value it
+            // shows (the request's, or the shared wildcard's prefix).
+            let parts: Vec<String> = steps
+                .iter()
+                .zip(entries)
+                .map(|(s, (k, v))| {
+                    let (key, value) = (k.as_ref(), v.as_ref());
+                    let shown = match s.wildcard {
+                        Some(p) if s.child.share_threshold => {
+                            value_of(p, key).trim_end_matches('*').to_owned()
+                        }
+                        Some(_) if s.child.value_to_metric => value.to_owned(),
+                        Some(p) => value_of(p, key),
+                        None if s.by_value || s.child.value_to_metric => value.to_owned(),
+                        None => String::new(),
+                    };
+                    if shown.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{key}_{shown}")
+                    }
+                })
+                .collect();
+            Some(parts.join(".")).filter(|k| *k != rule.path)
+        } else {
+            None
         };
         Some(Matched {
             rule,
@@ -865,7 +893,7 @@ mod tests {
     }
 
     fn find(rules: &Rules, domain: &str, entries: &[(&str, &str)]) -> Option<Matched> {
-        rules.find(domain, entries.iter().copied())
+        rules.find(domain, entries)
     }
 
     const MESSAGING: &str = "

@@ -286,21 +286,6 @@ impl Rls {
             .clone()
     }
 
-    /// The configured domains (for the start-up log).
-    pub fn domains(&self) -> Vec<String> {
-        self.current()
-            .rules
-            .domain_names()
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Entries in the over-limit cache.
-    pub fn cached_over_limit(&self) -> u64 {
-        self.cache.len()
-    }
-
     /// Validates a request's shape; nothing is counted for a bad one.
     fn validate(&self, domain: &str, descriptors: &[Descriptor]) -> Result<(), Error> {
         if domain.is_empty() {
@@ -373,10 +358,7 @@ impl Rls {
             .iter()
             .map(|d| match d.limit_override {
                 Some((rpu, unit)) => Some(override_match(domain, rpu, unit)),
-                None => loaded.rules.find(
-                    domain,
-                    d.entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
+                None => loaded.rules.find(domain, &d.entries),
             })
             .collect();
         let replaced: HashSet<String> = matches

@@ -15,7 +15,11 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        redis::{RedisBackend, lua, scripts::LuaScript},
+        redis::{
+            RedisBackend, lua,
+            reply::{number, string, unexpected},
+            scripts::LuaScript,
+        },
     },
     tenant::Tenant,
 };
@@ -51,25 +55,6 @@ impl RedisUsageStore {
             )?,
             backend,
         })
-    }
-}
-
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::Int(n) => *n,
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .map_or(0, |f| f as i64),
-        _ => 0,
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => int(other).to_string(),
     }
 }
 
@@ -178,28 +163,34 @@ impl UsageStore for RedisUsageStore {
         for reply in replies.iter().take(buckets) {
             let values = match (read, reply) {
                 (_, Value::Nil) => Vec::new(),
-                (Read::Field(field), v) => vec![(field.clone(), int(v))],
-                (Read::Unique, v) => vec![(String::new(), int(v))],
+                (Read::Field(field), v) => vec![(field.clone(), number(v, "usage_query")?)],
+                (Read::Unique, v) => vec![(String::new(), number(v, "usage_query")?)],
                 (Read::Group(dim), v) => {
-                    let prefix = format!("{dim}=");
-                    let items: Vec<(String, i64)> = match v {
-                        Value::Array(items) => items
-                            .chunks_exact(2)
-                            .map(|kv| (text(&kv[0]), int(&kv[1])))
-                            .collect(),
-                        Value::Map(items) => items.iter().map(|(k, v)| (text(k), int(v))).collect(),
-                        _ => Vec::new(),
+                    let pairs: Vec<(&Value, &Value)> = match v {
+                        Value::Array(items) => {
+                            items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect()
+                        }
+                        Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+                        other => return Err(unexpected("usage_query", "a hash", other)),
                     };
-                    items
-                        .into_iter()
-                        .filter_map(|(f, v)| f.strip_prefix(&prefix).map(|s| (s.to_owned(), v)))
-                        .collect()
+                    let prefix = format!("{dim}=");
+                    let mut values = Vec::new();
+                    for (field, value) in pairs {
+                        let field = string(field.clone())?;
+                        if let Some(v) = field.strip_prefix(&prefix) {
+                            values.push((v.to_owned(), number(value, "usage_query")?));
+                        }
+                    }
+                    values
                 }
             };
             out.buckets.push(values);
         }
         if *read == Read::Unique {
-            out.distinct = Some(replies.get(buckets).map_or(0, int));
+            out.distinct = Some(match replies.get(buckets) {
+                Some(v) => number(v, "usage_query")?,
+                None => 0,
+            });
         }
         Ok(out)
     }
@@ -236,8 +227,10 @@ impl UsageStore for RedisUsageStore {
             let Some((head, rows)) = items.split_first() else {
                 continue;
             };
-            current = current.max(int(head));
-            all.extend(rows.chunks_exact(2).map(|r| (text(&r[0]), int(&r[1]))));
+            current = current.max(number(head, "usage_top")?);
+            for row in rows.chunks_exact(2) {
+                all.push((string(row[0].clone())?, number(&row[1], "usage_top")?));
+            }
         }
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);

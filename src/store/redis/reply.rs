@@ -64,6 +64,21 @@ pub fn string(v: Value) -> Result<String, StoreError> {
     }
 }
 
+/// An integer reply, or a bulk string holding one (what HGET, ZSCORE and numbers a script
+/// formatted return; a sorted-set score of a whole number reads as one); `what` names the reply.
+pub fn number(v: &Value, what: &str) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => parse_int(b)
+            .or_else(|| {
+                let f: f64 = std::str::from_utf8(b).ok()?.parse().ok()?;
+                (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+            })
+            .ok_or_else(|| StoreError::Protocol(format!("{what}: not a whole number"))),
+        other => Err(unexpected(what, "a number", other)),
+    }
+}
+
 /// A bulk string holding a decimal integer.
 pub fn parse_int(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
