@@ -300,8 +300,16 @@ impl Usage {
         if !bad.is_empty() {
             return Err(Error::InvalidArgument(bad));
         }
-        let to = q.to.unwrap_or_else(crate::time::now_ms);
-        let (first, last) = self.range(g, q.from, to)?;
+        // Without `to`, the series ends at the store's current bucket. This replica's clock may
+        // lag the store's (the store's clock names the buckets): one bucket more is read, and
+        // dropped below when it holds nothing (so a lag of up to a bucket loses nothing).
+        let (first, last) = match q.to {
+            Some(to) => self.range(g, q.from, to)?,
+            None => {
+                let (first, last) = self.range(g, q.from, crate::time::now_ms())?;
+                (first, last + 1)
+            }
+        };
         let read = if q.unique {
             Read::Unique
         } else if !q.group_by.is_empty() {
@@ -325,6 +333,12 @@ impl Usage {
                 &read,
             )
             .await?;
+        let mut data = data;
+        let mut last = last;
+        if q.to.is_none() && data.buckets.last().is_some_and(Vec::is_empty) {
+            data.buckets.pop();
+            last -= 1;
+        }
         let starts: Vec<Millis> = (first..=last).map(|i| g.start(i)).collect();
         if let Read::Group(_) = read {
             let values: BTreeSet<&String> = data.buckets.iter().flatten().map(|(v, _)| v).collect();

@@ -104,8 +104,18 @@ def test_asyncio_usage(target):
     asyncio.run(main())
 
 
-SKEWED = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "FAKETIME": "+90",
-          "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+SKEWED = {"LD_PRELOAD": FAKETIME, "FAKETIME": "+90", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+LAGGING = {"LD_PRELOAD": FAKETIME, "FAKETIME": "-55", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def require_faketime() -> None:
+    """A missing libfaketime is ignored by the loader (the replica would run unskewed and the test
+    prove nothing): fail instead."""
+    import os
+
+    if not os.path.exists(FAKETIME):
+        pytest.fail(f"{FAKETIME} is missing: apt-get install faketime (CI installs it)")
 
 
 def test_replicas_with_skewed_clocks_count_into_the_same_minute(target, redis_server):
@@ -113,6 +123,7 @@ def test_replicas_with_skewed_clocks_count_into_the_same_minute(target, redis_se
     same minute bucket, because Redis's clock names the buckets (by the skewed replica's own
     clock they would be a minute or two apart)."""
     url, _ = redis_server
+    require_faketime()
     skewed, other, _ = start_flowstate(url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=SKEWED)
     try:
         if datetime.now(timezone.utc).second > 54:
@@ -146,3 +157,23 @@ def test_bad_events_fail_at_the_call_or_are_dropped_alone(target):
         assert fs.usage.rejected == 2 and fs.usage.pending == 0
         start, end = window()
         assert fs.usage.query("py_bad", "ws", start, end, granularity="hour")[0].total == 20
+
+
+def test_a_replica_whose_clock_lags_reads_the_current_bucket(target, redis_server):
+    """Without an end, a Query ends at the store's current bucket even through a replica whose
+    clock is 55 s behind (by its own clock the current minute is usually the previous one)."""
+    url, _ = redis_server
+    require_faketime()
+    lagging, other, _ = start_flowstate(url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=LAGGING)
+    try:
+        if datetime.now(timezone.utc).second > 54:
+            time.sleep(61 - datetime.now(timezone.utc).second)
+        with flowstate.Client(target) as fs, flowstate.Client(other) as fs_lagging:
+            fs.usage.record("py_lag", "ws", 7)
+            fs.usage.flush()
+            start = datetime.now(timezone.utc) - timedelta(minutes=10)
+            series = fs_lagging.usage.query("py_lag", "ws", start, granularity="minute")[0]
+            assert series.total == 7, "the store's current minute is read"
+            assert series.points[-1].value == 7 or series.points[-2].value == 7
+    finally:
+        stop(lagging)

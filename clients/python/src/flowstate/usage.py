@@ -190,6 +190,17 @@ class _Outbox:
             return dropped
 
 
+def _drop_refused(batch: _Batch, e: grpc.RpcError) -> int:
+    """After a failed Record: the events flowstate named as invalid are dropped (returned: how
+    many); any other failure is raised, and the batch is kept to be sent again."""
+    error = from_rpc_error(e)
+    if not isinstance(error, InvalidArgument):
+        raise error from None
+    dropped = batch.without_rejected(error)
+    log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
+    return dropped
+
+
 def _batches(entries: dict[_Key, int], max_batch: int) -> list[_Batch]:
     items = list(entries.items())
     return [_Batch(items[i : i + max_batch]) for i in range(0, len(items), max_batch)]
@@ -316,12 +327,7 @@ class Usage:
                                 batch.request(), timeout=self._client.timeout, metadata=self._client._metadata
                             )
                         except grpc.RpcError as e:
-                            error = from_rpc_error(e)
-                            if not isinstance(error, InvalidArgument):
-                                raise error from None
-                            dropped = batch.without_rejected(error)
-                            self.rejected += dropped
-                            log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
+                            self.rejected += _drop_refused(batch, e)
                             continue
                         sent += response.recorded
                         break
@@ -440,12 +446,7 @@ class AsyncUsage:
                                 batch.request(), timeout=self._client.timeout, metadata=self._client._metadata
                             )
                         except grpc.RpcError as e:
-                            error = from_rpc_error(e)
-                            if not isinstance(error, InvalidArgument):
-                                raise error from None
-                            dropped = batch.without_rejected(error)
-                            self.rejected += dropped
-                            log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
+                            self.rejected += _drop_refused(batch, e)
                             continue
                         sent += response.recorded
                         break
