@@ -78,6 +78,18 @@ def redis_server():
     pytest.fail("could not start redis-server")
 
 
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def skewed_env(offset: str) -> dict[str, str]:
+    """The environment of a replica whose clock is `offset` off (libfaketime, e.g. "+2", "-55"),
+    monotonic clock real. A missing libfaketime would be ignored by the loader and the replica
+    run unskewed, proving nothing: the test fails instead."""
+    if not os.path.exists(FAKETIME):
+        pytest.fail(f"{FAKETIME} is missing: apt-get install faketime (CI installs it)")
+    return {"LD_PRELOAD": FAKETIME, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
 def binary() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("FLOWSTATE_BIN", REPO / "target" / "debug" / "flowstate"))
     if not path.exists():

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import flowstate
-from conftest import free_port, port_open, serving, start_flowstate, stop, wait_until
+from conftest import free_port, port_open, serving, skewed_env, start_flowstate, stop, wait_until
 
 
 def unique(prefix: str) -> str:
@@ -307,8 +307,7 @@ def test_redis_restart_ends_streams_unavailable_and_they_resume_with_what_redis_
 def test_publisher_on_one_replica_subscriber_and_waiter_on_another(redis_server, target):
     url, _ = redis_server
     # The second replica's clock is 300 ms ahead: ids and expiries come from Redis, not from it.
-    env = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "FAKETIME": "+0.3",
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    env = skewed_env("+0.3")
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import flowstate
-from conftest import free_port, port_open, serving, start_flowstate, stop, wait_until
+from conftest import free_port, port_open, serving, skewed_env, start_flowstate, stop, wait_until
 
 
 def unique(prefix: str) -> str:
@@ -247,15 +247,13 @@ def test_sixteen_concurrent_enqueues_with_one_unique_key_add_one_job(target):
         assert fs.queues.stats(queue).ready == 1
 
 
-SKEWED = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "FAKETIME": "+2",
-          "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def test_delayed_jobs_start_on_time_with_idle_workers_on_a_replica_whose_clock_is_ahead(target, redis_server):
     """Enqueued through one replica, worked through another whose clock runs 2 s ahead: the
     delays follow Redis's clock, so nothing starts early (it would at once by the skewed clock)."""
     url, _ = redis_server
-    skewed, other, _ = start_flowstate(url, "", ready, env_extra=SKEWED)
+    skewed, other, _ = start_flowstate(url, "", ready, env_extra=skewed_env("+2"))
     queue = unique("later")
     started: dict[str, float] = {}
     enqueued: dict[str, float] = {}

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import flowstate
-from conftest import port_open, start_flowstate, stop
+from conftest import port_open, skewed_env, start_flowstate, stop
 
 
 def window() -> tuple[datetime, datetime]:
@@ -104,27 +104,14 @@ def test_asyncio_usage(target):
     asyncio.run(main())
 
 
-FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-SKEWED = {"LD_PRELOAD": FAKETIME, "FAKETIME": "+90", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-LAGGING = {"LD_PRELOAD": FAKETIME, "FAKETIME": "-55", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-
-
-def require_faketime() -> None:
-    """A missing libfaketime is ignored by the loader (the replica would run unskewed and the test
-    prove nothing): fail instead."""
-    import os
-
-    if not os.path.exists(FAKETIME):
-        pytest.fail(f"{FAKETIME} is missing: apt-get install faketime (CI installs it)")
-
-
 def test_replicas_with_skewed_clocks_count_into_the_same_minute(target, redis_server):
     """Two replicas, one whose clock runs 90 s ahead: events recorded through both land in the
     same minute bucket, because Redis's clock names the buckets (by the skewed replica's own
     clock they would be a minute or two apart)."""
     url, _ = redis_server
-    require_faketime()
-    skewed, other, _ = start_flowstate(url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=SKEWED)
+    skewed, other, _ = start_flowstate(
+        url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=skewed_env("+90")
+    )
     try:
         if datetime.now(timezone.utc).second > 54:
             time.sleep(61 - datetime.now(timezone.utc).second)
@@ -163,8 +150,9 @@ def test_a_replica_whose_clock_lags_reads_the_current_bucket(target, redis_serve
     """Without an end, a Query ends at the store's current bucket even through a replica whose
     clock is 55 s behind (by its own clock the current minute is usually the previous one)."""
     url, _ = redis_server
-    require_faketime()
-    lagging, other, _ = start_flowstate(url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=LAGGING)
+    lagging, other, _ = start_flowstate(
+        url, "", lambda a: port_open(int(a.rsplit(":", 1)[1])), env_extra=skewed_env("-55")
+    )
     try:
         if datetime.now(timezone.utc).second > 54:
             time.sleep(61 - datetime.now(timezone.utc).second)
