@@ -141,11 +141,15 @@ fn check_keys(file: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    // Inside the runtime: the span exporter (when tracing is on) sends its batches from a task.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::init(&config.log, &config.tracing)?
+    };
+    let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         if config.metrics.enabled {
             let store = if config.redis.is_configured() {
@@ -160,7 +164,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("binding server.listen {}: {e}", config.server.listen))?;
         server::run(config, listener, shutdown).await
-    })
+    });
+    // The last spans go out while the runtime still runs the exporter.
+    telemetry.shutdown();
+    served
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C); `ctrl_c` alone would miss SIGTERM.

@@ -198,6 +198,18 @@ static RPC_LIST: std::sync::LazyLock<Vec<(String, String)>> = std::sync::LazyLoc
         .collect()
 });
 
+/// The service and method a request path names, if this server has them (so a trace never
+/// carries a made-up name a client sent).
+pub fn known_rpc(path: &str) -> Option<(&'static str, &'static str)> {
+    let (service, method) = &RPC_LIST[rpc_index(path)?];
+    Some((service.as_str(), method.as_str()))
+}
+
+/// The name of a gRPC status code (`UNAVAILABLE` for 14).
+pub fn code_name(code: usize) -> &'static str {
+    CODES.get(code).copied().unwrap_or("UNKNOWN")
+}
+
 fn rpc_index(path: &str) -> Option<usize> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     RPC_LIST
@@ -261,7 +273,7 @@ impl RpcHandles {
 /// The status code of a response as an index into [`CODES`]. tonic sends a failed unary call as a trailers-only
 /// response (`grpc-status` in the headers); a successful one carries its status in trailers, so
 /// headers without `grpc-status` mean OK.
-fn code_index(response: &Response<Body>) -> usize {
+pub fn code_index(response: &Response<Body>) -> usize {
     const UNKNOWN: usize = 2;
     match response.headers().get("grpc-status") {
         None => 0,

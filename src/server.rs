@@ -17,7 +17,7 @@ use crate::{
     events::{self, Events, api::EventApi},
     health::{self, Health},
     lock::{self, Locks, api::LockApi},
-    middleware::{AdmissionLayer, DeadlineLayer, layer_error_to_status},
+    middleware::{AdmissionLayer, DeadlineLayer, TraceLayer, layer_error_to_status},
     observe::{self, RpcMetricsLayer},
     proto::{
         self,
@@ -276,6 +276,9 @@ pub async fn run(
         // Count and time every call by service, method and final status code, including the
         // ones the layers below answer themselves (refused, shed, timed out).
         .layer(RpcMetricsLayer::new())
+        // A `grpc` span around everything below (the server span of a trace, continuing the
+        // caller's `traceparent`).
+        .layer(TraceLayer)
         // Errors raised by the layers below become proper gRPC statuses instead of reset
         // streams; a message over server.max_message_bytes is RESOURCE_EXHAUSTED.
         .map_result(layer_error_to_status)

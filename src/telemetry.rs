@@ -1,12 +1,51 @@
-//! Tracing subscriber set-up.
+//! Logs and traces: the `tracing` subscriber, and (when `tracing.otlp_endpoint` is set) an
+//! OpenTelemetry layer that sends a span per gRPC call and per store round trip over OTLP/gRPC.
+//!
+//! Tracing off costs nothing: no OpenTelemetry layer is installed, and the spans flowstate opens
+//! on every call are `debug` spans, which the usual `info` log filter disables at their call site
+//! (one relaxed atomic load). Tracing on gives those spans a second, per-layer filter of their
+//! own, so traces never depend on the log level and the log level never fills the traces.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use std::time::Duration;
 
-use crate::config::{LogConfig, LogFormat};
+use opentelemetry::{Context, propagation::Extractor, trace::TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    runtime,
+    trace::{BatchConfigBuilder, Sampler, SdkTracerProvider, span_processor_with_async_runtime},
+};
+use tracing::{Level, Metadata};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+use crate::config::{LogConfig, LogFormat, TracingConfig};
+
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] sends what is still queued.
+#[must_use = "dropping it loses the spans still queued at exit"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still queued (bounded by `tracing.export_timeout`). Call it from outside
+    /// the runtime's worker threads, while the runtime is still alive: the exporter runs on it.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing the last spans failed");
+        }
+    }
+}
 
 /// Installs the global subscriber: `log.level` as the filter (`RUST_LOG` wins when set, for a
-/// one-off debug session), pretty or JSON lines on stderr.
-pub fn init(log: &LogConfig) -> anyhow::Result<()> {
+/// one-off debug session), pretty or JSON lines on stderr; plus the OpenTelemetry layer when
+/// `tracing` is enabled. Call it inside the Tokio runtime that serves: the exporter's batches are
+/// sent from a task on it.
+pub fn init(log: &LogConfig, traces: &TracingConfig) -> anyhow::Result<Telemetry> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::try_new(&log.level)
@@ -14,13 +53,145 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
     };
     // Colour codes only for a person at a terminal: never into pipes, files or log collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let result = match log.format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let lines = match log.format {
+        LogFormat::Pretty => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
-    result.map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))
+    let (provider, spans) = if traces.enabled() {
+        let provider = provider(traces)?;
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("flowstate"))
+            // Thread names, source locations and idle/busy times: noise in a trace that costs
+            // time on every span.
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(filter_fn(traced));
+        (Some(provider), Some(layer))
+    } else {
+        (None, None)
+    };
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
+    if traces.enabled() {
+        tracing::info!(
+            endpoint = %traces.otlp_endpoint,
+            sample_ratio = traces.sample_ratio,
+            "sending traces over OTLP"
+        );
+    }
+    Ok(Telemetry { provider })
+}
+
+/// What becomes part of a trace: flowstate's own spans (the call, the store round trips) and
+/// warnings and errors logged inside them (as span events). Debug events stay out: they would
+/// make every span heavier.
+fn traced(meta: &Metadata<'_>) -> bool {
+    if meta.is_span() {
+        meta.target().starts_with("flowstate")
+    } else {
+        *meta.level() <= Level::WARN
+    }
+}
+
+fn provider(traces: &TracingConfig) -> anyhow::Result<SdkTracerProvider> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(&traces.otlp_endpoint)
+        .with_timeout(traces.export_timeout);
+    if traces.otlp_endpoint.starts_with("https://") {
+        exporter = exporter.with_tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .with_webpki_roots()
+                .domain_name(
+                    traces
+                        .otlp_endpoint
+                        .parse::<http::Uri>()?
+                        .host()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+        );
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|e| anyhow::anyhow!("tracing.otlp_endpoint {:?}: {e}", traces.otlp_endpoint))?;
+    let batches =
+        span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, runtime::Tokio)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(traces.max_queue_size)
+                    .with_scheduled_delay(Duration::from_millis(500))
+                    .with_max_export_timeout(traces.export_timeout)
+                    .build(),
+            )
+            .build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batches)
+        // A caller's decision (the `traceparent` sampled flag) is followed, so a trace is
+        // never cut at flowstate; traces that start here are kept at the configured ratio.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            traces.sample_ratio,
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(traces.service_name.clone())
+                .with_attribute(opentelemetry::KeyValue::new(
+                    "service.version",
+                    env!("CARGO_PKG_VERSION"),
+                ))
+                .build(),
+        )
+        .build())
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) a caller sent in its metadata, if any.
+/// Without the propagator (tracing off) the context is empty and costs a lookup of nothing.
+pub fn remote_context(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_in_the_metadata_becomes_the_parent() {
+        use opentelemetry::trace::TraceContextExt as _;
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let cx = remote_context(&headers);
+        let remote = cx.span().span_context().clone();
+        assert!(remote.is_remote() && remote.is_sampled());
+        assert_eq!(
+            remote.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(remote.span_id().to_string(), "00f067aa0ba902b7");
+        let none = remote_context(&http::HeaderMap::new());
+        assert!(!none.span().span_context().is_valid());
+    }
 }

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     load::ENV_PREFIX,
-    server::{ClientAuth, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig},
+    server::{
+        ClientAuth, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig, TracingConfig,
+    },
     store::{MemoryConfig, RedisConfig, RedisMode, redact_url},
 };
 pub use crate::{
@@ -44,6 +46,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// OpenTelemetry traces over OTLP (off unless `tracing.otlp_endpoint` is set).
+    pub tracing: TracingConfig,
     /// Redis store; used when `redis.url` is set or `redis.mode` is cluster or sentinel.
     pub redis: RedisConfig,
     /// Embedded in-memory store; used when no Redis is configured.
@@ -98,6 +102,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut bad = Vec::new();
         self.server.validate(&mut bad);
+        self.tracing.validate(&mut bad);
         self.redis.validate(&mut bad);
         self.memory.validate(&mut bad);
         self.session.validate(&mut bad);

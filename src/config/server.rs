@@ -1,5 +1,5 @@
-//! The server's own sections: `[server]` (listener, deadlines, limits, shutdown), `[log]` and
-//! `[metrics]`.
+//! The server's own sections: `[server]` (listener, deadlines, limits, shutdown), `[log]`,
+//! `[metrics]` and `[tracing]`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -119,6 +119,75 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// OpenTelemetry traces: a span per gRPC call and per store round trip, sent over OTLP/gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TracingConfig {
+    /// Where to send spans (an OpenTelemetry Collector, Tempo, Jaeger: `http://collector:4317`).
+    /// Empty: tracing is off, and costs nothing (no layer is installed).
+    pub otlp_endpoint: String,
+    /// Share of traces started here that are recorded, 0 to 1. A call whose caller sent a
+    /// `traceparent` follows the caller's decision instead (parent-based sampling), so a trace
+    /// is never cut in the middle.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans (`OTEL_RESOURCE_ATTRIBUTES` adds further attributes).
+    pub service_name: String,
+    /// How long one export may take before it is abandoned (spans are dropped, never queued
+    /// without bound).
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// Spans kept waiting for export; beyond it new spans are dropped (and counted by the SDK).
+    pub max_queue_size: usize,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            sample_ratio: 0.1,
+            service_name: "flowstate".to_owned(),
+            export_timeout: Duration::from_secs(5),
+            max_queue_size: 8192,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// Whether spans are exported at all.
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.is_empty()
+    }
+
+    /// Adds a message per bad value to `bad`.
+    pub fn validate(&self, bad: &mut Vec<String>) {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            bad.push(format!(
+                "`tracing.sample_ratio` must be between 0 and 1, not {}",
+                self.sample_ratio
+            ));
+        }
+        if self.enabled() {
+            let scheme_ok = self.otlp_endpoint.starts_with("http://")
+                || self.otlp_endpoint.starts_with("https://");
+            if !scheme_ok || self.otlp_endpoint.parse::<http::Uri>().is_err() {
+                bad.push(format!(
+                    "`tracing.otlp_endpoint` must be an http:// or https:// URL (OTLP over gRPC, e.g. http://collector:4317), not {:?}",
+                    self.otlp_endpoint
+                ));
+            }
+            require_positive(
+                bad,
+                "tracing.export_timeout",
+                !self.export_timeout.is_zero(),
+            );
+            require_positive(bad, "tracing.max_queue_size", self.max_queue_size > 0);
+            if self.service_name.trim().is_empty() {
+                bad.push("`tracing.service_name` must not be empty".to_owned());
+            }
         }
     }
 }

@@ -43,6 +43,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 use deadpool::managed;
 use redis::{
@@ -319,9 +320,46 @@ impl RedisBackend {
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, Attempt>>,
     {
+        // The store span of a trace: one per call, retries included (a debug span, disabled at
+        // its call site when nothing records spans).
+        let span = tracing::debug_span!(
+            "store",
+            otel.name = op,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "redis",
+            db.operation.name = op,
+            error.type = tracing::field::Empty,
+            retries = tracing::field::Empty,
+        );
+        let result = self
+            .run_attempts(op, pool, hold, f)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => e.kind())
+                .increment(1);
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", e.kind());
+        }
+        result
+    }
+
+    async fn run_attempts<T, F, Fut>(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        hold: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
         let start = Instant::now();
         let mut until = None;
         let mut pause = FIRST_RETRY_PAUSE;
+        let mut retries = 0u32;
         // No timer of our own here: the pool's wait/create timeouts bound the checkout and
         // redis-rs's response timeout (`redis.command_timeout`) bounds the round trip, so a
         // second timer per call would only cost time-wheel work on the hot path.
@@ -396,6 +434,8 @@ impl RedisBackend {
                         break Err(failure.error);
                     }
                     metrics::counter!("flowstate_store_retries_total", "op" => op).increment(1);
+                    retries += 1;
+                    tracing::Span::current().record("retries", i64::from(retries));
                     tracing::debug!(op, error = %failure.error, "store refused a call without running it; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
@@ -405,10 +445,6 @@ impl RedisBackend {
         };
         metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
             .record(start.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            metrics::counter!("flowstate_store_errors_total", "op" => op, "kind" => e.kind())
-                .increment(1);
-        }
         result
     }
 

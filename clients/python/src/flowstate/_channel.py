@@ -8,6 +8,9 @@ import pathlib
 from typing import Any, Sequence
 
 import grpc
+import grpc.aio
+
+from flowstate import _tracing
 
 DEFAULT_TIMEOUT = 2.0
 """Seconds: every call gets a deadline; flowstate answers in well under a millisecond."""
@@ -94,13 +97,37 @@ def open_channel(
     private_key: Pem | None,
     server_name: str | None,
     extra_options: Sequence[tuple[str, object]],
+    tracing: Any = None,
 ) -> Any:
     """A channel from `module` (`grpc` or `grpc.aio`, which share these constructors) with the
-    retry service config; TLS when asked for (`tls`, a CA, or a client certificate for mTLS)."""
+    retry service config; TLS when asked for (`tls`, a CA, or a client certificate for mTLS);
+    the OpenTelemetry interceptor unless `tracing` is False (see `_tracing.tracer`)."""
     opts = options(extra_options)
+    tracer = _tracing.tracer(tracing)
+    extra: dict[str, Any] = {}
+    if tracer is not None and module is grpc.aio:
+        extra["interceptors"] = [_tracing.AsyncInterceptor(tracer)]
+    channel = _open(module, target, tls, root_certificates, certificate_chain, private_key, server_name,
+                    opts, extra)
+    if tracer is not None and module is grpc:
+        channel = grpc.intercept_channel(channel, _tracing.Interceptor(tracer))
+    return channel
+
+
+def _open(
+    module: Any,
+    target: str,
+    tls: bool,
+    root_certificates: Pem | None,
+    certificate_chain: Pem | None,
+    private_key: Pem | None,
+    server_name: str | None,
+    opts: list[tuple[str, object]],
+    extra: dict[str, Any],
+) -> Any:
     secure = tls or any(v is not None for v in (root_certificates, certificate_chain, private_key))
     if not secure:
-        return module.insecure_channel(target, options=opts)
+        return module.insecure_channel(target, options=opts, **extra)
     if (certificate_chain is None) != (private_key is None):
         raise ValueError("certificate_chain and private_key go together (mTLS)")
     if server_name:
@@ -110,4 +137,4 @@ def open_channel(
         private_key=pem(private_key),
         certificate_chain=pem(certificate_chain),
     )
-    return module.secure_channel(target, creds, options=opts)
+    return module.secure_channel(target, creds, options=opts, **extra)

@@ -459,6 +459,9 @@ class Client:
     server's CA); mTLS adds `certificate_chain` and `private_key` (PEM bytes or file paths);
     `server_name` overrides the name checked in the server's certificate. Idempotent calls are retried by gRPC on
     UNAVAILABLE; failures raise `flowstate.errors` exceptions that keep the server's message.
+    `tracing`: a client span per call and the W3C `traceparent` in its metadata, so flowstate's
+    spans join the caller's trace. None (the default): on when opentelemetry-api is installed,
+    with the global tracer provider; False: off; or a TracerProvider to use instead.
     """
 
     def __init__(
@@ -474,13 +477,15 @@ class Client:
         server_name: str | None = None,
         options: Sequence[tuple[str, object]] = (),
         token: str | None = None,
+        tracing: Any = None,
     ) -> None:
         self.timeout = timeout
         if token is not None:  # the earlier name of api_key
             api_key = api_key or token
         self._metadata = _channel.metadata(api_key)
         self._channel = _channel.open_channel(
-            grpc, target, tls, root_certificates, certificate_chain, private_key, server_name, options
+            grpc, target, tls, root_certificates, certificate_chain, private_key, server_name, options,
+            tracing,
         )
         self.sessions = Sessions(self)
         self.cache = Cache(self)
