@@ -149,6 +149,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let parent = match crate::telemetry::head_sample(req.headers()) {
+            crate::telemetry::Decision::Off => None,
+            crate::telemetry::Decision::Drop => return Box::pin(self.inner.call(req)),
+            crate::telemetry::Decision::Trace(parent) => Some(parent),
+        };
         let span = tracing::debug_span!(
             "grpc",
             otel.name = tracing::field::Empty,
@@ -172,11 +177,10 @@ where
         );
         span.record("rpc.service", service);
         span.record("rpc.method", method);
-        {
+        if let Some(parent) = parent {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-            // Without a traceparent (or with tracing off) the context is empty and the span
-            // starts a trace of its own.
-            if let Err(e) = span.set_parent(crate::telemetry::remote_context(req.headers())) {
+            // Without a traceparent the context is empty and the span starts a trace.
+            if let Err(e) = span.set_parent(parent) {
                 tracing::debug!(error = %e, "the caller's trace context was not applied");
             }
         }

@@ -365,7 +365,12 @@ pub async fn collect(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The process's own CPU seconds, resident memory, threads and file descriptors (Prometheus's
+    // standard `process_*` names): the first limit a busy replica meets is usually its CPU.
+    let process = metrics_process::Collector::default();
+    process.describe();
     loop {
+        process.collect();
         for (namespace, [hits, misses, stale, leases, sets]) in caches.stats().snapshot() {
             for (result, value) in [("hit", hits), ("miss", misses), ("stale", stale)] {
                 metrics::counter!(

@@ -6,7 +6,7 @@
 //! (one relaxed atomic load). Tracing on gives those spans a second, per-layer filter of their
 //! own, so traces never depend on the log level and the log level never fills the traces.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::{Context, propagation::Extractor, trace::TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
@@ -16,9 +16,13 @@ use opentelemetry_sdk::{
     runtime,
     trace::{BatchConfigBuilder, Sampler, SdkTracerProvider, span_processor_with_async_runtime},
 };
-use tracing::{Level, Metadata};
+use tracing::{Level, Metadata, subscriber::Interest};
 use tracing_subscriber::{
-    EnvFilter, Layer, filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt,
+    EnvFilter, Layer,
+    filter::LevelFilter,
+    fmt,
+    layer::{self, Filter, SubscriberExt},
+    util::SubscriberInitExt,
 };
 
 use crate::config::{LogConfig, LogFormat, TracingConfig};
@@ -67,7 +71,10 @@ pub fn init(log: &LogConfig, traces: &TracingConfig) -> anyhow::Result<Telemetry
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
-            .with_filter(filter_fn(traced));
+            // Nothing here reads the OpenTelemetry context of the current thread, so entering a
+            // span (every poll of a call's future) need not install it.
+            .with_context_activation(false)
+            .with_filter(Traced);
         (Some(provider), Some(layer))
     } else {
         (None, None)
@@ -95,6 +102,28 @@ fn traced(meta: &Metadata<'_>) -> bool {
         meta.target().starts_with("flowstate")
     } else {
         *meta.level() <= Level::WARN
+    }
+}
+
+/// [`traced`] as a per-layer filter decided once per call site (a closure filter would be asked
+/// again at every span and event, including every debug event the log filter turned off).
+struct Traced;
+
+impl<S> Filter<S> for Traced {
+    fn enabled(&self, meta: &Metadata<'_>, _: &layer::Context<'_, S>) -> bool {
+        traced(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if traced(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::DEBUG)
     }
 }
 
@@ -131,13 +160,11 @@ fn provider(traces: &TracingConfig) -> anyhow::Result<SdkTracerProvider> {
             )
             .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Sampling is decided when a call arrives (`head_sample`): a span that exists is wanted.
+    let _ = SAMPLE_RATIO.set(traces.sample_ratio);
     Ok(SdkTracerProvider::builder()
         .with_span_processor(batches)
-        // A caller's decision (the `traceparent` sampled flag) is followed, so a trace is
-        // never cut at flowstate; traces that start here are kept at the configured ratio.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            traces.sample_ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             Resource::builder()
                 .with_service_name(traces.service_name.clone())
@@ -150,8 +177,46 @@ fn provider(traces: &TracingConfig) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// `tracing.sample_ratio` while traces are exported; unset while tracing is off.
+static SAMPLE_RATIO: OnceLock<f64> = OnceLock::new();
+
+/// Whether a call is traced, decided when it arrives (head sampling).
+pub enum Decision {
+    /// Tracing is off: the call's span exists only for debug logs (disabled at `info`).
+    Off,
+    /// Not sampled: no span at all, so an unsampled call costs a header lookup and a random
+    /// draw rather than spans that would be built and then thrown away.
+    Drop,
+    /// Traced, as a child of this context (empty: the call starts a trace).
+    Trace(Context),
+}
+
+/// Samples a call: a caller's `traceparent` decides by its sampled flag (the trace is never cut
+/// in the middle); a call without one is traced with probability `tracing.sample_ratio`.
+pub fn head_sample(headers: &http::HeaderMap) -> Decision {
+    use opentelemetry::trace::TraceContextExt as _;
+    let Some(&ratio) = SAMPLE_RATIO.get() else {
+        return Decision::Off;
+    };
+    let parent = remote_context(headers);
+    let sampled = {
+        let remote = parent.span();
+        let remote = remote.span_context();
+        if remote.is_valid() {
+            remote.is_sampled()
+        } else {
+            ratio >= 1.0 || rand::random::<f64>() < ratio
+        }
+    };
+    if sampled {
+        Decision::Trace(parent)
+    } else {
+        Decision::Drop
+    }
+}
+
 /// The W3C trace context (`traceparent`, `tracestate`) a caller sent in its metadata, if any.
-/// Without the propagator (tracing off) the context is empty and costs a lookup of nothing.
+/// Without the propagator (tracing off) the context is empty.
 pub fn remote_context(headers: &http::HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
 }

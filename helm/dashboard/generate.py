@@ -71,6 +71,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Memory store budget used", "percentunit",
          [("flowstate_memory_used_bytes / flowstate_memory_max_bytes", "{{instance}}")]),
     ]),
+    ("Capacity (docs/CAPACITY.md: which limit comes first)", [
+        ("CPU cores per replica", "short",
+         [("flowstate:process_cpu_cores:rate5m", "{{instance}}")]),
+        ("Redis round trips per second by operation", "reqps",
+         [("sum by (op) (flowstate:store_calls:rate5m)", "{{op}}")]),
+        ("Pool connections in use / open", "percentunit",
+         [('sum by (instance) (flowstate_store_pool_connections{state="in_use"}) '
+           '/ sum by (instance) (flowstate_store_pool_connections{state="open"})', "{{instance}}")]),
+        ("Resident memory per replica", "bytes",
+         [("process_resident_memory_bytes and on (instance, job) flowstate_build_info", "{{instance}}")]),
+    ]),
     ("Sessions, locks, events", [
         ("Session events", "reqps", [("sum by (event) (rate(flowstate_sessions_total[5m]))", "{{event}}")]),
         ("Lock acquires by outcome", "reqps",

@@ -258,6 +258,33 @@ mod tests {
     }
 
     #[test]
+    fn tracing_is_off_by_default_and_its_settings_are_checked() {
+        let c = Config::load(None, env(&[])).expect("defaults load");
+        assert!(!c.tracing.enabled());
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_TRACING__OTLP_ENDPOINT", "http://collector:4317"),
+                ("FLOWSTATE_TRACING__SAMPLE_RATIO", "0.25"),
+            ]),
+        )
+        .expect("loads");
+        assert!(c.tracing.enabled());
+        assert!((c.tracing.sample_ratio - 0.25).abs() < f64::EPSILON);
+        let err = Config::load(
+            None,
+            env(&[
+                ("FLOWSTATE_TRACING__OTLP_ENDPOINT", "collector:4317"),
+                ("FLOWSTATE_TRACING__SAMPLE_RATIO", "1.5"),
+            ]),
+        )
+        .expect_err("no scheme, ratio over 1")
+        .to_string();
+        assert!(err.contains("tracing.otlp_endpoint"), "{err}");
+        assert!(err.contains("tracing.sample_ratio"), "{err}");
+    }
+
+    #[test]
     fn named_limits_load_from_file_and_env_and_are_validated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.toml");

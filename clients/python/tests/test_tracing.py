@@ -4,7 +4,8 @@ A minimal OTLP/gRPC receiver (the `opentelemetry-proto` stubs) collects the span
 the backend's (FastAPI instrumentation + the client's interceptor, exported by the OpenTelemetry
 SDK) and flowstate's (`tracing.otlp_endpoint`). flowstate runs with `sample_ratio = 0`, so it
 records a call only because the caller's `traceparent` says the trace is sampled: calls without
-a trace context (its own health checks, an untraced client) leave no span at all.
+a trace context (its own health checks, an untraced client) or with an unsampled one leave no
+span at all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import flowstate
+from flowstate.v1 import cache_pb2, cache_pb2_grpc
 from conftest import free_port, serving, start_flowstate, stop, wait_until
 
 SERVER = trace_pb2.Span.SPAN_KIND_SERVER
@@ -117,6 +119,12 @@ def test_one_trace_from_fastapi_through_the_client_into_flowstate_and_redis(rece
     # out at ratio 0 (no parent says otherwise).
     with flowstate.Client(traced_flowstate, tracing=False) as untraced:
         untraced.cache.get("traced", user)
+    # A caller whose trace is not sampled (flag 00): flowstate records nothing of it either.
+    with grpc.insecure_channel(traced_flowstate) as channel:
+        unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        cache_pb2_grpc.CacheServiceStub(channel).Get(
+            cache_pb2.CacheGetRequest(namespace="traced", key=user), metadata=[("traceparent", unsampled)], timeout=2
+        )
     provider.force_flush()
 
     (request,) = [s for s in sink.of("backend") if s.kind == SERVER]

@@ -320,18 +320,25 @@ impl RedisBackend {
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, Attempt>>,
     {
-        // The store span of a trace: one per call, retries included (a debug span, disabled at
-        // its call site when nothing records spans).
-        let span = tracing::debug_span!(
-            "store",
-            otel.name = op,
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            db.system.name = "redis",
-            db.operation.name = op,
-            error.type = tracing::field::Empty,
-            retries = tracing::field::Empty,
-        );
+        // The store span of a trace: one per call, retries included, and only inside a call's
+        // span (the health task and other background work start no traces of their own). A
+        // debug span: one atomic load when nothing records spans.
+        let within_a_call =
+            tracing::level_enabled!(tracing::Level::DEBUG) && !tracing::Span::current().is_none();
+        let span = if within_a_call {
+            tracing::debug_span!(
+                "store",
+                otel.name = op,
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                db.system.name = "redis",
+                db.operation.name = op,
+                error.type = tracing::field::Empty,
+                retries = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let result = self
             .run_attempts(op, pool, hold, f)
             .instrument(span.clone())
