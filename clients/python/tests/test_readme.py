@@ -64,7 +64,9 @@ def test_grpcurl_example_runs(block, request):
 
 
 def test_python_quick_start_runs(target):
-    (quick_start,) = [b for b in blocks("python") if "Client(" in b]
+    # The quick start is the README's first Python block that makes a client (later ones, such
+    # as the tracing snippet, are fragments of an application).
+    quick_start = next(b for b in blocks("python") if "Client(" in b)
     code = quick_start.replace(DEFAULT, target)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
