@@ -101,6 +101,30 @@ fn describe() {
         "flowstate_sessions_total",
         "Session events: created, rotated, deleted, missed (absent or expired on read)."
     );
+    describe_counter!(
+        "flowstate_cache_near_requests_total",
+        "Near-tier lookups of near namespaces by result (hit: answered with no Redis call)."
+    );
+    describe_counter!(
+        "flowstate_cache_near_invalidations_total",
+        "Invalidations Redis pushed to this replica's near tier (keys changed, expired, evicted)."
+    );
+    describe_counter!(
+        "flowstate_cache_near_resyncs_total",
+        "Times the near tier's tracking connection was (re)opened, the tier flushed and refilled."
+    );
+    describe_gauge!(
+        "flowstate_cache_near_serving",
+        "1 while the near tier serves hits (its tracking connection is up)."
+    );
+    describe_gauge!(
+        "flowstate_cache_near_entries",
+        "Entries in this replica's near tier."
+    );
+    describe_gauge!(
+        "flowstate_cache_near_bytes",
+        "Bytes (keys and values) in this replica's near tier."
+    );
     describe_gauge!(
         "flowstate_build_info",
         "Version and store kind of this process."
@@ -384,6 +408,10 @@ pub async fn collect(
                 .absolute(leases);
             metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
                 .absolute(sets);
+        }
+        if let Some((entries, bytes)) = caches.near_size() {
+            metrics::gauge!("flowstate_cache_near_entries").set(entries as f64);
+            metrics::gauge!("flowstate_cache_near_bytes").set(bytes as f64);
         }
         for (namespace, evicted) in caches.evictions() {
             metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)

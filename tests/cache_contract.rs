@@ -17,7 +17,28 @@ use tonic_types::StatusExt;
 
 type Client = CacheServiceClient<Channel>;
 
-contract_tests! {
+/// The contract on every store, and once more on Redis with every namespace near (the near
+/// tier must change no answer a single replica gives).
+macro_rules! cache_contract {
+    ($($name:ident with $tweak:expr),* $(,)?) => {
+        contract_tests! { $($name with $tweak),* }
+        mod redis_near_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::redis(|c| {
+                        ($tweak)(c);
+                        super::all_near(c);
+                    })
+                    .await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+cache_contract! {
     set_and_get_with_ttl with super::namespaces,
     namespace_policy_gives_the_default_ttl with super::namespaces,
     conditions_if_absent_and_if_present with super::namespaces,
@@ -38,6 +59,15 @@ fn policy(ttl: Duration, stale: Duration, max_value_bytes: usize) -> NamespacePo
         ttl,
         stale,
         max_value_bytes,
+        near: false,
+    }
+}
+
+/// Every namespace, listed or not, served from the near tier.
+fn all_near(c: &mut Config) {
+    c.cache.default_policy.near = true;
+    for policy in c.cache.namespaces.values_mut() {
+        policy.near = true;
     }
 }
 

@@ -32,6 +32,14 @@ pub struct CacheConfig {
     pub max_tag_bytes: usize,
     /// Memory store only: the cache's size budget in bytes (least recently used entries go).
     pub memory_max_bytes: u64,
+    /// Redis store: bytes (keys and values) each replica's near tier may hold, for the
+    /// namespaces with `near = true`; least recently used entries go.
+    pub near_max_bytes: u64,
+    /// Redis store: the longest a replica serves a value from its near tier after reading it.
+    /// Invalidations from Redis usually drop a changed value within a millisecond; this bound
+    /// holds even when they cannot arrive (a lost connection stops near hits at once).
+    #[serde(with = "humantime_serde")]
+    pub near_max_staleness: Duration,
 }
 
 impl Default for CacheConfig {
@@ -47,6 +55,8 @@ impl Default for CacheConfig {
             max_tags: 16,
             max_tag_bytes: 128,
             memory_max_bytes: 64 * 1024 * 1024,
+            near_max_bytes: 64 * 1024 * 1024,
+            near_max_staleness: Duration::from_secs(1),
         }
     }
 }
@@ -63,6 +73,9 @@ pub struct NamespacePolicy {
     pub stale: Duration,
     /// Largest value, in bytes.
     pub max_value_bytes: usize,
+    /// Serve fresh hits from each replica's memory (the near tier), kept coherent with Redis
+    /// (`cache.near_max_staleness`). Redis standalone or sentinel.
+    pub near: bool,
 }
 
 impl Default for NamespacePolicy {
@@ -71,11 +84,24 @@ impl Default for NamespacePolicy {
             ttl: Duration::from_secs(300),
             stale: Duration::ZERO,
             max_value_bytes: 1024 * 1024,
+            near: false,
         }
     }
 }
 
 impl CacheConfig {
+    /// Whether any namespace (or the default policy) asks for the near tier.
+    pub fn any_near(&self) -> bool {
+        self.default_policy.near || self.namespaces.values().any(|p| p.near)
+    }
+
+    /// Whether `namespace` is served from the near tier.
+    pub fn is_near(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .map_or(self.default_policy.near, |p| p.near)
+    }
+
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
         require_positive(bad, "cache.max_ttl", !self.max_ttl.is_zero());
@@ -85,6 +111,12 @@ impl CacheConfig {
         require_positive(bad, "cache.max_tags", self.max_tags > 0);
         require_positive(bad, "cache.max_tag_bytes", self.max_tag_bytes > 0);
         require_positive(bad, "cache.memory_max_bytes", self.memory_max_bytes > 0);
+        require_positive(bad, "cache.near_max_bytes", self.near_max_bytes > 0);
+        require_positive(
+            bad,
+            "cache.near_max_staleness",
+            !self.near_max_staleness.is_zero(),
+        );
         let policies = std::iter::once(("cache.default_policy".to_owned(), &self.default_policy))
             .chain(
                 self.namespaces

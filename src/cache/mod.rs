@@ -4,7 +4,7 @@
 //! - [`service`]: namespace policies, validation, leases, hit/miss accounting ([`stats`]).
 //! - [`model`]: the types everything else shares (a leaf).
 //! - [`store`]: the store contract; [`redis`] and [`memory`] implement it; [`keys`] has the key
-//!   formats and `lua/` the scripts.
+//!   formats and `lua/` the scripts; [`near`] is the Redis store's per-replica tier.
 //! - [`config`]: the `cache` configuration section.
 
 pub mod api;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod keys;
 pub mod memory;
 pub mod model;
+pub mod near;
 pub mod redis;
 pub mod service;
 pub mod stats;
@@ -39,6 +40,8 @@ pub fn open_store(backend: &Backend, config: &Config) -> Result<Arc<dyn CacheSto
             config.cache.memory_max_bytes,
             settings,
         )),
-        Backend::Redis(r) => Arc::new(redis::RedisCacheStore::new(r.clone(), settings)?),
+        Backend::Redis(r) => {
+            Arc::new(redis::RedisCacheStore::new(r.clone(), settings)?.with_near(&config.cache))
+        }
     })
 }

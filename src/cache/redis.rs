@@ -39,8 +39,10 @@ use bytes::Bytes;
 use redis::{Pipeline, Value};
 
 use super::{
+    config::CacheConfig,
     keys::{GENERATION_BUCKETS, bucket},
     model::{Condition, Freshness, Lease, Lookup, Write},
+    near::{self, NearCache},
     store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
@@ -88,6 +90,58 @@ pub struct RedisCacheStore {
     settings: CacheStoreSettings,
     /// Bucket generations last seen, by generation key (see the module docs).
     generations: Arc<RwLock<HashMap<String, Known>>>,
+    /// The near tier, when a namespace asks for it.
+    near: Option<Near>,
+}
+
+/// The near tier and the namespaces it serves.
+struct Near {
+    tier: NearCache,
+    /// Configured namespaces and whether each is near; others follow `default`.
+    policy: HashMap<String, bool>,
+    /// Whether namespaces missing from the configuration are near (the default policy's).
+    default: bool,
+    /// `flowstate_cache_near_requests_total` by near namespace (others as `_other`), [miss, hit].
+    counters: HashMap<String, [metrics::Counter; 2]>,
+    other: [metrics::Counter; 2],
+}
+
+impl Near {
+    fn new(tier: NearCache, config: &CacheConfig) -> Self {
+        let policy: HashMap<String, bool> = config
+            .namespaces
+            .iter()
+            .map(|(name, p)| (name.clone(), p.near))
+            .collect();
+        let counter = |namespace: &str, result: &'static str| {
+            metrics::counter!(
+                "flowstate_cache_near_requests_total",
+                "namespace" => namespace.to_owned(),
+                "result" => result
+            )
+        };
+        let counters = policy
+            .iter()
+            .filter(|(_, near)| **near)
+            .map(|(name, _)| (name.clone(), [counter(name, "miss"), counter(name, "hit")]))
+            .collect();
+        Self {
+            tier,
+            policy,
+            default: config.default_policy.near,
+            counters,
+            other: [counter("_other", "miss"), counter("_other", "hit")],
+        }
+    }
+
+    fn serves(&self, namespace: &str) -> bool {
+        self.policy.get(namespace).copied().unwrap_or(self.default)
+    }
+
+    fn count(&self, namespace: &str, hit: bool) {
+        let pair = self.counters.get(namespace).unwrap_or(&self.other);
+        pair[usize::from(hit)].increment(1);
+    }
 }
 
 /// What a call needs of its buckets' generations.
@@ -158,7 +212,146 @@ impl RedisCacheStore {
             scripts,
             settings,
             generations: Arc::new(RwLock::new(HashMap::new())),
+            near: None,
         })
+    }
+
+    /// Adds the near tier (`cache.near_max_bytes`, `cache.near_max_staleness`) for the
+    /// namespaces with `near = true`; without any, nothing changes.
+    #[must_use]
+    pub fn with_near(mut self, config: &CacheConfig) -> Self {
+        if !config.any_near() {
+            return self;
+        }
+        let generations = Arc::downgrade(&self.generations);
+        let forget = move |key: Option<&str>| {
+            let Some(generations) = generations.upgrade() else {
+                return;
+            };
+            match key {
+                // Only generation keys are remembered; most invalidated keys are entries.
+                Some(key) if !key.contains(":cg:") => {}
+                Some(key) => {
+                    generations
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(key);
+                }
+                None => generations
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear(),
+            }
+        };
+        let tier = NearCache::new(
+            self.backend.clone(),
+            config.near_max_bytes,
+            config.near_max_staleness,
+            Box::new(forget),
+        );
+        self.near = Some(Near::new(tier, config));
+        self
+    }
+
+    /// The near tier, if `namespace` is served from it.
+    fn near_for(&self, namespace: &str) -> Option<&Near> {
+        self.near.as_ref().filter(|n| n.serves(namespace))
+    }
+
+    /// A Get answered near: a fresh hit with no Redis call, or, on a near miss, a read over the
+    /// tracking connection that keeps a fresh value. `None`: answer through the pool (the
+    /// bucket's generation is not known yet, the tracking connection is down, the generation
+    /// changed, or a leased Get found no fresh value and needs its lease script).
+    async fn near_get(
+        &self,
+        near: &Near,
+        tenant: &Tenant,
+        namespace: &str,
+        key: &str,
+        leased: bool,
+    ) -> Result<Option<Lookup>, StoreError> {
+        let keys = self.backend.keys();
+        let generation_key = keys.cache_bucket_generation(tenant, namespace, bucket(key));
+        let Some(known) = self.known(&generation_key) else {
+            near.count(namespace, false);
+            return Ok(None);
+        };
+        let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
+        if let Some(hit) = near.tier.get(&entry_key) {
+            near.count(namespace, true);
+            return Ok(Some(Lookup {
+                freshness: Freshness::Fresh,
+                value: hit.value,
+                fresh_ms: hit.fresh_ms,
+                lease: Lease::None,
+            }));
+        }
+        near.count(namespace, false);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&generation_key);
+        pipe.cmd("HMGET").arg(&entry_key).arg("v").arg("e").arg("s");
+        pipe.cmd("TIME");
+        let (replies, ticket) = match near.tier.read(&pipe).await {
+            None => return Ok(None),
+            Some(Ok(read)) => read,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "near cache read failed; reading through the pool");
+                return Ok(None);
+            }
+        };
+        let [generation, hash, time]: [Value; 3] = replies
+            .try_into()
+            .map_err(|_| StoreError::Protocol("cache_get_near: three replies expected".into()))?;
+        if generation_reply(generation)? != Some(known.generation) {
+            // Changed under us (an InvalidateNamespace elsewhere): the pool path relearns it.
+            return Ok(None);
+        }
+        let lookup = lookup_from_hash(hash, store_time(&time)?)?;
+        if lookup.freshness != Freshness::Fresh {
+            // A plain Get has its answer; a leased one needs the lease script.
+            return Ok((!leased).then_some(lookup));
+        }
+        near.tier.keep(
+            ticket,
+            &entry_key,
+            &generation_key,
+            &near::scope(tenant, namespace),
+            lookup.value.clone(),
+            lookup.fresh_ms,
+        );
+        Ok(Some(lookup))
+    }
+
+    /// After a write through this replica: drops this replica's near copies of `keys` at once
+    /// (the other replicas hear from Redis).
+    fn near_forget(&self, tenant: &Tenant, namespace: &str, keys: &[&str]) {
+        let Some(near) = self.near_for(namespace) else {
+            return;
+        };
+        let entry_keys: Vec<String> = keys
+            .iter()
+            .filter_map(|key| {
+                let generation_key =
+                    self.backend
+                        .keys()
+                        .cache_bucket_generation(tenant, namespace, bucket(key));
+                let known = self.known(&generation_key)?;
+                Some(
+                    self.backend
+                        .keys()
+                        .cache_entry(tenant, namespace, known.generation, key),
+                )
+            })
+            .collect();
+        near.tier.invalidate(&entry_keys);
+    }
+
+    /// After InvalidateTags or InvalidateNamespace through this replica: drops every near copy
+    /// of the namespace here.
+    fn near_forget_namespace(&self, tenant: &Tenant, namespace: &str) {
+        if let Some(near) = self.near_for(namespace) {
+            near.tier.invalidate_scope(&near::scope(tenant, namespace));
+        }
     }
 
     fn known(&self, key: &str) -> Option<Known> {
@@ -573,6 +766,13 @@ impl CacheStore for RedisCacheStore {
         key: &str,
         lease_token: Option<&str>,
     ) -> Result<Lookup, StoreError> {
+        if let Some(near) = self.near_for(namespace)
+            && let Some(lookup) = self
+                .near_get(near, tenant, namespace, key, lease_token.is_some())
+                .await?
+        {
+            return Ok(lookup);
+        }
         let Some(token) = lease_token else {
             let mut lookups = self.read("cache_get", tenant, namespace, &[key]).await?;
             return lookups
@@ -616,17 +816,71 @@ impl CacheStore for RedisCacheStore {
         namespace: &str,
         writes: &[Write],
     ) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+        let result = self.set_untracked(tenant, namespace, writes, &keys).await;
+        self.near_forget(tenant, namespace, &keys);
+        result
+    }
+
+    async fn delete(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let result = self.delete_untracked(tenant, namespace, &names).await;
+        self.near_forget(tenant, namespace, &names);
+        result
+    }
+
+    async fn invalidate_tags(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<u64, StoreError> {
+        let result = self
+            .invalidate_tags_untracked(tenant, namespace, tags)
+            .await;
+        self.near_forget_namespace(tenant, namespace);
+        result
+    }
+
+    async fn invalidate_namespace(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+    ) -> Result<(), StoreError> {
+        let result = self.invalidate_namespace_untracked(tenant, namespace).await;
+        self.near_forget_namespace(tenant, namespace);
+        result
+    }
+
+    fn near_size(&self) -> Option<(u64, u64)> {
+        self.near.as_ref().map(|n| n.tier.size())
+    }
+}
+
+/// The writes themselves; the [`CacheStore`] methods above add the near tier's bookkeeping.
+impl RedisCacheStore {
+    async fn set_untracked(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        writes: &[Write],
+        keys: &[&str],
+    ) -> Result<Vec<bool>, StoreError> {
         if writes.iter().any(|w| !w.tags.is_empty()) {
             return self.set_tagged(tenant, namespace, writes).await;
         }
-        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
         let buckets = self
             .in_generations(
                 "cache_set",
                 tenant,
                 namespace,
                 GenerationRead::Write,
-                &keys,
+                keys,
                 |g, items, pipe| {
                     for &i in items {
                         self.push_set(pipe, tenant, namespace, g, &writes[i], 0);
@@ -643,20 +897,19 @@ impl CacheStore for RedisCacheStore {
         Ok(out)
     }
 
-    async fn delete(
+    async fn delete_untracked(
         &self,
         tenant: &Tenant,
         namespace: &str,
-        keys: &[String],
+        names: &[&str],
     ) -> Result<u64, StoreError> {
-        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
         let buckets = self
             .in_generations(
                 "cache_delete",
                 tenant,
                 namespace,
                 GenerationRead::Read,
-                &names,
+                names,
                 |g, items, pipe| {
                     for &i in items {
                         let entry = self
@@ -676,7 +929,7 @@ impl CacheStore for RedisCacheStore {
         Ok(deleted)
     }
 
-    async fn invalidate_tags(
+    async fn invalidate_tags_untracked(
         &self,
         tenant: &Tenant,
         namespace: &str,
@@ -787,7 +1040,7 @@ impl CacheStore for RedisCacheStore {
         Ok(deleted)
     }
 
-    async fn invalidate_namespace(
+    async fn invalidate_namespace_untracked(
         &self,
         tenant: &Tenant,
         namespace: &str,

@@ -55,6 +55,11 @@ impl Caches {
         self.store.evictions()
     }
 
+    /// Entries and bytes of this replica's near tier, if it has one.
+    pub fn near_size(&self) -> Option<(u64, u64)> {
+        self.store.near_size()
+    }
+
     fn namespace(&self, name: &str) -> Result<(&NamespacePolicy, Arc<NamespaceStats>), Error> {
         if !crate::tenant::is_key_safe_name(name) {
             return Err(Error::invalid(
@@ -350,6 +355,7 @@ mod tests {
                 ttl: Duration::from_millis(100),
                 stale: Duration::from_secs(60),
                 max_value_bytes: 100,
+                near: false,
             },
         );
         let store = Arc::new(MemoryCacheStore::new(

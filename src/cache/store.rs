@@ -82,4 +82,9 @@ pub trait CacheStore: Send + Sync + 'static {
     fn evictions(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+
+    /// Entries and bytes of this replica's near tier, if it has one.
+    fn near_size(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

@@ -116,6 +116,14 @@ impl Config {
         self.auth
             .validate(self.server.tls.client_ca_file.is_some(), &mut bad);
         self.quota.validate(&mut bad);
+        if self.cache.any_near() && self.redis.mode == RedisMode::Cluster {
+            bad.push(
+                "`near = true` (cache namespaces) needs Redis standalone or sentinel: the near tier's \
+                 invalidations come from one server's client tracking, which a cluster spreads over \
+                 its nodes"
+                    .to_owned(),
+            );
+        }
         if self.session.write_concern.replicas > 0 && !self.redis.is_configured() {
             bad.push(
                 "`session.write_concern.replicas` needs Redis: the memory store has no replicas"

@@ -215,6 +215,58 @@ impl RedisBackend {
         self.scripts.list()
     }
 
+    /// A connection of its own with server-assisted client-side caching: RESP3, `CLIENT
+    /// TRACKING ON`, so Redis remembers the keys read over it and sends `invalidate` pushes
+    /// (to `push`, in order with the replies) when any client changes, expires or evicts them;
+    /// a lost connection is a `Disconnection` push. Standalone and sentinel (the master the
+    /// sentinels name now); a cluster has no one server to track on.
+    pub async fn tracked_connection(
+        &self,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let timeout = self.command_timeout;
+        let opened = async {
+            let Some(client) = self.notifier.opener().server().await? else {
+                return Err(RedisError::from((
+                    ErrorKind::Client,
+                    "client tracking needs one server (standalone or sentinel), not a cluster",
+                )));
+            };
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_push_sender(push)
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            // Named, so an operator (or a test) can find it in CLIENT LIST.
+            redis::pipe()
+                .cmd("CLIENT")
+                .arg("SETNAME")
+                .arg("flowstate-near-cache")
+                .ignore()
+                .cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .ignore()
+                .exec_async(&mut conn)
+                .await?;
+            Ok(conn)
+        };
+        opened.await.map_err(|e| classify(&e, timeout))
+    }
+
+    /// The deadline of one round trip (`redis.command_timeout`).
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// Where Redis is (URL, seed nodes or sentinels and master name), passwords as `***`.
     pub fn display_url(&self) -> &str {
         &self.display_url

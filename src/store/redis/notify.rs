@@ -35,6 +35,16 @@ pub enum Opener {
 }
 
 impl Opener {
+    /// The client of the one server (standalone) or of the master the sentinels name now;
+    /// `None` on a cluster, which has no single server to open a connection to.
+    pub async fn server(&self) -> RedisResult<Option<redis::Client>> {
+        Ok(match self {
+            Opener::Single(client) => Some(client.clone()),
+            Opener::Sentinel(sentinel) => Some(sentinel.lock().await.async_get_client().await?),
+            Opener::Nodes(_) => None,
+        })
+    }
+
     async fn open(&self, attempt: usize) -> RedisResult<PubSub> {
         match self {
             Opener::Single(client) => client.get_async_pubsub().await,
@@ -108,6 +118,11 @@ impl Notifier {
             commands: OnceLock::new(),
             connect_timeout,
         }
+    }
+
+    /// How this notifier opens connections (shared with other dedicated connections).
+    pub fn opener(&self) -> &Opener {
+        &self.opener
     }
 
     fn commands(&self) -> &mpsc::UnboundedSender<Command> {

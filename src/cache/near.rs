@@ -1,0 +1,429 @@
+//! The near cache: a per-replica tier in front of Redis for namespaces with `near = true`, kept
+//! coherent by Redis itself (server-assisted client-side caching).
+//!
+//! # How it stays coherent
+//! Fresh values are read over one connection of their own with `CLIENT TRACKING ON` (RESP3).
+//! Redis remembers every key read over it, the entry and its bucket's generation, and pushes an
+//! `invalidate` message on that connection when any client changes the key, deletes it, or it
+//! expires or is evicted; the message drops the entry here. A Set, Delete or InvalidateTags
+//! through any replica changes or deletes entry keys, an InvalidateNamespace changes the
+//! generation keys: every other replica's copy goes within the time the push takes to arrive.
+//! Writes through this replica also drop its own copies before they return (read your writes,
+//! without waiting for the push).
+//!
+//! # Bounds
+//! - An entry is served at most `cache.near_max_staleness` after it was read, and never past
+//!   the end of the value's fresh period (measured from when the read was sent, so a replica's
+//!   clock is never involved). Stale values, misses and leases are Redis's business: the near
+//!   tier only ever answers fresh hits, so leases and stale-while-revalidate behave as before.
+//! - A lost tracking connection (a `Disconnection` push, or a heartbeat that fails) stops all
+//!   near hits at once and flushes the tier; hits resume after a new connection has tracking on
+//!   (flush, then refill on demand). So even an invalidation that never arrives cannot be served
+//!   for longer than `cache.near_max_staleness`.
+//! - A read whose reply races an invalidation of the same key (the push is handled while the
+//!   reply is on its way to the caller) is answered but not kept: every invalidation gets a
+//!   sequence number, and a fill checks none of its keys was invalidated since it was sent.
+//! - Memory: at most `cache.near_max_bytes` (keys and values), least recently used first.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
+
+use crate::{
+    store::{StoreError, redis::RedisBackend},
+    tenant::Tenant,
+    time::Millis,
+};
+
+/// Invalidations remembered for fills in flight (a fill that finds fewer, because older ones
+/// were dropped, is not kept).
+const RECENT_INVALIDATIONS: usize = 65_536;
+
+/// Bytes an entry costs beyond its key and value (moka's node, our struct).
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// Told of an invalidated key, so the cache store drops its memo of it if it is a bucket
+/// generation (`None`: every generation may have changed).
+pub type ForgetGeneration = Box<dyn Fn(Option<&str>) + Send + Sync>;
+
+/// A value held near.
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    /// The end of the value's fresh period, on this replica's monotonic clock.
+    fresh_until: Instant,
+    /// Whose and which namespace's (for InvalidateTags, which drops the namespace's entries).
+    scope: Arc<str>,
+}
+
+/// A fresh hit from the near tier.
+pub struct NearHit {
+    /// The value.
+    pub value: Bytes,
+    /// What remains of its fresh period, in ms.
+    pub fresh_ms: Millis,
+}
+
+/// Counters and gauges of the tier.
+struct Metrics {
+    invalidations: metrics::Counter,
+    resyncs: metrics::Counter,
+    serving: metrics::Gauge,
+}
+
+/// State shared with the connection's push handler and the connection task.
+struct Shared {
+    entries: moka::sync::Cache<String, Entry>,
+    max_staleness: Duration,
+    /// Whether near hits may be served: a tracking connection is up and nothing was missed.
+    serving: AtomicBool,
+    /// The tracking connection (reads that fill the tier go over it).
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Invalidations so far, and the recent ones (sequence, key) for fills in flight.
+    seq: AtomicU64,
+    recent: Mutex<VecDeque<(u64, String)>>,
+    /// Wakes the connection task when the connection is lost.
+    lost: tokio::sync::Notify,
+    /// Which connection is current: a late `Disconnection` push of an earlier one is ignored.
+    connection: AtomicU64,
+    /// How long a read may take (`redis.command_timeout`), for its error message.
+    command_timeout: Duration,
+    /// Told of every invalidated key, so the cache store drops its memo of a generation key
+    /// (`None`: all of them may have changed).
+    forget_generation: ForgetGeneration,
+    metrics: Metrics,
+}
+
+/// The near tier of one cache store (see the module docs).
+pub struct NearCache {
+    shared: Arc<Shared>,
+}
+
+impl NearCache {
+    /// A tier of at most `max_bytes` whose entries live at most `max_staleness`; opens its
+    /// tracking connection on `backend` in the background and keeps it open while the tier
+    /// lives. `forget_generation` is told when a bucket generation changed (or all may have).
+    pub fn new(
+        backend: RedisBackend,
+        max_bytes: u64,
+        max_staleness: Duration,
+        forget_generation: ForgetGeneration,
+    ) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, e: &Entry| {
+                u32::try_from(k.len() as u64 + e.value.len() as u64 + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
+            })
+            .time_to_live(max_staleness)
+            .support_invalidation_closures()
+            .build();
+        let shared = Arc::new(Shared {
+            entries,
+            max_staleness,
+            serving: AtomicBool::new(false),
+            conn: Mutex::new(None),
+            seq: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            lost: tokio::sync::Notify::new(),
+            connection: AtomicU64::new(0),
+            command_timeout: backend.command_timeout(),
+            forget_generation,
+            metrics: Metrics {
+                invalidations: metrics::counter!("flowstate_cache_near_invalidations_total"),
+                resyncs: metrics::counter!("flowstate_cache_near_resyncs_total"),
+                serving: metrics::gauge!("flowstate_cache_near_serving"),
+            },
+        });
+        tokio::spawn(keep_connected(Arc::downgrade(&shared), backend));
+        Self { shared }
+    }
+
+    /// The fresh value held for `entry_key`, if near hits are being served.
+    pub fn get(&self, entry_key: &str) -> Option<NearHit> {
+        let shared = &self.shared;
+        if !shared.serving.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = shared.entries.get(entry_key)?;
+        let left = entry.fresh_until.checked_duration_since(Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        Some(NearHit {
+            value: entry.value,
+            fresh_ms: Millis::try_from(left.as_millis()).unwrap_or(Millis::MAX),
+        })
+    }
+
+    /// Reads over the tracking connection (so Redis tracks the keys read), or `None` when there
+    /// is none now (the caller reads through the pool instead). Returns the replies, and a
+    /// ticket for [`keep`](Self::keep).
+    pub async fn read(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Option<Result<(Vec<Value>, Ticket), StoreError>> {
+        let shared = &self.shared;
+        if !shared.serving.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut conn = shared
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let ticket = Ticket {
+            seq: shared.seq.load(Ordering::Acquire),
+            sent: Instant::now(),
+        };
+        let start = Instant::now();
+        let replies = pipe.query_async::<Vec<Value>>(&mut conn).await;
+        metrics::histogram!("flowstate_store_duration_seconds", "op" => "cache_get_near")
+            .record(start.elapsed().as_secs_f64());
+        Some(match replies {
+            Ok(replies) => Ok((replies, ticket)),
+            Err(e) => {
+                // Whatever broke, this connection's tracking can no longer be trusted.
+                shared.lose();
+                Err(crate::store::redis::classify(&e, shared.command_timeout))
+            }
+        })
+    }
+
+    /// Keeps a fresh value read with `ticket` for `fresh_ms` from when it was read, unless one
+    /// of `keys` (its entry key, its generation key) was invalidated since.
+    pub fn keep(
+        &self,
+        ticket: Ticket,
+        entry_key: &str,
+        generation_key: &str,
+        scope: &Arc<str>,
+        value: Bytes,
+        fresh_ms: Millis,
+    ) {
+        let shared = &self.shared;
+        if !shared.serving.load(Ordering::Acquire)
+            || shared.invalidated_since(ticket.seq, &[entry_key, generation_key, scope])
+        {
+            return;
+        }
+        let fresh = Duration::from_millis(u64::try_from(fresh_ms).unwrap_or(0));
+        shared.entries.insert(
+            entry_key.to_owned(),
+            Entry {
+                value,
+                fresh_until: ticket.sent + fresh.min(shared.max_staleness),
+                scope: scope.clone(),
+            },
+        );
+    }
+
+    /// Drops `keys` here at once (a write through this replica: read your writes without
+    /// waiting for Redis's push).
+    pub fn invalidate(&self, keys: &[String]) {
+        for key in keys {
+            self.shared.invalidate(key);
+        }
+    }
+
+    /// Drops every entry of a namespace (InvalidateTags and InvalidateNamespace through this
+    /// replica, which do not name the entries they drop).
+    pub fn invalidate_scope(&self, scope: &str) {
+        let shared = &self.shared;
+        // Fills in flight of this namespace must not be kept either.
+        shared.record(scope);
+        let scope: Arc<str> = Arc::from(scope);
+        if let Err(e) = shared
+            .entries
+            .invalidate_entries_if(move |_, e| e.scope == scope)
+        {
+            tracing::warn!(error = %e, "near cache: dropping a namespace failed; dropping all");
+            shared.entries.invalidate_all();
+        }
+    }
+
+    /// Entries and their bytes (for the metrics collector).
+    pub fn size(&self) -> (u64, u64) {
+        let entries = &self.shared.entries;
+        entries.run_pending_tasks();
+        (entries.entry_count(), entries.weighted_size())
+    }
+
+    /// Whether near hits are served now.
+    pub fn serving(&self) -> bool {
+        self.shared.serving.load(Ordering::Acquire)
+    }
+}
+
+/// When a fill was sent: the invalidations seen by then, and the instant.
+#[derive(Clone, Copy)]
+pub struct Ticket {
+    seq: u64,
+    sent: Instant,
+}
+
+/// The scope of a namespace's entries: tenant and namespace, in a form no key can take.
+pub fn scope(tenant: &Tenant, namespace: &str) -> Arc<str> {
+    Arc::from(format!("{}\u{0}{namespace}", tenant.as_str()))
+}
+
+impl Shared {
+    /// Numbers an invalidation of `key` and remembers it for fills in flight.
+    fn record(&self, key: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if recent.len() >= RECENT_INVALIDATIONS {
+            recent.pop_front();
+        }
+        recent.push_back((seq, key.to_owned()));
+    }
+
+    fn invalidate(&self, key: &str) {
+        self.record(key);
+        self.entries.invalidate(key);
+        (self.forget_generation)(Some(key));
+    }
+
+    /// Whether any of `keys` (a fill's entry key, generation key and scope) was invalidated
+    /// after sequence `since`, or everything was. Unsure (older invalidations dropped) means yes.
+    fn invalidated_since(&self, since: u64, keys: &[&str]) -> bool {
+        if self.seq.load(Ordering::Acquire) == since {
+            return false;
+        }
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        match recent.front() {
+            Some((oldest, _)) if *oldest <= since + 1 => {}
+            _ => return true,
+        }
+        recent
+            .iter()
+            .rev()
+            .take_while(|(seq, _)| *seq > since)
+            .any(|(_, k)| k.is_empty() || keys.contains(&k.as_str()))
+    }
+
+    /// Stops serving and flushes: the tracking connection is gone or cannot be trusted.
+    fn lose(&self) {
+        let was = self.serving.swap(false, Ordering::AcqRel);
+        self.metrics.serving.set(0.0);
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.record("");
+        self.entries.invalidate_all();
+        (self.forget_generation)(None);
+        if was {
+            tracing::warn!(
+                "near cache: tracking connection lost; serving from Redis until it is back"
+            );
+        }
+        self.lost.notify_one();
+    }
+
+    /// A push on tracking connection `connection` (called in order with its replies, must not
+    /// block).
+    fn on_push(&self, connection: u64, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => {
+                // [keys] when keys changed; [nil] when the whole database was flushed.
+                match push.data.into_iter().next() {
+                    Some(Value::Array(keys)) => {
+                        for key in keys {
+                            if let Value::BulkString(k) = key {
+                                self.metrics.invalidations.increment(1);
+                                self.invalidate(&String::from_utf8_lossy(&k));
+                            }
+                        }
+                    }
+                    _ => {
+                        self.metrics.invalidations.increment(1);
+                        self.record("");
+                        self.entries.invalidate_all();
+                        (self.forget_generation)(None);
+                    }
+                }
+            }
+            PushKind::Disconnection if connection == self.connection.load(Ordering::Acquire) => {
+                self.lose();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens the tracking connection, keeps it open, and reopens it when lost (with a pause that
+/// grows to 5 s); checks it every quarter of the staleness bound, so a connection that died
+/// without a word stops near hits well within the bound. Ends when the tier is dropped.
+async fn keep_connected(shared: Weak<Shared>, backend: RedisBackend) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let handler = shared.clone();
+        let id = strong.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        let push = move |info: PushInfo| {
+            if let Some(shared) = handler.upgrade() {
+                shared.on_push(id, info);
+            }
+            Ok::<(), redis::aio::SendError>(())
+        };
+        match backend.tracked_connection(push).await {
+            Ok(conn) => {
+                pause = Duration::from_millis(100);
+                // Flush, then refill: nothing read before this connection tracked it stays.
+                strong.record("");
+                strong.entries.invalidate_all();
+                (strong.forget_generation)(None);
+                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+                strong.serving.store(true, Ordering::Release);
+                strong.metrics.serving.set(1.0);
+                strong.metrics.resyncs.increment(1);
+                tracing::info!("near cache: tracking connection up");
+                let every = (strong.max_staleness / 4).max(Duration::from_millis(10));
+                drop(strong);
+                heartbeat(&shared, conn, every).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "near cache: cannot open the tracking connection");
+                drop(strong);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// PINGs the tracking connection every `every` until it fails or is lost; then marks the tier
+/// lost (if nothing did yet) and returns.
+async fn heartbeat(shared: &Weak<Shared>, mut conn: MultiplexedConnection, every: Duration) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if !strong.serving.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            // Woken by a loss (or by a wake-up left from before this connection: then still
+            // serving, and the loop goes on).
+            () = strong.lost.notified() => continue,
+            () = tokio::time::sleep(every) => {}
+        }
+        drop(strong);
+        let ping = redis::cmd("PING").query_async::<Value>(&mut conn).await;
+        if let Err(e) = ping {
+            tracing::warn!(error = %e, "near cache: tracking connection failed its check");
+            if let Some(strong) = shared.upgrade() {
+                strong.lose();
+            }
+            return;
+        }
+    }
+}
