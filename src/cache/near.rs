@@ -26,7 +26,7 @@
 //! - Memory: at most `cache.near_max_bytes` (keys and values), least recently used first.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -37,6 +37,7 @@ use std::{
 use bytes::Bytes;
 use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
 
+use super::model::{Freshness, Lease, Lookup};
 use crate::{
     store::{StoreError, redis::RedisBackend},
     tenant::Tenant,
@@ -72,6 +73,18 @@ pub struct NearHit {
     pub fresh_ms: Millis,
 }
 
+impl NearHit {
+    /// The hit as a store lookup: fresh, no lease needed.
+    pub fn lookup(self) -> Lookup {
+        Lookup {
+            freshness: Freshness::Fresh,
+            value: self.value,
+            fresh_ms: self.fresh_ms,
+            lease: Lease::None,
+        }
+    }
+}
+
 /// Counters and gauges of the tier.
 struct Metrics {
     invalidations: metrics::Counter,
@@ -94,8 +107,12 @@ struct Shared {
     lost: tokio::sync::Notify,
     /// Which connection is current: a late `Disconnection` push of an earlier one is ignored.
     connection: AtomicU64,
-    /// How long a read may take (`redis.command_timeout`), for its error message.
+    /// How long a read may take (`redis.command_timeout`).
     command_timeout: Duration,
+    /// Fills in flight, by entry key: a miss of a key being filled waits for that fill instead
+    /// of reading Redis too (when a hot key's copy ends, one read refills it, not one per
+    /// caller in flight).
+    filling: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Told of every invalidated key, so the cache store drops its memo of a generation key
     /// (`None`: all of them may have changed).
     forget_generation: ForgetGeneration,
@@ -136,6 +153,7 @@ impl NearCache {
             lost: tokio::sync::Notify::new(),
             connection: AtomicU64::new(0),
             command_timeout: backend.command_timeout(),
+            filling: Mutex::new(HashMap::new()),
             forget_generation,
             metrics: Metrics {
                 invalidations: metrics::counter!("flowstate_cache_near_invalidations_total"),
@@ -162,6 +180,43 @@ impl NearCache {
             value: entry.value,
             fresh_ms: Millis::try_from(left.as_millis()).unwrap_or(Millis::MAX),
         })
+    }
+
+    /// Joins the fill of `entry_key`: `Some` makes this caller the one that fills it (the guard
+    /// wakes the others when dropped); `None` means another caller's fill ended meanwhile (look
+    /// again with [`get`](Self::get); still nothing: read through the pool).
+    pub async fn fill(&self, entry_key: &str) -> Option<FillGuard> {
+        let shared = &self.shared;
+        let running = {
+            let mut filling = shared
+                .filling
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match filling.get(entry_key) {
+                Some(running) => running.clone(),
+                None => {
+                    filling.insert(entry_key.to_owned(), Arc::new(tokio::sync::Notify::new()));
+                    return Some(FillGuard {
+                        shared: shared.clone(),
+                        key: entry_key.to_owned(),
+                    });
+                }
+            }
+        };
+        let done = running.notified();
+        tokio::pin!(done);
+        // Registered before looking again, so the filler's wake-up cannot fall in between.
+        done.as_mut().enable();
+        let still = shared
+            .filling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(entry_key)
+            .is_some_and(|r| Arc::ptr_eq(r, &running));
+        if still {
+            let _ = tokio::time::timeout(shared.command_timeout, done).await;
+        }
+        None
     }
 
     /// Reads over the tracking connection (so Redis tracks the keys read), or `None` when there
@@ -260,6 +315,25 @@ impl NearCache {
     /// Whether near hits are served now.
     pub fn serving(&self) -> bool {
         self.shared.serving.load(Ordering::Acquire)
+    }
+}
+
+/// The one fill in flight of a key; wakes the callers waiting for it when dropped.
+pub struct FillGuard {
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        let mut filling = self
+            .shared
+            .filling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = filling.remove(&self.key) {
+            done.notify_waiters();
+        }
     }
 }
 

@@ -42,7 +42,7 @@ use super::{
     config::CacheConfig,
     keys::{GENERATION_BUCKETS, bucket},
     model::{Condition, Freshness, Lease, Lookup, Write},
-    near::{self, NearCache},
+    near::{self, NearCache, NearHit},
     store::{CacheStore, CacheStoreSettings},
 };
 use crate::{
@@ -279,13 +279,14 @@ impl RedisCacheStore {
         let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
         if let Some(hit) = near.tier.get(&entry_key) {
             near.count(namespace, true);
-            return Ok(Some(Lookup {
-                freshness: Freshness::Fresh,
-                value: hit.value,
-                fresh_ms: hit.fresh_ms,
-                lease: Lease::None,
-            }));
+            return Ok(Some(hit.lookup()));
         }
+        let Some(_filling) = near.tier.fill(&entry_key).await else {
+            // Another call was filling it: its value, if it kept one.
+            let hit = near.tier.get(&entry_key);
+            near.count(namespace, hit.is_some());
+            return Ok(hit.map(NearHit::lookup));
+        };
         near.count(namespace, false);
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&generation_key);
