@@ -17,16 +17,23 @@ use tonic_types::StatusExt;
 
 type Client = CacheServiceClient<Channel>;
 
-/// The contract on every store, and once more on Redis with every namespace near (the near
-/// tier must change no answer a single replica gives).
+/// The contract on every store, and once more on Redis standalone and sentinel with every
+/// namespace near (the near tier must change no answer a single replica gives).
 macro_rules! cache_contract {
     ($($name:ident with $tweak:expr),* $(,)?) => {
         contract_tests! { $($name with $tweak),* }
-        mod redis_near_store {
+        near_contract! { redis_near_store, redis, $($name with $tweak),* }
+        near_contract! { sentinel_near_store, sentinel, $($name with $tweak),* }
+    };
+}
+
+macro_rules! near_contract {
+    ($module:ident, $store:ident, $($name:ident with $tweak:expr),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let backend = crate::common::Backend::redis(|c| {
+                    let backend = crate::common::Backend::$store(|c| {
                         ($tweak)(c);
                         super::all_near(c);
                     })
