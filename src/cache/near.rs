@@ -46,14 +46,16 @@ use crate::{
 
 /// Invalidations remembered for fills in flight (a fill that finds fewer, because older ones
 /// were dropped, is not kept).
-const RECENT_INVALIDATIONS: usize = 65_536;
+const RECENT_INVALIDATIONS: usize = 16_384;
 
 /// Bytes an entry costs beyond its key and value (moka's node, our struct).
 const ENTRY_OVERHEAD: u64 = 96;
 
-/// Told of an invalidated key, so the cache store drops its memo of it if it is a bucket
-/// generation (`None`: every generation may have changed).
-pub type ForgetGeneration = Box<dyn Fn(Option<&str>) + Send + Sync>;
+/// Told of an invalidated key, so the cache store stops trusting its memo of it for near hits
+/// if it is a bucket generation (`None`: every generation may have changed). The memo keeps the
+/// generation (and when its TTL was last refreshed): only a read over the tracking connection
+/// confirms it again.
+pub type DoubtGeneration = Box<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// A value held near.
 #[derive(Clone)]
@@ -98,8 +100,8 @@ struct Shared {
     max_staleness: Duration,
     /// Whether near hits may be served: a tracking connection is up and nothing was missed.
     serving: AtomicBool,
-    /// The tracking connection (reads that fill the tier go over it).
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The tracking connection and its id (reads that fill the tier go over it).
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
     /// Invalidations so far, and the recent ones (sequence, key) for fills in flight.
     seq: AtomicU64,
     recent: Mutex<VecDeque<(u64, String)>>,
@@ -107,15 +109,17 @@ struct Shared {
     lost: tokio::sync::Notify,
     /// Which connection is current: a late `Disconnection` push of an earlier one is ignored.
     connection: AtomicU64,
+    /// The last connection reported lost (a loss during set-up must not be overwritten).
+    lost_connection: AtomicU64,
     /// How long a read may take (`redis.command_timeout`).
     command_timeout: Duration,
     /// Fills in flight, by entry key: a miss of a key being filled waits for that fill instead
     /// of reading Redis too (when a hot key's copy ends, one read refills it, not one per
     /// caller in flight).
     filling: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
-    /// Told of every invalidated key, so the cache store drops its memo of a generation key
-    /// (`None`: all of them may have changed).
-    forget_generation: ForgetGeneration,
+    /// Told of every invalidated key, so the cache store stops trusting its memo of a
+    /// generation key for near hits (`None`: all of them).
+    doubt_generation: DoubtGeneration,
     metrics: Metrics,
 }
 
@@ -127,12 +131,12 @@ pub struct NearCache {
 impl NearCache {
     /// A tier of at most `max_bytes` whose entries live at most `max_staleness`; opens its
     /// tracking connection on `backend` in the background and keeps it open while the tier
-    /// lives. `forget_generation` is told when a bucket generation changed (or all may have).
+    /// lives. `doubt_generation` is told when a bucket generation may have changed (or all).
     pub fn new(
         backend: RedisBackend,
         max_bytes: u64,
         max_staleness: Duration,
-        forget_generation: ForgetGeneration,
+        doubt_generation: DoubtGeneration,
     ) -> Self {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
@@ -152,9 +156,10 @@ impl NearCache {
             recent: Mutex::new(VecDeque::new()),
             lost: tokio::sync::Notify::new(),
             connection: AtomicU64::new(0),
+            lost_connection: AtomicU64::new(0),
             command_timeout: backend.command_timeout(),
             filling: Mutex::new(HashMap::new()),
-            forget_generation,
+            doubt_generation,
             metrics: Metrics {
                 invalidations: metrics::counter!("flowstate_cache_near_invalidations_total"),
                 resyncs: metrics::counter!("flowstate_cache_near_resyncs_total"),
@@ -227,16 +232,20 @@ impl NearCache {
         pipe: &redis::Pipeline,
     ) -> Option<Result<(Vec<Value>, Ticket), StoreError>> {
         let shared = &self.shared;
+        // The sequence first: an invalidation or loss from here on makes the fill's value not
+        // kept, including one that replaces the connection before the read is sent.
+        let seq = shared.seq.load(Ordering::Acquire);
         if !shared.serving.load(Ordering::Acquire) {
             return None;
         }
-        let mut conn = shared
+        let (connection, mut conn) = shared
             .conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()?;
         let ticket = Ticket {
-            seq: shared.seq.load(Ordering::Acquire),
+            seq,
+            connection,
             sent: Instant::now(),
         };
         let start = Instant::now();
@@ -246,39 +255,48 @@ impl NearCache {
         Some(match replies {
             Ok(replies) => Ok((replies, ticket)),
             Err(e) => {
-                // Whatever broke, this connection's tracking can no longer be trusted.
-                shared.lose();
+                // A broken connection can no longer be trusted to deliver invalidations (a slow
+                // reply or an error reply says nothing about them: the heartbeat decides).
+                if (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
+                    && shared.connection.load(Ordering::Acquire) == connection
+                {
+                    shared.lose();
+                }
                 Err(crate::store::redis::classify(&e, shared.command_timeout))
             }
         })
     }
 
-    /// Keeps a fresh value read with `ticket` for `fresh_ms` from when it was read, unless one
-    /// of `keys` (its entry key, its generation key) was invalidated since.
-    pub fn keep(
-        &self,
-        ticket: Ticket,
-        entry_key: &str,
-        generation_key: &str,
-        scope: &Arc<str>,
-        value: Bytes,
-        fresh_ms: Millis,
-    ) {
+    /// Keeps a fresh value read with `ticket` for `fresh_ms` from when it was read, and runs
+    /// `confirm` (the read also confirmed the bucket's generation), unless the connection it
+    /// was read over is no longer the current one or one of its keys (entry, generation, its
+    /// namespace's scope) was invalidated since. Checked and inserted under the lock that
+    /// invalidations take too, so an invalidation is either seen here or removes the entry.
+    pub fn keep(&self, ticket: Ticket, fill: Fill<'_>, value: Bytes, fresh_ms: Millis) {
         let shared = &self.shared;
+        let recent = shared.lock_recent();
         if !shared.serving.load(Ordering::Acquire)
-            || shared.invalidated_since(ticket.seq, &[entry_key, generation_key, scope])
+            || shared.connection.load(Ordering::Acquire) != ticket.connection
+            || invalidated_since(
+                &recent,
+                shared.seq.load(Ordering::Acquire),
+                ticket.seq,
+                &[fill.entry_key, fill.generation_key, fill.scope],
+            )
         {
             return;
         }
         let fresh = Duration::from_millis(u64::try_from(fresh_ms).unwrap_or(0));
         shared.entries.insert(
-            entry_key.to_owned(),
+            fill.entry_key.to_owned(),
             Entry {
                 value,
                 fresh_until: ticket.sent + fresh.min(shared.max_staleness),
-                scope: scope.clone(),
+                scope: fill.scope.clone(),
             },
         );
+        (fill.confirm)();
+        drop(recent);
     }
 
     /// Drops `keys` here at once (a write through this replica: read your writes without
@@ -293,8 +311,9 @@ impl NearCache {
     /// replica, which do not name the entries they drop).
     pub fn invalidate_scope(&self, scope: &str) {
         let shared = &self.shared;
+        let mut recent = shared.lock_recent();
         // Fills in flight of this namespace must not be kept either.
-        shared.record(scope);
+        shared.record(&mut recent, scope);
         let scope: Arc<str> = Arc::from(scope);
         if let Err(e) = shared
             .entries
@@ -337,11 +356,24 @@ impl Drop for FillGuard {
     }
 }
 
-/// When a fill was sent: the invalidations seen by then, and the instant.
+/// When a fill was sent: the invalidations seen by then, the connection, and the instant.
 #[derive(Clone, Copy)]
 pub struct Ticket {
     seq: u64,
+    connection: u64,
     sent: Instant,
+}
+
+/// What a fill read, for [`NearCache::keep`].
+pub struct Fill<'a> {
+    /// The entry's Redis key.
+    pub entry_key: &'a str,
+    /// Its bucket's generation key (the read confirmed the generation).
+    pub generation_key: &'a str,
+    /// Its namespace's [`scope`].
+    pub scope: &'a Arc<str>,
+    /// Run when the value is kept: the cache store trusts the generation again.
+    pub confirm: &'a dyn Fn(),
 }
 
 /// The scope of a namespace's entries: tenant and namespace, in a form no key can take.
@@ -349,10 +381,38 @@ pub fn scope(tenant: &Tenant, namespace: &str) -> Arc<str> {
     Arc::from(format!("{}\u{0}{namespace}", tenant.as_str()))
 }
 
+/// Whether any of `keys` (a fill's entry key, generation key and scope) was invalidated after
+/// sequence `since` (`now`: the current one), or everything was. Unsure (older invalidations
+/// dropped from `recent`) means yes.
+fn invalidated_since(
+    recent: &VecDeque<(u64, String)>,
+    now: u64,
+    since: u64,
+    keys: &[&str],
+) -> bool {
+    if now == since {
+        return false;
+    }
+    match recent.front() {
+        Some((oldest, _)) if *oldest <= since + 1 => {}
+        _ => return true,
+    }
+    recent
+        .iter()
+        .rev()
+        .take_while(|(seq, _)| *seq > since)
+        .any(|(_, k)| k.is_empty() || keys.contains(&k.as_str()))
+}
+
 impl Shared {
-    /// Numbers an invalidation of `key` and remembers it for fills in flight.
-    fn record(&self, key: &str) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The invalidation log; held while an invalidation is recorded and applied, and while a
+    /// fill is checked and kept, so the two never interleave.
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, String)>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Numbers an invalidation of `key` (empty: everything) for fills in flight.
+    fn record(&self, recent: &mut VecDeque<(u64, String)>, key: &str) {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if recent.len() >= RECENT_INVALIDATIONS {
             recent.pop_front();
@@ -361,27 +421,18 @@ impl Shared {
     }
 
     fn invalidate(&self, key: &str) {
-        self.record(key);
+        let mut recent = self.lock_recent();
+        self.record(&mut recent, key);
         self.entries.invalidate(key);
-        (self.forget_generation)(Some(key));
+        (self.doubt_generation)(Some(key));
     }
 
-    /// Whether any of `keys` (a fill's entry key, generation key and scope) was invalidated
-    /// after sequence `since`, or everything was. Unsure (older invalidations dropped) means yes.
-    fn invalidated_since(&self, since: u64, keys: &[&str]) -> bool {
-        if self.seq.load(Ordering::Acquire) == since {
-            return false;
-        }
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        match recent.front() {
-            Some((oldest, _)) if *oldest <= since + 1 => {}
-            _ => return true,
-        }
-        recent
-            .iter()
-            .rev()
-            .take_while(|(seq, _)| *seq > since)
-            .any(|(_, k)| k.is_empty() || keys.contains(&k.as_str()))
+    /// Drops everything (a flush, a lost or new connection).
+    fn flush(&self) {
+        let mut recent = self.lock_recent();
+        self.record(&mut recent, "");
+        self.entries.invalidate_all();
+        (self.doubt_generation)(None);
     }
 
     /// Stops serving and flushes: the tracking connection is gone or cannot be trusted.
@@ -389,9 +440,7 @@ impl Shared {
         let was = self.serving.swap(false, Ordering::AcqRel);
         self.metrics.serving.set(0.0);
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.record("");
-        self.entries.invalidate_all();
-        (self.forget_generation)(None);
+        self.flush();
         if was {
             tracing::warn!(
                 "near cache: tracking connection lost; serving from Redis until it is back"
@@ -417,14 +466,15 @@ impl Shared {
                     }
                     _ => {
                         self.metrics.invalidations.increment(1);
-                        self.record("");
-                        self.entries.invalidate_all();
-                        (self.forget_generation)(None);
+                        self.flush();
                     }
                 }
             }
-            PushKind::Disconnection if connection == self.connection.load(Ordering::Acquire) => {
-                self.lose();
+            PushKind::Disconnection => {
+                self.lost_connection.store(connection, Ordering::Release);
+                if connection == self.connection.load(Ordering::Acquire) {
+                    self.lose();
+                }
             }
             _ => {}
         }
@@ -452,11 +502,17 @@ async fn keep_connected(shared: Weak<Shared>, backend: RedisBackend) {
             Ok(conn) => {
                 pause = Duration::from_millis(100);
                 // Flush, then refill: nothing read before this connection tracked it stays.
-                strong.record("");
-                strong.entries.invalidate_all();
-                (strong.forget_generation)(None);
-                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+                strong.flush();
+                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((id, conn.clone()));
                 strong.serving.store(true, Ordering::Release);
+                // Lost while being set up: the push came before serving was turned on.
+                if strong.lost_connection.load(Ordering::Acquire) == id {
+                    strong.lose();
+                    drop(strong);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
                 strong.metrics.serving.set(1.0);
                 strong.metrics.resyncs.increment(1);
                 tracing::info!("near cache: tracking connection up");

@@ -159,6 +159,9 @@ enum GenerationRead {
 struct Known {
     generation: u64,
     refreshed: Option<Instant>,
+    /// Near tier: a read over the tracking connection confirmed this generation, and Redis has
+    /// not said since that the key changed (only then are near copies under it served).
+    near_ok: bool,
 }
 
 /// The items of one bucket of a call, and what Redis answered for them.
@@ -224,30 +227,33 @@ impl RedisCacheStore {
             return self;
         }
         let generations = Arc::downgrade(&self.generations);
-        let forget = move |key: Option<&str>| {
+        // A generation key Redis says changed (a new generation, or only its TTL refreshed) is
+        // kept, with when this replica refreshed it, but near hits under it wait until a read
+        // over the tracking connection confirms it: forgetting it would make the next write
+        // refresh its TTL again, which Redis reports as a change again, to every replica.
+        let doubt = move |key: Option<&str>| {
             let Some(generations) = generations.upgrade() else {
                 return;
             };
-            match key {
+            let mut map = match key {
                 // Only generation keys are remembered; most invalidated keys are entries.
-                Some(key) if !key.contains(":cg:") => {}
+                Some(key) if !key.contains(":cg:") => return,
+                _ => generations.write().unwrap_or_else(|p| p.into_inner()),
+            };
+            match key {
                 Some(key) => {
-                    generations
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(key);
+                    if let Some(known) = map.get_mut(key) {
+                        known.near_ok = false;
+                    }
                 }
-                None => generations
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear(),
+                None => map.values_mut().for_each(|known| known.near_ok = false),
             }
         };
         let tier = NearCache::new(
             self.backend.clone(),
             config.near_max_bytes,
             config.near_max_staleness,
-            Box::new(forget),
+            Box::new(doubt),
         );
         self.near = Some(Near::new(tier, config));
         self
@@ -277,13 +283,19 @@ impl RedisCacheStore {
             return Ok(None);
         };
         let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
-        if let Some(hit) = near.tier.get(&entry_key) {
+        if known.near_ok
+            && let Some(hit) = near.tier.get(&entry_key)
+        {
             near.count(namespace, true);
             return Ok(Some(hit.lookup()));
         }
         let Some(_filling) = near.tier.fill(&entry_key).await else {
-            // Another call was filling it: its value, if it kept one.
-            let hit = near.tier.get(&entry_key);
+            // Another call was filling it: its value, if it kept one (and with it confirmed
+            // this generation).
+            let hit = self
+                .known(&generation_key)
+                .filter(|k| k.near_ok && k.generation == known.generation)
+                .and_then(|_| near.tier.get(&entry_key));
             near.count(namespace, hit.is_some());
             return Ok(hit.map(NearHit::lookup));
         };
@@ -312,11 +324,16 @@ impl RedisCacheStore {
             // A plain Get has its answer; a leased one needs the lease script.
             return Ok((!leased).then_some(lookup));
         }
+        let generations = &self.generations;
+        let confirm = || Self::confirm_generation(generations, &generation_key, known.generation);
         near.tier.keep(
             ticket,
-            &entry_key,
-            &generation_key,
-            &near::scope(tenant, namespace),
+            near::Fill {
+                entry_key: &entry_key,
+                generation_key: &generation_key,
+                scope: &near::scope(tenant, namespace),
+                confirm: &confirm,
+            },
             lookup.value.clone(),
             lookup.fresh_ms,
         );
@@ -329,21 +346,25 @@ impl RedisCacheStore {
         let Some(near) = self.near_for(namespace) else {
             return;
         };
-        let entry_keys: Vec<String> = keys
-            .iter()
-            .filter_map(|key| {
-                let generation_key =
-                    self.backend
-                        .keys()
-                        .cache_bucket_generation(tenant, namespace, bucket(key));
-                let known = self.known(&generation_key)?;
-                Some(
-                    self.backend
-                        .keys()
-                        .cache_entry(tenant, namespace, known.generation, key),
-                )
-            })
-            .collect();
+        let mut entry_keys = Vec::with_capacity(keys.len());
+        for key in keys {
+            let generation_key =
+                self.backend
+                    .keys()
+                    .cache_bucket_generation(tenant, namespace, bucket(key));
+            let Some(known) = self.known(&generation_key) else {
+                // The memo was cleared meanwhile: which copy to drop is unknown, so all of the
+                // namespace's go.
+                near.tier.invalidate_scope(&near::scope(tenant, namespace));
+                return;
+            };
+            entry_keys.push(self.backend.keys().cache_entry(
+                tenant,
+                namespace,
+                known.generation,
+                key,
+            ));
+        }
         near.tier.invalidate(&entry_keys);
     }
 
@@ -363,12 +384,33 @@ impl RedisCacheStore {
             .copied()
     }
 
-    fn remember(&self, key: &str, known: Known) {
+    /// Remembers a generation read through the pool. It never makes the near tier trust a
+    /// generation (a pool reply may be older than an invalidation already heard); the same
+    /// generation keeps the trust it had.
+    fn remember(&self, key: &str, mut known: Known) {
         let mut map = self.generations.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_REMEMBERED_GENERATIONS {
             map.clear();
         }
+        known.near_ok = map
+            .get(key)
+            .is_some_and(|old| old.near_ok && old.generation == known.generation);
         map.insert(key.to_owned(), known);
+    }
+
+    /// The near tier's read confirmed `generation` for `key` (called while no invalidation can
+    /// interleave: see `NearCache::keep`).
+    fn confirm_generation(
+        generations: &RwLock<HashMap<String, Known>>,
+        key: &str,
+        generation: u64,
+    ) {
+        let mut map = generations.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = map.get_mut(key)
+            && known.generation == generation
+        {
+            known.near_ok = true;
+        }
     }
 
     /// Adds the read of a bucket generation to `pipe`: `GET`, or for a write that must make
@@ -458,6 +500,7 @@ impl RedisCacheStore {
                             Known {
                                 generation,
                                 refreshed,
+                                near_ok: false,
                             },
                         );
                         pending.push(Pending {
@@ -523,6 +566,7 @@ impl RedisCacheStore {
                             Known {
                                 generation: current,
                                 refreshed,
+                                near_ok: false,
                             },
                         );
                     }
@@ -537,6 +581,7 @@ impl RedisCacheStore {
                         Known {
                             generation: current,
                             refreshed,
+                            near_ok: false,
                         },
                     );
                     p.generation = current;
@@ -1078,6 +1123,7 @@ impl RedisCacheStore {
                 Known {
                     generation,
                     refreshed: Some(Instant::now()),
+                    near_ok: false,
                 },
             );
         }
