@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from run import OUT, ROOT, free_port, grpc_frame, h2load, h2load_bodies, wait_port
+from run import OUT, ROOT, free_port, grpc_frame, h2load, h2load_bodies, rotating_rounds, wait_port
 
 STALENESS = "1s"
 
@@ -114,7 +114,6 @@ def main() -> int:
         # The hot key (flowstate-bench's fixture writes it too, 100 bytes).
         for name in ("near", "plain"):
             one_caller(procs[name][1], 0.5)
-        rates: dict[str, list[float]] = {"near": [], "plain": [], "health": [], "redis GET": []}
         runs = {
             "near": lambda: h2load(procs["near"][1], path, body, 16, args.seconds),
             "plain": lambda: h2load(procs["plain"][1], path, body, 16, args.seconds),
@@ -122,12 +121,7 @@ def main() -> int:
             "redis GET": lambda: redis_get(rport, args.seconds),
         }
         names = list(runs)
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            row = {n: runs[n]() for n in order}
-            for n, v in row.items():
-                rates[n].append(v)
-            print(f"round {r + 1}: " + "  ".join(f"{n} {row[n]:,.0f}/s" for n in names), flush=True)
+        rates = rotating_rounds(runs, args.rounds)
         med = {n: statistics.median(v) for n, v in rates.items()}
         print(f"\nh2load -c 16 / redis-benchmark -c 16, medians of {args.rounds} rounds:")
         for n in names:

@@ -128,6 +128,21 @@ def h2load(port: int, path: str, body: pathlib.Path, conc: int, seconds: float) 
     return float(m.group(1))
 
 
+def rotating_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Runs every measurement of `runs` (name -> a function returning a rate) once per round,
+    the order rotating each round so a busy neighbour hits all alike; prints each round and
+    returns the rates by name."""
+    names = list(runs)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        row = {n: runs[n]() for n in order}
+        for n, v in row.items():
+            rates[n].append(v)
+        print(f"round {r + 1}: " + "  ".join(f"{n} {row[n]:,.0f}/s" for n in names), flush=True)
+    return rates
+
+
 def check_script(driver: str) -> str:
     """flowstate's rate-limit script as the server loads it (clock + algorithm + driver)."""
     lua = ROOT / "src"

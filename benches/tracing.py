@@ -28,7 +28,7 @@ from concurrent import futures
 
 import grpc
 
-from run import OUT, ROOT, free_port, h2load, h2load_bodies, wait_port
+from run import OUT, ROOT, free_port, h2load, h2load_bodies, rotating_rounds, wait_port
 
 
 class Sink:
@@ -97,13 +97,10 @@ def main() -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         path, body = h2load_bodies()["cache-get"]
         names = list(procs)
-        rates: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            row = {n: h2load(procs[n][1], path, body, args.concurrency, args.seconds) for n in order}
-            for n, v in row.items():
-                rates[n].append(v)
-            print(f"round {r + 1}: " + "  ".join(f"{n} {row[n]:,.0f}/s" for n in names), flush=True)
+        rates = rotating_rounds(
+            {n: (lambda n=n: h2load(procs[n][1], path, body, args.concurrency, args.seconds)) for n in names},
+            args.rounds,
+        )
         medians = {n: statistics.median(v) for n, v in rates.items()}
         print(f"\ncache Get, h2load -c {args.concurrency}, median of {args.rounds} rounds of {args.seconds:g} s:")
         for n in names:
