@@ -121,6 +121,31 @@ async fn hot_gets_are_answered_with_no_redis_call() {
         calls(&mut redis, "evalsha").await,
     );
     assert_eq!(before, after, "200 hot Gets made Redis calls");
+    // GetMany: near copies answer, the rest is read from Redis (one HMGET, for `other`).
+    set(&mut c, "hot", "other", "v2", &[]).await;
+    let before = calls(&mut redis, "hmget").await;
+    let many = c
+        .get_many(pb::CacheGetManyRequest {
+            namespace: "hot".into(),
+            keys: vec!["k".into(), "other".into(), "k".into()],
+        })
+        .await
+        .expect("get many")
+        .into_inner();
+    let values: Vec<&[u8]> = many.entries.iter().map(|e| e.value.as_ref()).collect();
+    assert_eq!(values, [&b"v1"[..], b"v2", b"v1"]);
+    assert_eq!(
+        many.entries
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        ["k", "other", "k"]
+    );
+    assert_eq!(
+        calls(&mut redis, "hmget").await,
+        before + 1,
+        "only the key without a near copy is read"
+    );
     // A namespace without `near` still reads Redis every time.
     set(&mut c, "cold", "k", "v1", &[]).await;
     let before = calls(&mut redis, "hmget").await;

@@ -340,6 +340,16 @@ impl RedisCacheStore {
         Ok(Some(lookup))
     }
 
+    /// The near copy of `key`, if the tier holds one under a confirmed generation.
+    fn near_hit(&self, near: &Near, tenant: &Tenant, namespace: &str, key: &str) -> Option<Lookup> {
+        let keys = self.backend.keys();
+        let known = self
+            .known(&keys.cache_bucket_generation(tenant, namespace, bucket(key)))
+            .filter(|k| k.near_ok)?;
+        let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
+        near.tier.get(&entry_key).map(NearHit::lookup)
+    }
+
     /// After a write through this replica: drops this replica's near copies of `keys` at once
     /// (the other replicas hear from Redis).
     fn near_forget(&self, tenant: &Tenant, namespace: &str, keys: &[&str]) {
@@ -853,7 +863,38 @@ impl CacheStore for RedisCacheStore {
         keys: &[String],
     ) -> Result<Vec<Lookup>, StoreError> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.read("cache_get_many", tenant, namespace, &keys).await
+        let Some(near) = self.near_for(namespace) else {
+            return self.read("cache_get_many", tenant, namespace, &keys).await;
+        };
+        // Near copies answer what they hold; the rest is read from Redis in one round trip
+        // (not kept near: only single Gets fill the tier, over its tracking connection).
+        let mut lookups: Vec<Option<Lookup>> = keys
+            .iter()
+            .map(|key| {
+                let hit = self.near_hit(near, tenant, namespace, key);
+                near.count(namespace, hit.is_some());
+                hit
+            })
+            .collect();
+        let missing: Vec<&str> = keys
+            .iter()
+            .zip(&lookups)
+            .filter(|(_, l)| l.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !missing.is_empty() {
+            let mut read = self
+                .read("cache_get_many", tenant, namespace, &missing)
+                .await?
+                .into_iter();
+            for slot in lookups.iter_mut().filter(|l| l.is_none()) {
+                *slot = read.next();
+            }
+        }
+        lookups
+            .into_iter()
+            .map(|l| l.ok_or_else(|| StoreError::Protocol("cache_get_many: reply count".into())))
+            .collect()
     }
 
     async fn set(
