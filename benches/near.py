@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from run import OUT, ROOT, free_port, grpc_frame, h2load, h2load_bodies, rotating_rounds, wait_port
+from run import OUT, ROOT, free_port, grpc_frame, h2load, h2load_bodies, rotating_rounds, terminate, wait_port
 
 STALENESS = "1s"
 
@@ -151,11 +151,7 @@ def main() -> int:
         print(f"\ncoherence, {args.trials} trials (Set on A, Get on B until new): window p50 {q(0.5):.2f} ms, "
               f"p99 {q(0.99):.2f} ms, max {ms[-1]:.2f} ms; bound cache.near_max_staleness = {STALENESS}")
     finally:
-        for proc, _ in procs.values():
-            proc.terminate()
-            proc.wait(timeout=15)
-        redis.terminate()
-        redis.wait(timeout=15)
+        terminate(*(proc for proc, _ in procs.values()), redis)
     return 0
 
 

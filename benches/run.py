@@ -128,6 +128,13 @@ def h2load(port: int, path: str, body: pathlib.Path, conc: int, seconds: float) 
     return float(m.group(1))
 
 
+def terminate(*procs: subprocess.Popen) -> None:
+    """Stops processes this script started (SIGTERM, then waits)."""
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 def rotating_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
     """Runs every measurement of `runs` (name -> a function returning a rate) once per round,
     the order rotating each round so a busy neighbour hits all alike; prints each round and

@@ -28,7 +28,7 @@ from concurrent import futures
 
 import grpc
 
-from run import OUT, ROOT, free_port, h2load, h2load_bodies, rotating_rounds, wait_port
+from run import OUT, ROOT, free_port, h2load, h2load_bodies, rotating_rounds, terminate, wait_port
 
 
 class Sink:
@@ -107,11 +107,7 @@ def main() -> int:
             print(f"  {n:>7}: {medians[n]:>9,.0f} req/s   ratio to off {medians[n] / medians['off']:.2f}")
         print(f"OTLP exports received: {sink.exports:,} ({sink.bytes / 2**20:,.0f} MiB)")
     finally:
-        for proc, _ in procs.values():
-            proc.terminate()
-            proc.wait(timeout=15)
-        redis.terminate()
-        redis.wait(timeout=15)
+        terminate(*(proc for proc, _ in procs.values()), redis)
         server.stop(grace=None)
     return 0
 
