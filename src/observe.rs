@@ -229,11 +229,6 @@ pub fn known_rpc(path: &str) -> Option<(&'static str, &'static str)> {
     Some((service.as_str(), method.as_str()))
 }
 
-/// The name of a gRPC status code (`UNAVAILABLE` for 14).
-pub fn code_name(code: usize) -> &'static str {
-    CODES.get(code).copied().unwrap_or("UNKNOWN")
-}
-
 fn rpc_index(path: &str) -> Option<usize> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     RPC_LIST

@@ -330,11 +330,6 @@ impl NearCache {
         entries.run_pending_tasks();
         (entries.entry_count(), entries.weighted_size())
     }
-
-    /// Whether near hits are served now.
-    pub fn serving(&self) -> bool {
-        self.shared.serving.load(Ordering::Acquire)
-    }
 }
 
 /// The one fill in flight of a key; wakes the callers waiting for it when dropped.

@@ -97,10 +97,8 @@ pub struct RedisCacheStore {
 /// The near tier and the namespaces it serves.
 struct Near {
     tier: NearCache,
-    /// Configured namespaces and whether each is near; others follow `default`.
-    policy: HashMap<String, bool>,
-    /// Whether namespaces missing from the configuration are near (the default policy's).
-    default: bool,
+    /// Which namespaces are near (`CacheConfig::is_near`).
+    config: CacheConfig,
     /// `flowstate_cache_near_requests_total` by near namespace (others as `_other`), [miss, hit].
     counters: HashMap<String, [metrics::Counter; 2]>,
     other: [metrics::Counter; 2],
@@ -108,11 +106,6 @@ struct Near {
 
 impl Near {
     fn new(tier: NearCache, config: &CacheConfig) -> Self {
-        let policy: HashMap<String, bool> = config
-            .namespaces
-            .iter()
-            .map(|(name, p)| (name.clone(), p.near))
-            .collect();
         let counter = |namespace: &str, result: &'static str| {
             metrics::counter!(
                 "flowstate_cache_near_requests_total",
@@ -120,28 +113,35 @@ impl Near {
                 "result" => result
             )
         };
-        let counters = policy
+        let counters = config
+            .namespaces
             .iter()
-            .filter(|(_, near)| **near)
+            .filter(|(_, policy)| policy.near)
             .map(|(name, _)| (name.clone(), [counter(name, "miss"), counter(name, "hit")]))
             .collect();
         Self {
             tier,
-            policy,
-            default: config.default_policy.near,
+            config: config.clone(),
             counters,
             other: [counter("_other", "miss"), counter("_other", "hit")],
         }
     }
 
     fn serves(&self, namespace: &str) -> bool {
-        self.policy.get(namespace).copied().unwrap_or(self.default)
+        self.config.is_near(namespace)
     }
 
     fn count(&self, namespace: &str, hit: bool) {
         let pair = self.counters.get(namespace).unwrap_or(&self.other);
         pair[usize::from(hit)].increment(1);
     }
+}
+
+/// A key's place for the near tier (see [`RedisCacheStore::near_place`]).
+struct NearPlace {
+    generation_key: String,
+    known: Known,
+    entry_key: String,
 }
 
 /// What a call needs of its buckets' generations.
@@ -276,13 +276,15 @@ impl RedisCacheStore {
         key: &str,
         leased: bool,
     ) -> Result<Option<Lookup>, StoreError> {
-        let keys = self.backend.keys();
-        let generation_key = keys.cache_bucket_generation(tenant, namespace, bucket(key));
-        let Some(known) = self.known(&generation_key) else {
+        let Some(NearPlace {
+            generation_key,
+            known,
+            entry_key,
+        }) = self.near_place(tenant, namespace, key)
+        else {
             near.count(namespace, false);
             return Ok(None);
         };
-        let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
         if known.near_ok
             && let Some(hit) = near.tier.get(&entry_key)
         {
@@ -342,12 +344,24 @@ impl RedisCacheStore {
 
     /// The near copy of `key`, if the tier holds one under a confirmed generation.
     fn near_hit(&self, near: &Near, tenant: &Tenant, namespace: &str, key: &str) -> Option<Lookup> {
+        let place = self.near_place(tenant, namespace, key)?;
+        if !place.known.near_ok {
+            return None;
+        }
+        near.tier.get(&place.entry_key).map(NearHit::lookup)
+    }
+
+    /// Where `key` lives now as far as this replica knows: its bucket's generation key, the
+    /// generation it last saw there, and the entry key under it (`None`: no generation known).
+    fn near_place(&self, tenant: &Tenant, namespace: &str, key: &str) -> Option<NearPlace> {
         let keys = self.backend.keys();
-        let known = self
-            .known(&keys.cache_bucket_generation(tenant, namespace, bucket(key)))
-            .filter(|k| k.near_ok)?;
-        let entry_key = keys.cache_entry(tenant, namespace, known.generation, key);
-        near.tier.get(&entry_key).map(NearHit::lookup)
+        let generation_key = keys.cache_bucket_generation(tenant, namespace, bucket(key));
+        let known = self.known(&generation_key)?;
+        Some(NearPlace {
+            entry_key: keys.cache_entry(tenant, namespace, known.generation, key),
+            generation_key,
+            known,
+        })
     }
 
     /// After a write through this replica: drops this replica's near copies of `keys` at once
@@ -358,22 +372,13 @@ impl RedisCacheStore {
         };
         let mut entry_keys = Vec::with_capacity(keys.len());
         for key in keys {
-            let generation_key =
-                self.backend
-                    .keys()
-                    .cache_bucket_generation(tenant, namespace, bucket(key));
-            let Some(known) = self.known(&generation_key) else {
+            let Some(place) = self.near_place(tenant, namespace, key) else {
                 // The memo was cleared meanwhile: which copy to drop is unknown, so all of the
                 // namespace's go.
                 near.tier.invalidate_scope(&near::scope(tenant, namespace));
                 return;
             };
-            entry_keys.push(self.backend.keys().cache_entry(
-                tenant,
-                namespace,
-                known.generation,
-                key,
-            ));
+            entry_keys.push(place.entry_key);
         }
         near.tier.invalidate(&entry_keys);
     }
