@@ -28,18 +28,19 @@ def available() -> bool:
     return trace is not None
 
 
-def _method(details: Any) -> tuple[str, str, str]:
+def _method(details: Any) -> tuple[str, str]:
+    """(service, method) of a call's `/package.Service/Method` path."""
     method = details.method
     if isinstance(method, bytes):
         method = method.decode()
     service, _, name = method.lstrip("/").partition("/")
-    return method, service, name
+    return service, name
 
 
 def _start(tracer: Any, details: Any) -> tuple[Any, list[tuple[str, str]]]:
     """A client span for the call (a child of the caller's current span), and the call's
     metadata with the span's context injected."""
-    _, service, name = _method(details)
+    service, name = _method(details)
     span = tracer.start_span(
         f"{service}/{name}",
         kind=SpanKind.CLIENT,
