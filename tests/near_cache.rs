@@ -324,6 +324,23 @@ async fn a_replica_whose_tracking_connection_dies_serves_nothing_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sentinel_the_master_the_sentinels_name_is_tracked() {
+    let b = Backend::sentinel(near).await;
+    let master = b.nodes.first().expect("the sentinels' master").clone();
+    let mut redis = redis::Client::open(master)
+        .expect("master url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("master connection");
+    let mut c = CacheServiceClient::new(b.server.channel.clone());
+    let key = format!("k-{}", b.prefix);
+    set(&mut c, "hot", &key, "v1", &[]).await;
+    until_near(&mut c, &mut redis, &key).await;
+    set(&mut c, "hot", &key, "v2", &[]).await;
+    assert_eq!(get(&mut c, "hot", &key).await, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_namespaces_on_a_cluster_are_refused_at_start_up() {
     let mut config = common::test_config();
     config.redis.mode = flowstate::config::RedisMode::Cluster;
