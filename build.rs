@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flowstate/v1/events.proto",
         "proto/flowstate/v1/queue.proto",
         "proto/flowstate/v1/usage.proto",
+        "proto/flowstate/v1/semantic.proto",
         // Envoy's rate limit service (vendored, trimmed), served beside flowstate's own.
         "proto/envoy/service/ratelimit/v3/rls.proto",
     ];

@@ -12,6 +12,8 @@
 //! - [`lock`]: LockService: locks and semaphores with fencing tokens, woken waiters.
 //! - [`events`]: EventService: topics on Redis Streams, resumable subscriptions, fan-out.
 //! - [`queue`]: QueueService: job queues on Redis Streams consumer groups, leases, retries.
+//! - [`semantic`]: SemanticCacheService: values found by embedding similarity, indexed in
+//!   each replica's memory and kept current from Redis.
 //! - [`usage`]: UsageService: usage metering in minute/hour/day/month buckets, top subjects,
 //!   distinct counts.
 //! - [`rls`]: Envoy's rate limit service (envoyproxy/ratelimit's YAML rules) on the rate-limit
@@ -51,6 +53,7 @@ pub mod proto;
 pub mod queue;
 pub mod ratelimit;
 pub mod rls;
+pub mod semantic;
 pub mod server;
 pub mod session;
 pub mod store;

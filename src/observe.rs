@@ -380,6 +380,7 @@ where
 /// `every`, until `stop` turns true.
 pub async fn collect(
     caches: Caches,
+    semantic: crate::semantic::Semantic,
     backend: Backend,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -404,6 +405,9 @@ pub async fn collect(
             metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
                 .absolute(sets);
         }
+        let (entries, bytes) = semantic.index_size();
+        metrics::gauge!("flowstate_semantic_index_entries").set(entries as f64);
+        metrics::gauge!("flowstate_semantic_index_bytes").set(bytes as f64);
         if let Some((entries, bytes)) = caches.near_size() {
             metrics::gauge!("flowstate_cache_near_entries").set(entries as f64);
             metrics::gauge!("flowstate_cache_near_bytes").set(bytes as f64);

@@ -25,12 +25,14 @@ use crate::{
             cache_service_server::CacheServiceServer, event_service_server::EventServiceServer,
             lock_service_server::LockServiceServer, queue_service_server::QueueServiceServer,
             rate_limit_service_server::RateLimitServiceServer,
+            semantic_cache_service_server::SemanticCacheServiceServer,
             session_service_server::SessionServiceServer, usage_service_server::UsageServiceServer,
         },
     },
     queue::{self, Queues, api::QueueApi},
     ratelimit::{self, RateLimits, api::RateLimitApi},
     rls::{self, Rls, api::RlsApi},
+    semantic::{self, Semantic, api::SemanticApi},
     session::{self, Sessions, api::SessionApi},
     store::Backend,
     tls::{Acceptor, TlsFiles},
@@ -136,6 +138,7 @@ pub async fn run(
             queue::api::PERMISSIONS,
             rls::api::PERMISSIONS,
             usage::api::PERMISSIONS,
+            semantic::api::PERMISSIONS,
         ],
     )?);
     match auth.mode() {
@@ -221,12 +224,19 @@ pub async fn run(
     .with_events(events.clone());
     let session_service = SessionServiceServer::new(SessionApi::new(sessions))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let semantic = Semantic::new(
+        semantic::open_store(&backend, &config)?,
+        config.semantic.clone(),
+    );
+    let semantic_service = SemanticCacheServiceServer::new(SemanticApi::new(semantic.clone()))
+        .max_decoding_message_size(config.server.max_message_bytes);
     let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone())
         .with_events(events.clone());
     tasks.push((
         "metrics collector",
         tokio::spawn(observe::collect(
             caches.clone(),
+            semantic.clone(),
             backend.clone(),
             Duration::from_secs(1),
             stop_tasks.subscribe(),
@@ -348,7 +358,8 @@ pub async fn run(
         .add_service(event_service)
         .add_service(queue_service)
         .add_service(rls_service)
-        .add_service(usage_service);
+        .add_service(usage_service)
+        .add_service(semantic_service);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

@@ -493,7 +493,10 @@ async fn keep_connected(shared: Weak<Shared>, backend: RedisBackend) {
             }
             Ok::<(), redis::aio::SendError>(())
         };
-        match backend.tracked_connection(push).await {
+        match backend
+            .tracked_connection("flowstate-near-cache", push)
+            .await
+        {
             Ok(conn) => {
                 pause = Duration::from_millis(100);
                 // Flush, then refill: nothing read before this connection tracked it stays.

@@ -32,6 +32,7 @@ pub use crate::{
     queue::config::{QueuePolicy, QueuesConfig},
     ratelimit::config::{LimitConfig, RateLimitConfig, UsageLimitConfig, UsageWindow},
     rls::config::RlsConfig,
+    semantic::config::{SemanticConfig, SemanticNamespace},
     session::config::SessionConfig,
     usage::config::{MetricConfig, Retention, UsageConfig},
 };
@@ -56,6 +57,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Cache namespaces, leases and input limits.
     pub cache: CacheConfig,
+    /// Semantic cache namespaces (dimension, threshold, TTL, size) and index settings.
+    pub semantic: SemanticConfig,
     /// Named rate limits and input limits.
     pub ratelimit: RateLimitConfig,
     /// Envoy's rate limit service: rules file, reloads, over-limit cache.
@@ -107,6 +110,7 @@ impl Config {
         self.memory.validate(&mut bad);
         self.session.validate(&mut bad);
         self.cache.validate(&mut bad);
+        self.semantic.validate(&mut bad);
         self.ratelimit.validate(&mut bad);
         self.rls.validate(&mut bad);
         self.usage.validate(&mut bad);
@@ -121,6 +125,13 @@ impl Config {
                 "`near = true` (cache namespaces) needs Redis standalone or sentinel: the near tier's \
                  invalidations come from one server's client tracking, which a cluster spreads over \
                  its nodes"
+                    .to_owned(),
+            );
+        }
+        if !self.semantic.namespaces.is_empty() && self.redis.mode == RedisMode::Cluster {
+            bad.push(
+                "`semantic.namespaces` needs Redis standalone or sentinel: each replica's index \
+                 follows the namespaces' change logs over one server's client tracking"
                     .to_owned(),
             );
         }

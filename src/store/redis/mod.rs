@@ -219,9 +219,11 @@ impl RedisBackend {
     /// TRACKING ON`, so Redis remembers the keys read over it and sends `invalidate` pushes
     /// (to `push`, in order with the replies) when any client changes, expires or evicts them;
     /// a lost connection is a `Disconnection` push. Standalone and sentinel (the master the
-    /// sentinels name now); a cluster has no one server to track on.
+    /// sentinels name now); a cluster has no one server to track on. `name` is its CLIENT
+    /// SETNAME, so an operator (or a test) can find it in CLIENT LIST.
     pub async fn tracked_connection(
         &self,
+        name: &str,
         push: impl redis::aio::AsyncPushSender,
     ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
         let timeout = self.command_timeout;
@@ -245,11 +247,10 @@ impl RedisBackend {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            // Named, so an operator (or a test) can find it in CLIENT LIST.
             redis::pipe()
                 .cmd("CLIENT")
                 .arg("SETNAME")
-                .arg("flowstate-near-cache")
+                .arg(name)
                 .ignore()
                 .cmd("CLIENT")
                 .arg("TRACKING")

@@ -1,0 +1,35 @@
+//! The semantic cache: the `flowstate.v1.SemanticCacheService` domain in one folder.
+//!
+//! - [`api`]: the gRPC handlers; [`service`]: namespaces, validation, accounting.
+//! - [`index`]: the in-memory vector index (exact, or a sign-bit prefilter with exact re-rank).
+//! - [`store`]: the store contract; [`redis`] (`lua/`, kept current across replicas from each
+//!   namespace's change log) and [`memory`] implement it; [`keys`] has the key formats.
+//! - [`config`]: the `[semantic]` section.
+
+pub mod api;
+pub mod config;
+pub mod index;
+pub mod keys;
+pub mod memory;
+pub mod redis;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use self::{service::Semantic, store::SemanticStore};
+use crate::{
+    config::Config,
+    store::{Backend, StoreError},
+};
+
+/// The semantic cache store of `backend`.
+pub fn open_store(
+    backend: &Backend,
+    config: &Config,
+) -> Result<Arc<dyn SemanticStore>, StoreError> {
+    Ok(match backend {
+        Backend::Memory(m) => Arc::new(memory::MemorySemanticStore::new(m)),
+        Backend::Redis(r) => Arc::new(redis::RedisSemanticStore::new(r.clone(), &config.semantic)?),
+    })
+}
