@@ -334,10 +334,7 @@ impl Shared {
             .next()
             .map(|(id, _)| id);
         let ids: Vec<u64> = match replies.next() {
-            Some(Value::Array(ids)) => ids
-                .iter()
-                .map(|v| reply::u64_of(v, "a semantic entry id"))
-                .collect::<Result<_, _>>()?,
+            Some(Value::Array(ids)) => ids.iter().map(entry_id).collect::<Result<_, _>>()?,
             Some(other) => return Err(reply::unexpected("ZRANGE", "an array", &other)),
             None => {
                 return Err(StoreError::Protocol(
@@ -430,6 +427,16 @@ enum LogEntry {
     Added(u64, Vec<f32>),
     Removed(u64),
     Unknown,
+}
+
+/// An entry id, as a script returns it (a number) or a sorted set lists it (a string).
+fn entry_id(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::BulkString(b) => reply::parse_int(b)
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| reply::unexpected("semantic", "an entry id", v)),
+        other => reply::u64_of(other, "a semantic entry id"),
+    }
 }
 
 /// A stream id's (ms, seq), for ordering.
@@ -686,7 +693,7 @@ impl SemanticStore for RedisSemanticStore {
         if id == 0 {
             let mut index = ns.index.write().unwrap_or_else(PoisonError::into_inner);
             for gone in reply {
-                if let Ok(gone) = reply::u64_of(&gone, "a missing id") {
+                if let Ok(gone) = entry_id(&gone) {
                     index.remove(gone);
                 }
             }
