@@ -28,6 +28,11 @@ period = "1h"
 [cache.namespaces.user_profile]
 ttl = "30m"
 stale = "1m"
+
+[semantic.namespaces.llm_answers]
+dimension = 64
+min_similarity = 0.9
+ttl = "1h"
 """
 
 

@@ -1,5 +1,5 @@
-"""flowstate client: sessions, cache, rate limits, locks, events, job queues and usage metering
-over gRPC.
+"""flowstate client: sessions, cache, semantic cache, rate limits, locks, events, job queues and
+usage metering over gRPC.
 
 `Client` is synchronous, `AsyncClient` is for asyncio; both take plain Python values (bytes,
 dict, datetime, timedelta), give every call a deadline, retry only idempotent calls, and raise
@@ -25,6 +25,7 @@ from flowstate.errors import (
     Unavailable,
 )
 from flowstate.queues import AsyncWorker, DeadJob, Enqueued, Job, QueueStats, Worker
+from flowstate.semantic import SemanticHit
 from flowstate.usage import TopEntry, UsagePoint, UsageSeries
 from flowstate.types import (
     CacheEntry,
@@ -43,6 +44,7 @@ from flowstate.types import (
 
 __all__ = [
     "AsyncClient",
+    "SemanticHit",
     "TopEntry",
     "UsagePoint",
     "UsageSeries",

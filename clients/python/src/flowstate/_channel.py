@@ -23,9 +23,10 @@ DEFAULT_TIMEOUT = 2.0
 # - cache Delete, InvalidateTags, InvalidateNamespace: a repeat can only cause extra misses, and
 #   completes an InvalidateTags that failed half-way (the server keeps every entry findable);
 # - lock Inspect (a read) and Extend (a repeat sets the same TTL from a moment later, and only
-#   for the holder of the token).
+#   for the holder of the token);
+# - semantic Get (a read) and Delete (one entry by its id, which no other entry will have).
 # Never retried: CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may
-# grant a lease), Set, SetMany, rate-limit Check (each could act twice); DeleteUserSessions (a
+# grant a lease), Set, SetMany, rate-limit Check, semantic Set (each could act twice); DeleteUserSessions (a
 # repeat would also log out a session created in between); rate-limit Reset (a repeat would
 # forget hits counted in between, admitting more than the limit); lock Acquire (a repeat after
 # a grant whose answer was lost would take a second holding, with a token nobody has) and
@@ -38,6 +39,7 @@ _IDEMPOTENT = {
     "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession"],
     "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
     "flowstate.v1.LockService": ["Inspect", "Extend"],
+    "flowstate.v1.SemanticCacheService": ["Get", "Delete"],
     "flowstate.v1.QueueService": ["Extend", "Stats", "ListDead", "Pause", "Resume"],
     "grpc.health.v1.Health": ["Check"],
 }

@@ -22,6 +22,7 @@ from flowstate import types as t
 from flowstate.client import _RESUMABLE, StartName, _subscribe_request
 from flowstate.errors import EventsExpired, FlowstateError, LockBusy, LockLost, RateLimited, from_rpc_error
 from flowstate.queues import AsyncQueues
+from flowstate.semantic import AsyncSemantic
 from flowstate.usage import AsyncUsage
 from flowstate.v1 import (
     cache_pb2,
@@ -437,6 +438,7 @@ class AsyncClient:
         self.events = Events(self)
         self.queues = AsyncQueues(self)
         self.usage = AsyncUsage(self)
+        self.semantic = AsyncSemantic(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def health(self, service: str = "readiness") -> bool:

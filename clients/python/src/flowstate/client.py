@@ -29,6 +29,7 @@ from flowstate.errors import (
     from_rpc_error,
 )
 from flowstate.queues import Queues
+from flowstate.semantic import Semantic
 from flowstate.usage import Usage
 from flowstate.v1 import (
     cache_pb2,
@@ -494,6 +495,7 @@ class Client:
         self.events = Events(self)
         self.queues = Queues(self)
         self.usage = Usage(self)
+        self.semantic = Semantic(self)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def health(self, service: str = "readiness") -> bool:
