@@ -29,7 +29,7 @@ period = "1h"
 ttl = "30m"
 stale = "1m"
 
-[semantic.namespaces.llm_answers]
+[semantic.namespaces.py_answers]
 dimension = 64
 min_similarity = 0.9
 ttl = "1h"
@@ -142,6 +142,16 @@ def serving(channel) -> bool:
     return r.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def readme_semantic_config() -> str:
+    """The semantic namespaces the README configures (its TOML block of `llm_answers` and the
+    grpcurl example's `demo`)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", readme, flags=re.S) if "[semantic.namespaces.demo]" in b]
+    return block
+
+
 def readme_rls_rules() -> str:
     """The envoyproxy/ratelimit rules the README shows (its YAML block for domain `edge`)."""
     import re
@@ -163,7 +173,7 @@ def target(redis_server, tmp_path_factory):
         with grpc.insecure_channel(address) as channel:
             return serving(channel)
 
-    config = SERVER_CONFIG + f'\n[rls]\nconfig_path = "{rules}"\n'
+    config = SERVER_CONFIG + readme_semantic_config() + f'\n[rls]\nconfig_path = "{rules}"\n'
     proc, address, metrics = start_flowstate(redis_url, config, ready)
     METRICS[address] = metrics
     yield address

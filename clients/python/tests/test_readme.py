@@ -28,7 +28,8 @@ def test_the_readme_has_grpcurl_examples_for_every_service():
     for needle in [" list", "describe ", "grpc.health.v1.Health/Check", "SessionService/", "CacheService/", "RateLimitService/",
                    "LockService/", "EventService/Publish", "EventService/Subscribe", "QueueService/Enqueue",
                    "QueueService/Fetch", "QueueService/Ack", "UsageService/Record", "UsageService/Query",
-                   "UsageService/Top", "RateLimitService/ShouldRateLimit"]:
+                   "UsageService/Top", "RateLimitService/ShouldRateLimit", "SemanticCacheService/Set",
+                   "SemanticCacheService/Get"]:
         assert needle in text, f"README lacks a grpcurl example with {needle!r}"
 
 

@@ -36,50 +36,50 @@ async def test_get_or_compute_computes_once_then_answers_near_duplicates(fs):
         calls.append(1)
         return b"Paris"
 
-    answer = await ev(fs.semantic.get_or_compute("llm_answers", prompt, llm, metadata={"model": "m1"}))
+    answer = await ev(fs.semantic.get_or_compute("py_answers", prompt, llm, metadata={"model": "m1"}))
     assert answer == b"Paris" and len(calls) == 1
     for _ in range(5):
-        again = await ev(fs.semantic.get_or_compute("llm_answers", rephrased(rng, prompt), llm))
+        again = await ev(fs.semantic.get_or_compute("py_answers", rephrased(rng, prompt), llm))
         assert again == b"Paris"
     assert len(calls) == 1, "a near-duplicate prompt was computed again"
-    hit = await ev(fs.semantic.get("llm_answers", rephrased(rng, prompt)))
+    hit = await ev(fs.semantic.get("py_answers", rephrased(rng, prompt)))
     assert hit is not None and hit.value == b"Paris" and hit.metadata == {"model": "m1"}
     assert 0.95 < hit.similarity <= 1.0001
     assert timedelta(minutes=59) < hit.ttl_remaining <= timedelta(hours=1)
     # An unrelated prompt misses (and is computed).
-    other = await ev(fs.semantic.get_or_compute("llm_answers", unit(rng), lambda: b"other"))
+    other = await ev(fs.semantic.get_or_compute("py_answers", unit(rng), lambda: b"other"))
     assert other == b"other"
-    assert await ev(fs.semantic.get("llm_answers", unit(rng))) is None
+    assert await ev(fs.semantic.get("py_answers", unit(rng))) is None
 
 
 async def test_set_get_delete_and_thresholds(fs):
     rng = random.Random()
     v = unit(rng)
-    entry = await ev(fs.semantic.set("llm_answers", v, b"x", ttl=timedelta(minutes=5)))
+    entry = await ev(fs.semantic.set("py_answers", v, b"x", ttl=timedelta(minutes=5)))
     assert entry > 0
     # Cosine ≈ 0.9 from v: under a strict threshold, over a loose one.
     far = rephrased(rng, v, 0.48)
-    assert await ev(fs.semantic.get("llm_answers", far, min_similarity=0.99)) is None
-    hit = await ev(fs.semantic.get("llm_answers", far, min_similarity=0.5))
+    assert await ev(fs.semantic.get("py_answers", far, min_similarity=0.99)) is None
+    hit = await ev(fs.semantic.get("py_answers", far, min_similarity=0.5))
     assert hit is not None and hit.id == entry
-    assert await ev(fs.semantic.delete("llm_answers", entry)) is True
-    assert await ev(fs.semantic.delete("llm_answers", entry)) is False
-    assert await ev(fs.semantic.get("llm_answers", v)) is None
+    assert await ev(fs.semantic.delete("py_answers", entry)) is True
+    assert await ev(fs.semantic.delete("py_answers", entry)) is False
+    assert await ev(fs.semantic.get("py_answers", v)) is None
 
 
 async def test_bad_calls_raise(fs):
     rng = random.Random()
     with pytest.raises(flowstate.InvalidArgument):
-        await ev(fs.semantic.get("llm_answers", [1.0, 2.0]))
+        await ev(fs.semantic.get("py_answers", [1.0, 2.0]))
     with pytest.raises(flowstate.InvalidArgument):
-        await ev(fs.semantic.set("llm_answers", [math.nan] * DIM, b"x"))
+        await ev(fs.semantic.set("py_answers", [math.nan] * DIM, b"x"))
     with pytest.raises(flowstate.InvalidArgument):
-        await ev(fs.semantic.get("llm_answers", ["not a number"] * DIM))
+        await ev(fs.semantic.get("py_answers", ["not a number"] * DIM))
     with pytest.raises(flowstate.NotFound):
         await ev(fs.semantic.get("no_such_namespace", unit(rng)))
     # A wrong dimension is the caller's bug: get_or_compute raises rather than hide it.
     with pytest.raises(flowstate.InvalidArgument):
-        await ev(fs.semantic.get_or_compute("llm_answers", [0.5] * 3, lambda: b"x"))
+        await ev(fs.semantic.get_or_compute("py_answers", [0.5] * 3, lambda: b"x"))
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -89,14 +89,14 @@ async def test_an_outage_computes_instead_of_failing(kind):
     address = "127.0.0.1:9"
     if kind == "sync":
         with flowstate.Client(address, timeout=0.5) as fs:
-            assert fs.semantic.get_or_compute("llm_answers", unit(rng), lambda: b"computed") == b"computed"
+            assert fs.semantic.get_or_compute("py_answers", unit(rng), lambda: b"computed") == b"computed"
     else:
         async with flowstate.AsyncClient(address, timeout=0.5) as fs:
 
             async def llm() -> bytes:
                 return b"computed"
 
-            assert await fs.semantic.get_or_compute("llm_answers", unit(rng), llm) == b"computed"
+            assert await fs.semantic.get_or_compute("py_answers", unit(rng), llm) == b"computed"
 
 
 def test_an_entry_stored_through_one_replica_is_found_through_another(redis_server, target):
@@ -114,12 +114,12 @@ def test_an_entry_stored_through_one_replica_is_found_through_another(redis_serv
         with flowstate.Client(target) as a, flowstate.Client(other) as b:
             for i in range(20):
                 v = unit(rng)
-                entry = a.semantic.set("llm_answers", v, f"answer {i}".encode())
-                found = wait_until(lambda: (h := b.semantic.get("llm_answers", rephrased(rng, v))) is not None
+                entry = a.semantic.set("py_answers", v, f"answer {i}".encode())
+                found = wait_until(lambda: (h := b.semantic.get("py_answers", rephrased(rng, v))) is not None
                                    and h.id == entry, 5)
                 assert found, f"entry {i} stored through A not found through B"
             # The TTL is the store's: the replica 90 s ahead does not see it shortened.
-            hit = b.semantic.get("llm_answers", v)
+            hit = b.semantic.get("py_answers", v)
             assert hit is not None and hit.ttl_remaining > timedelta(minutes=59)
     finally:
         stop(proc)
