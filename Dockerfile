@@ -7,6 +7,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so code changes do not rebuild them.
 COPY Cargo.toml Cargo.lock build.rs ./
+# Build flags (x86-64-v2: see .cargo/config.toml).
+COPY .cargo .cargo
 COPY proto proto
 RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}' > src/bin/flowstate-bench.rs \
     && touch src/lib.rs && cargo build --release --locked --bin flowstate && rm -rf src

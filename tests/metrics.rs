@@ -10,6 +10,7 @@ use flowstate::{config::LimitConfig, proto::v1 as pb, ratelimit::Algorithm};
 use pb::{
     cache_service_client::CacheServiceClient, limit_check::Limit,
     rate_limit_service_client::RateLimitServiceClient,
+    semantic_cache_service_client::SemanticCacheServiceClient,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -50,6 +51,13 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
             period: Duration::from_secs(3600),
             burst: 0,
             failure_mode: Default::default(),
+        },
+    );
+    cfg.semantic.namespaces.insert(
+        "answers".into(),
+        flowstate::config::SemanticNamespace {
+            dimension: 3,
+            ..Default::default()
         },
     );
     let server = TestServer::start(cfg).await;
@@ -100,6 +108,41 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
             .await
             .expect("get");
     }
+
+    let mut semantic = SemanticCacheServiceClient::new(server.channel.clone());
+    semantic
+        .set(pb::SemanticSetRequest {
+            namespace: "answers".into(),
+            embedding: vec![1.0, 0.0, 0.0],
+            value: bytes::Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .await
+        .expect("semantic set");
+    // A hit (once the namespace is loaded: its first Gets may miss) and a miss.
+    let hit = eventually(Duration::from_secs(5), || {
+        let mut semantic = semantic.clone();
+        async move {
+            semantic
+                .get(pb::SemanticGetRequest {
+                    namespace: "answers".into(),
+                    embedding: vec![1.0, 0.01, 0.0],
+                    min_similarity: None,
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().found)
+        }
+    })
+    .await;
+    assert!(hit, "the semantic entry was never found");
+    semantic
+        .get(pb::SemanticGetRequest {
+            namespace: "answers".into(),
+            embedding: vec![0.0, 0.0, 1.0],
+            min_similarity: None,
+        })
+        .await
+        .expect("semantic get");
 
     let mut limits = RateLimitServiceClient::new(server.channel.clone());
     for _ in 0..3 {
@@ -156,6 +199,29 @@ async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
         2.0,
     );
     expect(r#"flowstate_store_up"#, 1.0);
+    expect(r#"flowstate_semantic_sets_total{namespace="answers"}"#, 1.0);
+    assert!(
+        sample(
+            &text,
+            r#"flowstate_semantic_requests_total{namespace="answers",result="hit"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"flowstate_semantic_requests_total{namespace="answers",result="miss"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    expect("flowstate_semantic_index_entries", 1.0);
+    expect("flowstate_semantic_tracking", 1.0);
+    assert!(
+        sample(&text, "flowstate_semantic_resyncs_total").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
     expect(r#"flowstate_build_info{version="#, 1.0);
     for family in [
         "flowstate_rpc_duration_seconds_bucket",
