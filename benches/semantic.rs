@@ -18,7 +18,7 @@
 mod support;
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -27,9 +27,12 @@ use flowstate::{
         SemanticGetRequest, SemanticSetRequest,
         semantic_cache_service_client::SemanticCacheServiceClient,
     },
-    semantic::index::{SearchPlan, VectorIndex, normalize},
+    semantic::index::{
+        SearchPlan, VectorIndex,
+        synthetic::{self, noisy},
+    },
 };
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use support::{Killed, free_port, pct, wait_port};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -37,18 +40,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 const DIM: usize = 768;
 
 fn random_unit(rng: &mut StdRng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIM).map(|_| rng.random::<f32>() - 0.5).collect();
-    normalize(&v).expect("non-zero")
-}
-
-/// `v` plus uniform noise of `ratio` times a component's typical size: cosine ≈ 1/√(1+ratio²).
-fn noisy(rng: &mut StdRng, v: &[f32], ratio: f32) -> Vec<f32> {
-    let amplitude = ratio * 12f32.sqrt() / (v.len() as f32).sqrt();
-    let n: Vec<f32> = v
-        .iter()
-        .map(|x| x + (rng.random::<f32>() - 0.5) * amplitude)
-        .collect();
-    normalize(&n).expect("non-zero")
+    synthetic::random_unit(rng, DIM)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -193,22 +185,7 @@ async fn service_figures(entries: usize) {
         ),
     )
     .expect("config");
-    let redis_port = free_port();
-    let _redis = Killed(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server"),
-    );
-    wait_port(redis_port).await;
+    let (redis_port, _redis) = support::redis().await;
     let port_a = free_port();
     let a = start_flowstate(&config, redis_port, port_a);
     wait_port(port_a).await;

@@ -322,6 +322,7 @@ async fn every_method_needs_exactly_its_permission() {
         flowstate::queue::api::PERMISSIONS,
         flowstate::usage::api::PERMISSIONS,
         flowstate::rls::api::PERMISSIONS,
+        flowstate::semantic::api::PERMISSIONS,
     ]
     .iter()
     .flat_map(|(service, methods)| {

@@ -55,21 +55,14 @@ pub fn pct(sorted: &[u128], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1e6
 }
 
-/// A private Redis and the release flowstate on it; `connections` channels to flowstate.
-pub struct Stack {
-    pub redis_port: u16,
-    pub channels: Vec<Channel>,
-    _redis: Killed,
-    _server: Killed,
-}
-
-pub async fn start(connections: usize) -> Stack {
-    let (redis_port, port) = (free_port(), free_port());
+/// A private `redis-server` (no persistence) on a free port, killed when dropped.
+pub async fn redis() -> (u16, Killed) {
+    let port = free_port();
     let redis = Killed(
         Command::new("redis-server")
             .args([
                 "--port",
-                &redis_port.to_string(),
+                &port.to_string(),
                 "--save",
                 "",
                 "--appendonly",
@@ -79,7 +72,21 @@ pub async fn start(connections: usize) -> Stack {
             .spawn()
             .expect("redis-server"),
     );
-    wait_port(redis_port).await;
+    wait_port(port).await;
+    (port, redis)
+}
+
+/// A private Redis and the release flowstate on it; `connections` channels to flowstate.
+pub struct Stack {
+    pub redis_port: u16,
+    pub channels: Vec<Channel>,
+    _redis: Killed,
+    _server: Killed,
+}
+
+pub async fn start(connections: usize) -> Stack {
+    let (redis_port, redis) = redis().await;
+    let port = free_port();
     let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/flowstate");
     let server = Killed(
         Command::new(binary)

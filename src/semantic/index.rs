@@ -244,26 +244,44 @@ pub fn from_bytes(b: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use rand::{Rng, SeedableRng, rngs::StdRng};
+/// Synthetic embeddings for tests and benchmarks: what the recall figures and the contract
+/// tests are measured on (flowstate ships no model, so no real embeddings).
+#[doc(hidden)]
+pub mod synthetic {
+    use rand::Rng;
 
-    use super::*;
+    use super::normalize;
 
-    fn random_unit(rng: &mut StdRng, d: usize) -> Vec<f32> {
-        let v: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
-        normalize(&v).expect("non-zero")
+    /// A uniformly random direction of `d` dimensions, as a unit vector.
+    pub fn random_unit(rng: &mut impl Rng, d: usize) -> Vec<f32> {
+        loop {
+            let v: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
+            if let Some(unit) = normalize(&v) {
+                return unit;
+            }
+        }
     }
 
-    /// `v` plus noise of `ratio` times a component's typical size (cosine ≈ 1/√(1+ratio²)).
-    fn noisy(rng: &mut StdRng, v: &[f32], ratio: f32) -> Vec<f32> {
+    /// `v` plus uniform noise of `ratio` times a component's typical size, as a unit vector:
+    /// cosine to `v` ≈ 1/√(1+ratio²) (0.1 → 0.995, a rephrased prompt; 0.48 → 0.90).
+    pub fn noisy(rng: &mut impl Rng, v: &[f32], ratio: f32) -> Vec<f32> {
         let amplitude = ratio * 12f32.sqrt() / (v.len() as f32).sqrt();
         let n: Vec<f32> = v
             .iter()
             .map(|x| x + (rng.random::<f32>() - 0.5) * amplitude)
             .collect();
-        normalize(&n).expect("non-zero")
+        normalize(&n).unwrap_or_else(|| v.to_vec())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{SeedableRng, rngs::StdRng};
+
+    use super::{
+        synthetic::{noisy, random_unit},
+        *,
+    };
 
     #[test]
     fn upsert_remove_and_search_agree_with_a_plain_scan() {

@@ -473,6 +473,34 @@ impl Backend {
         }
     }
 
+    /// Every key of [`redis_keys`](Self::redis_keys) with its PTTL, read on the node that holds it
+    /// (-1: no TTL).
+    pub async fn key_ttls(&self) -> Vec<(String, i64)> {
+        let own = format!("{}:_:", self.prefix);
+        let mut all = Vec::new();
+        for url in &self.nodes {
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            for key in keys.into_iter().filter(|k| !k.starts_with(&own)) {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PTTL");
+                all.push((key, ttl));
+            }
+        }
+        all
+    }
+
     /// Every key this test's server wrote to Redis for tenants (flowstate's own keys, such as
     /// the health probe's `{prefix}:_:health`, left out; empty for the memory store).
     pub async fn redis_keys(&self) -> Vec<String> {
