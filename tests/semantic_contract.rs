@@ -670,11 +670,41 @@ async fn replica_follows_a_namespace_emptied_behind_its_back() {
         .expect("FLUSHDB");
     let mut bb = bb;
     assert!(!get(&mut bb, "answers", v.clone()).await.found);
-    // New entries after the flush (ids start again) are found, not confused with old ones.
+    // New entries after the flush are found, not confused with old ones: ids do not start
+    // again (a new counter starts from the store's clock).
     let w = random_unit(&mut rng);
+    let old_id = id;
     let id = set(&mut a, "answers", w.clone(), "after").await;
+    assert!(id > old_id, "id {id} reused after the flush (was {old_id})");
     assert!(found_within(&bb, WITHIN, &w, id).await);
     assert!(!get(&mut bb, "answers", v).await.found);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_served_only_for_the_vector_redis_holds() {
+    let b = Backend::redis(replicated).await;
+    let mut redis = b.redis.as_ref().expect("own redis").client().await;
+    let mut a = client(&b);
+    let mut rng = StdRng::seed_from_u64(14);
+    let v = random_unit(&mut rng);
+    let id = set(&mut a, "answers", v.clone(), "about v").await;
+    assert!(found_within(&a, WITHIN, &v, id).await);
+    // Behind flowstate's back (as after an id reused by a new namespace of the same name), the
+    // entry now holds another vector: the index still thinks it is v's.
+    let other = random_unit(&mut rng);
+    let key = format!("{}:default:se:{{default/answers}}:e:{id}", b.prefix);
+    let bytes: Vec<u8> = other.iter().flat_map(|x| x.to_le_bytes()).collect();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("v")
+        .arg(bytes)
+        .exec_async(&mut redis)
+        .await
+        .expect("HSET");
+    assert!(
+        !get(&mut a, "answers", v).await.found,
+        "served an entry whose vector is not the query's"
+    );
 }
 
 #[test]

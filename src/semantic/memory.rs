@@ -152,12 +152,12 @@ impl SemanticStore for MemorySemanticStore {
             return Ok(None);
         };
         let now = self.clock.now();
-        let ns = ns.read().unwrap_or_else(PoisonError::into_inner);
-        let found = ns
-            .index
-            .search(query, min_similarity, CANDIDATES, plan)
-            .into_iter()
-            .find_map(|(id, similarity)| {
+        let lookup = |ns: &Namespace| {
+            let candidates = ns.index.search(query, min_similarity, CANDIDATES, plan);
+            let expired = candidates
+                .iter()
+                .any(|(id, _)| ns.entries.get(id).is_none_or(|h| h.expires <= now));
+            let found = candidates.into_iter().find_map(|(id, similarity)| {
                 let held = ns.entries.get(&id).filter(|h| h.expires > now)?;
                 Some(Found {
                     id,
@@ -167,7 +167,17 @@ impl SemanticStore for MemorySemanticStore {
                     ttl_ms: held.expires - now,
                 })
             });
-        Ok(found)
+            (found, expired)
+        };
+        let (found, expired) = lookup(&ns.read().unwrap_or_else(PoisonError::into_inner));
+        if found.is_some() || !expired {
+            return Ok(found);
+        }
+        // Expired entries took the best places: drop them (as the Redis store drops what it
+        // found gone) and look again.
+        let mut ns = ns.write().unwrap_or_else(PoisonError::into_inner);
+        ns.expire(now, &self.budget);
+        Ok(lookup(&ns).0)
     }
 
     async fn delete(&self, space: Space<'_>, id: u64) -> Result<bool, StoreError> {

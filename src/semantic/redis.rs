@@ -25,7 +25,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, PoisonError, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -62,6 +62,12 @@ struct Indexed {
     loaded: AtomicBool,
     /// Whether the log may hold changes not applied yet.
     dirty: AtomicBool,
+    /// Whether a load of it is running (loads run as tasks of their own).
+    loading: AtomicBool,
+    /// Whether it must be loaded again (its log no longer reaches back to this replica's
+    /// position); meanwhile the index it has goes on answering (every answer is checked in
+    /// Redis).
+    reload: AtomicBool,
     /// The last log entry applied (`None`: the log was empty or absent when loaded).
     last: Mutex<Option<String>>,
 }
@@ -77,8 +83,11 @@ struct Shared {
     spaces: RwLock<HashMap<String, Arc<Indexed>>>,
     /// Configured namespaces and their dimensions (what the start-up scan loads).
     dimensions: HashMap<String, usize>,
-    /// The tracking connection, when up.
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The tracking connection, when up, and its number (a loss reported for an older one must
+    /// not drop a newer one).
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Numbers the tracking connections.
+    connections: AtomicU64,
     /// Wakes the sync task (a push, a new namespace).
     wake: Arc<tokio::sync::Notify>,
     /// Wakes the connection keeper (the connection was lost).
@@ -110,6 +119,7 @@ impl RedisSemanticStore {
                 .map(|(name, ns)| (name.clone(), ns.dimension))
                 .collect(),
             conn: Mutex::new(None),
+            connections: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             lost: Arc::new(tokio::sync::Notify::new()),
             tracking: metrics::gauge!("flowstate_semantic_tracking"),
@@ -146,6 +156,8 @@ impl Shared {
                     index: RwLock::new(VectorIndex::new(dimension)),
                     loaded: AtomicBool::new(false),
                     dirty: AtomicBool::new(true),
+                    loading: AtomicBool::new(false),
+                    reload: AtomicBool::new(false),
                     last: Mutex::new(None),
                     keys,
                 })
@@ -172,25 +184,25 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    fn lose(&self) {
-        if self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .is_some()
-        {
-            tracing::warn!(
-                "semantic cache: tracking connection lost; reading change logs every \
-                 semantic.sync_interval until it is back"
-            );
+    /// Connection `connection` is lost (or cannot be trusted): drop it, unless a newer one
+    /// replaced it already.
+    fn lose(&self, connection: u64) {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if conn.as_ref().is_none_or(|(id, _)| *id != connection) {
+            return;
         }
+        *conn = None;
+        drop(conn);
+        tracing::warn!(
+            "semantic cache: tracking connection lost; reading change logs every \
+             semantic.sync_interval until it is back"
+        );
         self.tracking.set(0.0);
         self.lost.notify_one();
     }
 
-    /// A push on the tracking connection (in order with its replies; must not block).
-    fn on_push(&self, push: PushInfo) {
+    /// A push on tracking connection `connection` (in order with its replies; must not block).
+    fn on_push(&self, connection: u64, push: PushInfo) {
         match push.kind {
             PushKind::Invalidate => match push.data.into_iter().next() {
                 Some(Value::Array(keys)) => {
@@ -209,7 +221,7 @@ impl Shared {
                 // The whole database was flushed.
                 _ => self.mark_all_dirty(),
             },
-            PushKind::Disconnection => self.lose(),
+            PushKind::Disconnection => self.lose(connection),
             _ => {}
         }
     }
@@ -226,7 +238,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let Some(mut conn) = conn else {
+        let Some((connection, mut conn)) = conn else {
             return self.backend.pipeline(op, pipe).await;
         };
         let start = Instant::now();
@@ -235,18 +247,17 @@ impl Shared {
             .record(start.elapsed().as_secs_f64());
         replies.map_err(|e| {
             if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
-                self.lose();
+                self.lose(connection);
             }
             crate::store::redis::classify(&e, self.backend.command_timeout())
         })
     }
 
-    /// Applies what the namespace's log holds beyond this replica's position, or reloads the
-    /// namespace when that position is gone from the log.
+    /// Applies what the namespace's log holds beyond this replica's position. The log is read
+    /// from that position inclusive: if it no longer starts there (trimmed past it, expired,
+    /// flushed, or recreated by a failover), changes may have been missed and the namespace is
+    /// reloaded instead.
     async fn catch_up(&self, ns: &Indexed) -> Result<(), StoreError> {
-        if !ns.loaded.load(Ordering::Acquire) {
-            return self.load(ns).await;
-        }
         let last = ns
             .last
             .lock()
@@ -255,32 +266,21 @@ impl Shared {
         let mut pipe = redis::pipe();
         pipe.cmd("XRANGE")
             .arg(&ns.keys.log)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&ns.keys.log)
             .arg(last.as_deref().unwrap_or("-"))
             .arg("+")
             .arg("COUNT")
             .arg(LOG_BATCH);
-        let mut replies = self.read("semantic_sync", &pipe).await?.into_iter();
-        let first = stream_entries(replies.next().unwrap_or(Value::Nil))?;
-        let entries = stream_entries(replies.next().unwrap_or(Value::Nil))?;
-        if let Some(last) = &last {
-            let behind = match first.first() {
-                // The log expired (every entry with it) or was trimmed past our position.
-                None => true,
-                Some((first, _)) => stream_id(first) > stream_id(last),
-            };
-            if behind {
-                return self.load(ns).await;
-            }
+        let replies = self.read("semantic_sync", &pipe).await?;
+        let entries = stream_entries(replies.into_iter().next().unwrap_or(Value::Nil))?;
+        if let Some(last) = &last
+            && entries.first().is_none_or(|(first, _)| first != last)
+        {
+            ns.reload.store(true, Ordering::Release);
+            ns.dirty.store(true, Ordering::Release);
+            return Ok(());
         }
         let full = entries.len() >= LOG_BATCH;
-        let applied = self.apply(ns, entries, last.as_deref());
-        if full && applied {
+        if self.apply(ns, entries, last.as_deref()) && full {
             ns.dirty.store(true, Ordering::Release);
         }
         Ok(())
@@ -317,6 +317,8 @@ impl Shared {
     /// since that position is applied next (the namespace is left dirty).
     async fn load(&self, ns: &Indexed) -> Result<(), StoreError> {
         let started = Instant::now();
+        // A gap found while this load runs asks for another.
+        ns.reload.store(false, Ordering::Release);
         let mut pipe = redis::pipe();
         pipe.cmd("XREVRANGE")
             .arg(&ns.keys.log)
@@ -497,6 +499,7 @@ fn stream_entries(v: Value) -> Result<Vec<(String, LogEntry)>, StoreError> {
 async fn sync(shared: Weak<Shared>) {
     let mut discovered = false;
     let mut pause = Duration::from_millis(100);
+    let mut next_poll = Instant::now();
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -507,8 +510,27 @@ async fn sync(shared: Weak<Shared>) {
                 Err(e) => tracing::warn!(error = %e, "semantic cache: cannot list namespaces"),
             }
         }
+        // The backstop, on a fixed beat whatever the pushes: read every log.
+        if Instant::now() >= next_poll {
+            next_poll = Instant::now() + strong.sync_interval;
+            for ns in strong.all() {
+                ns.dirty.store(true, Ordering::Release);
+            }
+        }
         let mut failed = false;
         for ns in strong.all() {
+            if ns.loading.load(Ordering::Acquire) {
+                continue;
+            }
+            if !ns.loaded.load(Ordering::Acquire) || ns.reload.load(Ordering::Acquire) {
+                // A load takes seconds for a large namespace: a task of its own, so the other
+                // namespaces' changes keep flowing meanwhile.
+                if ns.dirty.load(Ordering::Acquire) && !ns.loading.swap(true, Ordering::AcqRel) {
+                    ns.dirty.store(false, Ordering::Release);
+                    tokio::spawn(load(strong.clone(), ns));
+                }
+                continue;
+            }
             if ns.dirty.swap(false, Ordering::AcqRel)
                 && let Err(e) = strong.catch_up(&ns).await
             {
@@ -517,12 +539,10 @@ async fn sync(shared: Weak<Shared>) {
                 tracing::warn!(error = %e, namespace = %ns.keys.index, "semantic cache: sync failed");
             }
         }
-        let again = !discovered
-            || failed
-            || strong
-                .all()
-                .iter()
-                .any(|ns| ns.dirty.load(Ordering::Acquire));
+        let again = strong
+            .all()
+            .iter()
+            .any(|ns| ns.dirty.load(Ordering::Acquire) && !ns.loading.load(Ordering::Acquire));
         let wait = if failed || !discovered {
             pause = (pause * 2).min(Duration::from_secs(5));
             pause
@@ -531,28 +551,34 @@ async fn sync(shared: Weak<Shared>) {
             if again {
                 Duration::ZERO
             } else {
-                strong.sync_interval
+                next_poll.saturating_duration_since(Instant::now())
             }
         };
         let wake = strong.wake.clone();
         drop(strong);
         if wait.is_zero() {
+            tokio::task::yield_now().await;
             continue;
         }
         let woken = wake.notified();
         tokio::pin!(woken);
         tokio::select! {
             () = woken => {}
-            () = tokio::time::sleep(wait) => {
-                // The backstop: read every log.
-                if let Some(strong) = shared.upgrade() {
-                    for ns in strong.all() {
-                        ns.dirty.store(true, Ordering::Release);
-                    }
-                }
-            }
+            () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Loads `ns` (see [`Shared::load`]), then wakes the sync task to apply its log since.
+async fn load(shared: Arc<Shared>, ns: Arc<Indexed>) {
+    if let Err(e) = shared.load(&ns).await {
+        tracing::warn!(error = %e, namespace = %ns.keys.index, "semantic cache: load failed");
+        ns.dirty.store(true, Ordering::Release);
+        // Not at once again: the sync task's next beat retries.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ns.loading.store(false, Ordering::Release);
+    shared.wake.notify_one();
 }
 
 /// Opens the tracking connection, and reopens it when lost (with a pause growing to 5 s).
@@ -563,9 +589,10 @@ async fn keep_connected(shared: Weak<Shared>) {
             return;
         };
         let handler = shared.clone();
+        let id = strong.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let push = move |info: PushInfo| {
             if let Some(shared) = handler.upgrade() {
-                shared.on_push(info);
+                shared.on_push(id, info);
             }
             Ok::<(), redis::aio::SendError>(())
         };
@@ -576,7 +603,7 @@ async fn keep_connected(shared: Weak<Shared>) {
         {
             Ok(conn) => {
                 pause = Duration::from_millis(100);
-                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some((id, conn));
                 strong.tracking.set(1.0);
                 // Read every log over the new connection: that arms tracking of each.
                 strong.mark_all_dirty();
@@ -600,16 +627,22 @@ async fn keep_connected(shared: Weak<Shared>) {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .clone();
-                    let Some(mut conn) = conn else { break };
+                    let Some((current, mut conn)) = conn else {
+                        break;
+                    };
+                    if current != id {
+                        break;
+                    }
                     if redis::cmd("PING")
                         .query_async::<Value>(&mut conn)
                         .await
                         .is_err()
                     {
-                        strong.lose();
+                        strong.lose(id);
                         break;
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "semantic cache: cannot open the tracking connection");
@@ -715,10 +748,24 @@ impl SemanticStore for RedisSemanticStore {
             _ => BTreeMap::new(),
         };
         let ttl_ms = reply::int(&reply.next().unwrap_or(Value::Nil))?.max(0);
-        let similarity = candidates
-            .iter()
-            .find(|(c, _)| *c == id)
-            .map_or(0.0, |(_, s)| *s);
+        // Scored on the vector Redis holds, not the index's: an entry this replica indexed
+        // under another vector (its log not applied yet) is never served for this query.
+        let stored = match reply.next() {
+            Some(Value::BulkString(v)) => index::from_bytes(&v),
+            _ => None,
+        };
+        let similarity = stored
+            .filter(|v| v.len() == query.len())
+            .map(|v| index::dot(&v, query));
+        let Some(similarity) = similarity.filter(|s| *s >= min_similarity) else {
+            ns.index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+            ns.dirty.store(true, Ordering::Release);
+            shared.wake.notify_one();
+            return Ok(None);
+        };
         Ok(Some(Found {
             id,
             similarity,

@@ -82,6 +82,21 @@ async def test_bad_calls_raise(fs):
         await ev(fs.semantic.get_or_compute("py_answers", [0.5] * 3, lambda: b"x"))
 
 
+async def test_a_computed_value_is_returned_even_when_it_cannot_be_stored(fs):
+    rng = random.Random()
+    v = unit(rng)
+    too_big = b"x" * (256 * 1024 + 1)  # over the namespace's max_value_bytes
+    calls = []
+
+    def llm() -> bytes:
+        calls.append(1)
+        return too_big
+
+    assert await ev(fs.semantic.get_or_compute("py_answers", v, llm)) == too_big
+    assert len(calls) == 1
+    assert await ev(fs.semantic.get("py_answers", v)) is None
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_an_outage_computes_instead_of_failing(kind):
     rng = random.Random()

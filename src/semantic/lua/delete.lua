@@ -3,12 +3,9 @@
 local id = ARGV[1]
 local live = redis.call('UNLINK', KEYS[4] .. id)
 local listed = redis.call('ZREM', KEYS[1], id)
-if live + listed > 0 then
+-- Logged only into an existing log (which has its TTL): a replica finding the log gone reloads
+-- the namespace anyway, and a log created here would never expire.
+if live + listed > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'o', '-', 'i', id)
-  -- A log this call created lives no longer than the index.
-  local left = redis.call('PTTL', KEYS[1])
-  if left > 0 and redis.call('PTTL', KEYS[3]) == -1 then
-    redis.call('PEXPIRE', KEYS[3], left)
-  end
 end
 return live

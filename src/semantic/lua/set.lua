@@ -5,8 +5,11 @@
 -- value, m the labels); all in one slot (the namespace's hash tag).
 -- ARGV[1] the vector (little-endian f32s), ARGV[2] the value, ARGV[3] the labels (JSON),
 -- ARGV[4] TTL ms, ARGV[5] most live entries, ARGV[6] log length.
--- Expired entries (up to 64 per call) go first, then, at the limit, those closest to expiry;
--- each removal and the new entry are logged. Returns {id, evicted}.
+-- Expired entries (up to 64 per call) go first, then, at the limit, those closest to expiry (up
+-- to 65 per call, so lowering max_entries converges over a few Sets instead of one long
+-- script); each removal and the new entry are logged. A new counter starts at the store's
+-- clock in µs, so ids are not reused after a namespace expired or was flushed (a replica that
+-- has not heard yet must never take a new entry for an old one). Returns {id, evicted}.
 local now = store_now()
 local index, counter, log, base = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, max_entries, log_length = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -21,7 +24,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 
   drop(id)
 end
 local evicted = 0
-local over = redis.call('ZCARD', index) + 1 - max_entries
+local over = math.min(redis.call('ZCARD', index) + 1 - max_entries, 65)
 if over > 0 then
   for _, id in ipairs(redis.call('ZRANGE', index, 0, over - 1)) do
     drop(id)
@@ -29,7 +32,11 @@ if over > 0 then
   end
 end
 
-local id = redis.call('INCR', counter)
+if redis.call('EXISTS', counter) == 0 then
+  redis.call('SET', counter, int(now * 1000))
+end
+-- As a string: ids pass 2^31, and Lua would write a large number as 1.7e+15.
+local id = int(redis.call('INCR', counter))
 local key = base .. id
 redis.call('HSET', key, 'v', ARGV[1], 'd', ARGV[2], 'm', ARGV[3])
 redis.call('PEXPIRE', key, ttl)
@@ -41,4 +48,4 @@ for _, k in ipairs({index, counter, log}) do
     redis.call('PEXPIRE', k, ttl)
   end
 end
-return {id, evicted}
+return {tonumber(id), evicted}

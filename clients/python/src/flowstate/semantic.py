@@ -11,6 +11,7 @@ dimension, threshold, TTL, size). Entries belong to the caller's tenant.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence, T
 import grpc
 
 from flowstate import types as t
-from flowstate.errors import DeadlineExceeded, InvalidArgument, Unavailable, from_rpc_error
+from flowstate.errors import DeadlineExceeded, FlowstateError, InvalidArgument, Unavailable, from_rpc_error
 from flowstate.v1 import semantic_pb2, semantic_pb2_grpc
 
 if TYPE_CHECKING:
@@ -95,6 +96,16 @@ def _hit(r: semantic_pb2.SemanticGetResponse) -> SemanticHit | None:
 # A cache that cannot be reached must not stop the caller: get_or_compute computes instead.
 _OUTAGE = (Unavailable, DeadlineExceeded)
 
+log = logging.getLogger("flowstate.semantic")
+
+
+def _not_stored(namespace: str, error: FlowstateError) -> None:
+    """A computed value that could not be stored is still the caller's answer: say why once."""
+    if isinstance(error, _OUTAGE):
+        log.debug("semantic cache %s: value not stored: %s", namespace, error)
+    else:
+        log.warning("semantic cache %s: value not stored: %s", namespace, error)
+
 
 class Semantic:
     """`flowstate.v1.SemanticCacheService`, plus `get_or_compute`."""
@@ -145,8 +156,10 @@ class Semantic:
         """The value of the most similar entry, or `compute()`'s, stored for the next caller.
 
         If flowstate is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED) the value is computed and
-        returned anyway: a cache outage costs a computation, not an error. Other errors (a wrong
-        dimension, an unknown namespace) raise.
+        returned anyway: a cache outage costs a computation, not an error. Errors of the lookup
+        (a wrong dimension, an unknown namespace) raise before anything is computed; once the
+        value is computed it is returned even if storing it fails (a value over the namespace's
+        limit is logged, not lost).
         """
         try:
             hit = self.get(namespace, embedding, min_similarity)
@@ -157,8 +170,8 @@ class Semantic:
         value = compute()
         try:
             self.set(namespace, embedding, value, ttl=ttl, metadata=metadata)
-        except _OUTAGE:
-            pass
+        except FlowstateError as e:
+            _not_stored(namespace, e)
         return value
 
 
@@ -219,8 +232,8 @@ class AsyncSemantic:
         value = await _computed(compute)
         try:
             await self.set(namespace, embedding, value, ttl=ttl, metadata=metadata)
-        except _OUTAGE:
-            pass
+        except FlowstateError as e:
+            _not_stored(namespace, e)
         return value
 
 
