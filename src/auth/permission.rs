@@ -11,9 +11,10 @@ pub enum Permission {
     /// CreateSession, UpdateSession, TouchSession, RotateSession, DeleteSession,
     /// DeleteUserSessions; and GetSession with `touch` (it extends the session).
     SessionsWrite,
-    /// Cache Get, GetMany.
+    /// Cache Get, GetMany; semantic cache Get.
     CacheRead,
-    /// Cache Set, SetMany, Delete; and Get with `lease` (a lease exists to be filled).
+    /// Cache Set, SetMany, Delete; and Get with `lease` (a lease exists to be filled); semantic
+    /// cache Set, Delete.
     CacheWrite,
     /// Cache InvalidateTags, InvalidateNamespace.
     CacheInvalidate,

@@ -50,6 +50,13 @@ use crate::{
 /// Changes read from a log per request.
 const LOG_BATCH: usize = 2_000;
 
+/// Namespaces larger than this are searched on a blocking thread (2,048 × 768 is ~0.3 ms of
+/// exact scan).
+const BLOCKING_SEARCH: usize = 2_048;
+
+/// How long a Get waits for the first load of its namespace on this replica.
+const FIRST_LOAD_WAIT: Duration = Duration::from_millis(100);
+
 /// Entries read per request while loading a namespace.
 const LOAD_BATCH: usize = 1_000;
 
@@ -58,8 +65,10 @@ struct Indexed {
     keys: SpaceKeys,
     dimension: usize,
     index: RwLock<VectorIndex>,
-    /// Whether the index was loaded (until then Gets miss).
+    /// Whether the index was loaded (until then Gets wait for it, briefly, then miss).
     loaded: AtomicBool,
+    /// Woken when a load ends.
+    load_done: tokio::sync::Notify,
     /// Whether the log may hold changes not applied yet.
     dirty: AtomicBool,
     /// Whether a load of it is running (loads run as tasks of their own).
@@ -155,6 +164,7 @@ impl Shared {
                     dimension,
                     index: RwLock::new(VectorIndex::new(dimension)),
                     loaded: AtomicBool::new(false),
+                    load_done: tokio::sync::Notify::new(),
                     dirty: AtomicBool::new(true),
                     loading: AtomicBool::new(false),
                     reload: AtomicBool::new(false),
@@ -578,6 +588,7 @@ async fn load(shared: Arc<Shared>, ns: Arc<Indexed>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ns.loading.store(false, Ordering::Release);
+    ns.load_done.notify_waiters();
     shared.wake.notify_one();
 }
 
@@ -702,13 +713,44 @@ impl SemanticStore for RedisSemanticStore {
         let shared = &self.shared;
         let ns = shared.indexed(space.tenant, space.namespace, space.dimension);
         if !ns.loaded.load(Ordering::Acquire) {
-            return Ok(None);
+            // First use of the namespace on this replica: its load takes a round trip when it
+            // is new or small (so a Get right after this replica's first Set finds it), seconds
+            // when it is large (then a miss: a cache may miss, a caller should not wait).
+            let done = ns.load_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !ns.loaded.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(FIRST_LOAD_WAIT, done).await;
+            }
+            if !ns.loaded.load(Ordering::Acquire) {
+                return Ok(None);
+            }
         }
-        let candidates = ns
+        let search = {
+            let ns = ns.clone();
+            move |query: &[f32]| {
+                ns.index
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .search(query, min_similarity, CANDIDATES, plan)
+            }
+        };
+        let large = ns
             .index
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .search(query, min_similarity, CANDIDATES, plan);
+            .len()
+            > BLOCKING_SEARCH;
+        let candidates = if large {
+            // Milliseconds of scanning belong on a blocking thread, not on a runtime worker
+            // that every other call of this replica shares.
+            let query = query.to_vec();
+            tokio::task::spawn_blocking(move || search(&query))
+                .await
+                .map_err(|e| StoreError::Protocol(format!("semantic search: {e}")))?
+        } else {
+            search(query)
+        };
         if candidates.is_empty() {
             return Ok(None);
         }
