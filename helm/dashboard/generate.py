@@ -59,6 +59,15 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
          [("sum by (domain, code) (rate(flowstate_rls_requests_total[5m]))", "{{domain}} {{code}}")]),
         ("Envoy RLS hits by result", "short",
          [("sum by (result) (rate(flowstate_rls_hits_total[5m]))", "{{result}}")]),
+        ("Near-cache lookups by namespace and result", "reqps",
+         [("sum by (namespace, result) (rate(flowstate_cache_near_requests_total[5m]))",
+           "{{namespace}} {{result}}")]),
+        ("Semantic cache hit rate by namespace", "percentunit",
+         [('sum by (namespace) (rate(flowstate_semantic_requests_total{result="hit"}[5m])) '
+           "/ sum by (namespace) (rate(flowstate_semantic_requests_total[5m]))", "{{namespace}}")]),
+        ("Semantic index entries per replica (and tracking up)", "short",
+         [("max by (instance) (flowstate_semantic_index_entries)", "{{instance}} entries"),
+          ("min by (instance) (flowstate_semantic_tracking)", "{{instance}} tracking")]),
     ]),
     ("Store", [
         ("Store up", "none", [("min by (instance) (flowstate_store_up)", "{{instance}}")]),
