@@ -504,21 +504,10 @@ impl Backend {
     /// Every key this test's server wrote to Redis for tenants (flowstate's own keys, such as
     /// the health probe's `{prefix}:_:health`, left out; empty for the memory store).
     pub async fn redis_keys(&self) -> Vec<String> {
-        let own = format!("{}:_:", self.prefix);
-        let mut all = Vec::new();
-        for url in &self.nodes {
-            let mut conn = redis::Client::open(url.as_str())
-                .expect("url")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut conn)
-                .await
-                .expect("KEYS");
-            all.extend(keys.into_iter().filter(|k| !k.starts_with(&own)));
-        }
-        all
+        self.key_ttls()
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
     }
 }
