@@ -30,6 +30,8 @@
 //! - [`observe`]: Prometheus metrics: exporter, RPC metrics layer, collector.
 //! - [`deadline`]: the current call's deadline, for store retries that must stop in time.
 //! - [`middleware`]: the tower layers every request passes through (deadline, load shedding).
+//! - [`services`]: the one list of services and what each registers (permissions, config
+//!   section, docs page, how it mounts); everything cross-cutting reads it.
 //! - [`server`]: wires it all together: `server::run(config, listener, shutdown)`.
 //! - [`telemetry`]: tracing subscriber set-up (pretty or JSON).
 //! - [`tenant`]: the tenant every request is scoped to.
@@ -55,6 +57,7 @@ pub mod ratelimit;
 pub mod rls;
 pub mod semantic;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod store;
 pub mod telemetry;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::{cache::Caches, store::Backend};
+use crate::store::Backend;
 
 /// Latency buckets, in seconds: 50 µs to 5 s, dense below a millisecond where flowstate lives.
 const BUCKETS: &[f64] = &[
@@ -379,8 +379,7 @@ where
 /// Publishes figures kept as plain atomics on the hot path (cache counts) and pool state, every
 /// `every`, until `stop` turns true.
 pub async fn collect(
-    caches: Caches,
-    semantic: crate::semantic::Semantic,
+    hooks: Vec<crate::services::MetricsHook>,
     backend: Backend,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -391,30 +390,9 @@ pub async fn collect(
     process.describe();
     loop {
         process.collect();
-        for (namespace, [hits, misses, stale, leases, sets]) in caches.stats().snapshot() {
-            for (result, value) in [("hit", hits), ("miss", misses), ("stale", stale)] {
-                metrics::counter!(
-                    "flowstate_cache_requests_total",
-                    "namespace" => namespace.clone(),
-                    "result" => result
-                )
-                .absolute(value);
-            }
-            metrics::counter!("flowstate_cache_leases_total", "namespace" => namespace.clone())
-                .absolute(leases);
-            metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
-                .absolute(sets);
-        }
-        let (entries, bytes) = semantic.index_size();
-        metrics::gauge!("flowstate_semantic_index_entries").set(entries as f64);
-        metrics::gauge!("flowstate_semantic_index_bytes").set(bytes as f64);
-        if let Some((entries, bytes)) = caches.near_size() {
-            metrics::gauge!("flowstate_cache_near_entries").set(entries as f64);
-            metrics::gauge!("flowstate_cache_near_bytes").set(bytes as f64);
-        }
-        for (namespace, evicted) in caches.evictions() {
-            metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)
-                .absolute(evicted);
+        // Each service's figures (cache counts, index sizes), from its registration.
+        for hook in &hooks {
+            hook();
         }
         match &backend {
             Backend::Memory(m) => {

@@ -12,31 +12,14 @@ use tower::ServiceBuilder;
 
 use crate::{
     auth::{self, AuthLayer, Authenticator, config::AuthMode},
-    cache::{self, Caches, api::CacheApi},
     config::Config,
-    events::{self, Events, api::EventApi},
     health::{self, Health},
-    lock::{self, Locks, api::LockApi},
     middleware::{AdmissionLayer, DeadlineLayer, TraceLayer, layer_error_to_status},
     observe::{self, RpcMetricsLayer},
-    proto::{
-        self,
-        v1::{
-            cache_service_server::CacheServiceServer, event_service_server::EventServiceServer,
-            lock_service_server::LockServiceServer, queue_service_server::QueueServiceServer,
-            rate_limit_service_server::RateLimitServiceServer,
-            semantic_cache_service_server::SemanticCacheServiceServer,
-            session_service_server::SessionServiceServer, usage_service_server::UsageServiceServer,
-        },
-    },
-    queue::{self, Queues, api::QueueApi},
-    ratelimit::{self, RateLimits, api::RateLimitApi},
-    rls::{self, Rls, api::RlsApi},
-    semantic::{self, Semantic, api::SemanticApi},
-    session::{self, Sessions, api::SessionApi},
+    proto,
+    services::{self, Wiring},
     store::Backend,
     tls::{Acceptor, TlsFiles},
-    usage::{self, Usage, api::UsageApi},
 };
 
 /// Opens the backend the configuration asks for and says loudly which one it is.
@@ -86,30 +69,6 @@ fn warn_about_quotas(config: &Config, auth: &Authenticator, backend: &Backend) {
     }
 }
 
-/// Envoy's rate limit service over the rate-limit counters, with its rules loaded (a broken
-/// rules file stops start-up with its file and line) and announced.
-fn open_rls(
-    config: &Config,
-    counters: std::sync::Arc<dyn ratelimit::RateLimitStore>,
-) -> anyhow::Result<Rls> {
-    let rules = match &config.rls.config_path {
-        Some(path) => {
-            let rules = rls::Rules::load(path, config.rls.merge_domains)
-                .map_err(|e| anyhow::anyhow!("rls.config_path: {e}"))?;
-            rls::watch::announce(&rules, path);
-            rules
-        }
-        None => {
-            tracing::info!(
-                "Envoy rate limit service: no rules (rls.config_path is not set), every \
-                 descriptor is UNKNOWN and every request OK"
-            );
-            rls::Rules::default()
-        }
-    };
-    Ok(Rls::new(counters, rules, config.rls.clone()))
-}
-
 /// Reflection over every descriptor a caller may meet: flowstate's own, grpc.health.v1 (or
 /// grpcurl cannot describe Health) and google.rpc (so error details such as BadRequest decode).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -127,20 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let backend = open_backend(&config)?;
-    let auth = Arc::new(Authenticator::new(
-        &config,
-        &[
-            session::api::PERMISSIONS,
-            cache::api::PERMISSIONS,
-            ratelimit::api::PERMISSIONS,
-            lock::api::PERMISSIONS,
-            events::api::PERMISSIONS,
-            queue::api::PERMISSIONS,
-            rls::api::PERMISSIONS,
-            usage::api::PERMISSIONS,
-            semantic::api::PERMISSIONS,
-        ],
-    )?);
+    let auth = Arc::new(Authenticator::new(&config, &services::permissions())?);
     match auth.mode() {
         AuthMode::None => tracing::warn!(
             tenant = %config.server.tenant,
@@ -216,70 +162,20 @@ pub async fn run(
         (None, None)
     };
 
-    let events = Events::new(events::open_store(&backend)?, config.events.clone());
-    let sessions = Sessions::new(
-        session::open_store(&backend, &config.session)?,
-        config.session.clone(),
-    )
-    .with_events(events.clone());
-    let session_service = SessionServiceServer::new(SessionApi::new(sessions))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let semantic = Semantic::new(
-        semantic::open_store(&backend, &config)?,
-        config.semantic.clone(),
-    );
-    let semantic_service = SemanticCacheServiceServer::new(SemanticApi::new(semantic.clone()))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let caches = Caches::new(cache::open_store(&backend, &config)?, config.cache.clone())
-        .with_events(events.clone());
+    // Every service of the registry: its store, domain, gRPC server, tasks and metric hooks.
+    let mut wiring = Wiring::new(&config, &backend, stop_tasks.subscribe())?;
+    wiring.mount_all()?;
+    let (routes, service_tasks, hooks) = wiring.finish();
+    tasks.extend(service_tasks);
     tasks.push((
         "metrics collector",
         tokio::spawn(observe::collect(
-            caches.clone(),
-            semantic.clone(),
+            hooks,
             backend.clone(),
             Duration::from_secs(1),
             stop_tasks.subscribe(),
         )),
     ));
-    let cache_service = CacheServiceServer::new(CacheApi::new(caches))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let usage = Usage::new(usage::open_store(&backend)?, config.usage.clone());
-    let usage_service = UsageServiceServer::new(UsageApi::new(usage.clone()))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let counters = ratelimit::open_store(&backend)?;
-    let limits = RateLimits::new(counters.clone(), &config.ratelimit).with_usage(usage);
-    let rls = open_rls(&config, counters)?;
-    if let Some(path) = &config.rls.config_path {
-        tasks.push((
-            "RLS rules watcher",
-            tokio::spawn(rls::watch::watch_rules(
-                rls.clone(),
-                path.clone(),
-                config.rls.merge_domains,
-                config.rls.reload_interval,
-                stop_tasks.subscribe(),
-            )),
-        ));
-    }
-    let rls_service =
-        proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::new(
-            RlsApi::new(rls),
-        )
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let ratelimit_service = RateLimitServiceServer::new(RateLimitApi::new(limits))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let locks = Locks::new(
-        lock::open_store(&backend, &config.locks)?,
-        config.locks.clone(),
-    );
-    let lock_service = LockServiceServer::new(LockApi::new(locks))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let event_service = EventServiceServer::new(EventApi::new(events.clone()))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let queues = Queues::new(queue::open_store(&backend)?, config.queues.clone());
-    let queue_service = QueueServiceServer::new(QueueApi::new(queues))
-        .max_decoding_message_size(config.server.max_message_bytes);
 
     // The one tower stack, outermost first.
     let stack = ServiceBuilder::new()
@@ -348,18 +244,10 @@ pub async fn run(
     }
     let router = builder
         .layer(stack)
+        .add_routes(routes)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
-        .add_optional_service(reflection_v1alpha)
-        .add_service(session_service)
-        .add_service(cache_service)
-        .add_service(ratelimit_service)
-        .add_service(lock_service)
-        .add_service(event_service)
-        .add_service(queue_service)
-        .add_service(rls_service)
-        .add_service(usage_service)
-        .add_service(semantic_service);
+        .add_optional_service(reflection_v1alpha);
     let stopped = async {
         let _ = accepting_stopped.await;
     };

@@ -313,24 +313,14 @@ async fn every_method_needs_exactly_its_permission() {
         .collect();
     let server = TestServer::start(auth_config(&lines)).await;
 
-    let table: HashMap<String, Permission> = [
-        flowstate::session::api::PERMISSIONS,
-        flowstate::cache::api::PERMISSIONS,
-        flowstate::ratelimit::api::PERMISSIONS,
-        flowstate::lock::api::PERMISSIONS,
-        flowstate::events::api::PERMISSIONS,
-        flowstate::queue::api::PERMISSIONS,
-        flowstate::usage::api::PERMISSIONS,
-        flowstate::rls::api::PERMISSIONS,
-        flowstate::semantic::api::PERMISSIONS,
-    ]
-    .iter()
-    .flat_map(|(service, methods)| {
-        methods
-            .iter()
-            .map(move |(m, p)| (format!("/{service}/{m}"), *p))
-    })
-    .collect();
+    let table: HashMap<String, Permission> = flowstate::services::permissions()
+        .iter()
+        .flat_map(|(service, methods)| {
+            methods
+                .iter()
+                .map(move |(m, p)| (format!("/{service}/{m}"), *p))
+        })
+        .collect();
     let pool = DescriptorPool::decode(flowstate::proto::FILE_DESCRIPTOR_SET).expect("descriptors");
     let mut checked = 0;
     // Every service of the set: flowstate's own and Envoy's rate limit service.

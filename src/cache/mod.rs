@@ -28,8 +28,30 @@ pub use self::{
 };
 use crate::{
     config::Config,
+    proto::v1::cache_service_server::CacheServiceServer,
+    services::{Registration, Wiring},
     store::{Backend, StoreError},
 };
+
+/// CacheService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "cache",
+    page: "cache",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let caches = Caches::new(open_store(w.backend, w.config)?, w.config.cache.clone())
+        .with_events(w.events.clone());
+    let published = caches.clone();
+    w.metrics(move || published.publish_metrics());
+    w.serve(
+        CacheServiceServer::new(api::CacheApi::new(caches))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The cache store of `backend`.
 pub fn open_store(backend: &Backend, config: &Config) -> Result<Arc<dyn CacheStore>, StoreError> {

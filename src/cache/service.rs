@@ -60,6 +60,33 @@ impl Caches {
         self.store.near_size()
     }
 
+    /// Publishes the figures kept in memory (hit/miss/stale, leases, sets and evictions per
+    /// namespace; the near tier's size) as metrics: the metrics collector's hook.
+    pub fn publish_metrics(&self) {
+        for (namespace, [hits, misses, stale, leases, sets]) in self.stats.snapshot() {
+            for (result, value) in [("hit", hits), ("miss", misses), ("stale", stale)] {
+                metrics::counter!(
+                    "flowstate_cache_requests_total",
+                    "namespace" => namespace.clone(),
+                    "result" => result
+                )
+                .absolute(value);
+            }
+            metrics::counter!("flowstate_cache_leases_total", "namespace" => namespace.clone())
+                .absolute(leases);
+            metrics::counter!("flowstate_cache_sets_total", "namespace" => namespace)
+                .absolute(sets);
+        }
+        if let Some((entries, bytes)) = self.near_size() {
+            metrics::gauge!("flowstate_cache_near_entries").set(entries as f64);
+            metrics::gauge!("flowstate_cache_near_bytes").set(bytes as f64);
+        }
+        for (namespace, evicted) in self.evictions() {
+            metrics::counter!("flowstate_cache_evictions_total", "namespace" => namespace)
+                .absolute(evicted);
+        }
+    }
+
     fn namespace(&self, name: &str) -> Result<(&NamespacePolicy, Arc<NamespaceStats>), Error> {
         if !crate::tenant::is_key_safe_name(name) {
             return Err(Error::invalid(

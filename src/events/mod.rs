@@ -24,7 +24,27 @@ pub use self::{
     service::Events,
     store::EventStore,
 };
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::event_service_server::EventServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// EventService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "events",
+    page: "events",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    w.serve(
+        EventServiceServer::new(api::EventApi::new(w.events.clone()))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The event store of `backend`.
 pub fn open_store(backend: &Backend) -> Result<Arc<dyn EventStore>, StoreError> {

@@ -25,7 +25,31 @@ pub use self::{
     service::Locks,
     store::LockStore,
 };
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::lock_service_server::LockServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// LockService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "locks",
+    page: "locks",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let locks = Locks::new(
+        open_store(w.backend, &w.config.locks)?,
+        w.config.locks.clone(),
+    );
+    w.serve(
+        LockServiceServer::new(api::LockApi::new(locks))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The lock store of `backend`, bounded by `config`.
 pub fn open_store(

@@ -21,7 +21,28 @@ pub mod store;
 use std::sync::Arc;
 
 pub use self::{service::Queues, store::QueueStore};
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::queue_service_server::QueueServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// QueueService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "queues",
+    page: "queues",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let queues = Queues::new(open_store(w.backend)?, w.config.queues.clone());
+    w.serve(
+        QueueServiceServer::new(api::QueueApi::new(queues))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The queue store of `backend`.
 pub fn open_store(backend: &Backend) -> Result<Arc<dyn QueueStore>, StoreError> {

@@ -25,7 +25,29 @@ pub use self::{
     service::RateLimits,
     store::RateLimitStore,
 };
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::rate_limit_service_server::RateLimitServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// RateLimitService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "ratelimit",
+    page: "ratelimit",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let limits =
+        RateLimits::new(w.counters.clone(), &w.config.ratelimit).with_usage(w.usage.clone());
+    w.serve(
+        RateLimitServiceServer::new(api::RateLimitApi::new(limits))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The rate-limit store of `backend`.
 pub fn open_store(backend: &Backend) -> Result<Arc<dyn RateLimitStore>, StoreError> {

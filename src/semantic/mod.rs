@@ -20,8 +20,33 @@ use std::sync::Arc;
 pub use self::{service::Semantic, store::SemanticStore};
 use crate::{
     config::Config,
+    proto::v1::semantic_cache_service_server::SemanticCacheServiceServer,
+    services::{Registration, Wiring},
     store::{Backend, StoreError},
 };
+
+/// SemanticCacheService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "semantic",
+    page: "semantic-cache",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let semantic = Semantic::new(open_store(w.backend, w.config)?, w.config.semantic.clone());
+    let published = semantic.clone();
+    w.metrics(move || {
+        let (entries, bytes) = published.index_size();
+        metrics::gauge!("flowstate_semantic_index_entries").set(entries as f64);
+        metrics::gauge!("flowstate_semantic_index_bytes").set(bytes as f64);
+    });
+    w.serve(
+        SemanticCacheServiceServer::new(api::SemanticApi::new(semantic))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The semantic cache store of `backend`.
 pub fn open_store(

@@ -30,7 +30,30 @@ pub use self::{
     store::SessionStore,
     validate::validate_create,
 };
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::session_service_server::SessionServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// SessionService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "session",
+    page: "sessions",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    let config = &w.config.session;
+    let sessions =
+        Sessions::new(open_store(w.backend, config)?, config.clone()).with_events(w.events.clone());
+    w.serve(
+        SessionServiceServer::new(api::SessionApi::new(sessions))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The session store of `backend`, with the write concern of `config` on Redis.
 pub fn open_store(

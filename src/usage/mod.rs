@@ -19,7 +19,27 @@ pub mod store;
 use std::sync::Arc;
 
 pub use self::{model::Granularity, service::Usage, store::UsageStore};
-use crate::store::{Backend, StoreError};
+use crate::{
+    proto::v1::usage_service_server::UsageServiceServer,
+    services::{Registration, Wiring},
+    store::{Backend, StoreError},
+};
+
+/// UsageService's registration (see [`crate::services`]).
+pub const SERVICE: Registration = Registration {
+    permissions: api::PERMISSIONS,
+    section: "usage",
+    page: "usage",
+    mount,
+};
+
+fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    w.serve(
+        UsageServiceServer::new(api::UsageApi::new(w.usage.clone()))
+            .max_decoding_message_size(w.max_message_bytes()),
+    );
+    Ok(())
+}
 
 /// The usage store of `backend`.
 pub fn open_store(backend: &Backend) -> Result<Arc<dyn UsageStore>, StoreError> {
