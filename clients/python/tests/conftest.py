@@ -142,29 +142,35 @@ def serving(channel) -> bool:
     return r.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def readme_semantic_config() -> str:
-    """The semantic namespaces the README configures (its TOML block of `llm_answers` and the
-    grpcurl example's `demo`)."""
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+"""The README and every page under docs/: the documentation whose examples the tests run."""
+
+
+def doc_blocks(language: str) -> list[tuple[pathlib.Path, str]]:
+    """Every fenced block of `language` in DOC_PAGES, with the page it is on, in page order."""
     import re
 
-    readme = (REPO / "README.md").read_text()
-    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", readme, flags=re.S) if "[semantic.namespaces.demo]" in b]
+    return [(page, block) for page in DOC_PAGES
+            for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)]
+
+
+def readme_semantic_config() -> str:
+    """The semantic namespaces the docs configure (the semantic cache page's TOML block of
+    `llm_answers` and the grpcurl example's `demo`)."""
+    (block,) = [b for _, b in doc_blocks("toml") if "[semantic.namespaces.demo]" in b]
     return block
 
 
 def readme_rls_rules() -> str:
-    """The envoyproxy/ratelimit rules the README shows (its YAML block for domain `edge`)."""
-    import re
-
-    readme = (REPO / "README.md").read_text()
-    (rules,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if b.startswith("domain: edge")]
+    """The envoyproxy/ratelimit rules the docs show (the RLS page's YAML block for domain `edge`)."""
+    (rules,) = [b for _, b in doc_blocks("yaml") if b.startswith("domain: edge")]
     return rules
 
 
 @pytest.fixture(scope="session")
 def target(redis_server, tmp_path_factory):
-    """A flowstate on Redis, plaintext, authentication off (as on a laptop), with the README's
-    Envoy rate limit rules."""
+    """A flowstate on Redis, plaintext, authentication off (as on a laptop), with the docs'
+    semantic namespaces and Envoy rate limit rules (so their grpcurl examples run as written)."""
     redis_url, _ = redis_server
     rules = tmp_path_factory.mktemp("rls") / "rules.yaml"
     rules.write_text(readme_rls_rules())
