@@ -2,47 +2,62 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+import pkgutil
+from typing import Any, Iterable, Sequence
 
 import grpc
 import grpc.aio
+from google.protobuf import descriptor_pb2
 
 from flowstate import _tracing
 
 DEFAULT_TIMEOUT = 2.0
 """Seconds: every call gets a deadline; flowstate answers in well under a millisecond."""
 
-# Retried by gRPC itself on UNAVAILABLE (with backoff): only calls idempotent in effect, whose
-# repetition (after a first attempt that may have succeeded) cannot undo or change what another
-# caller did in between beyond what a cache may always do (miss):
-# - reads: GetSession (a touch only slides that session again), ListUserSessions, GetMany;
-# - DeleteSession: one session, by its id or handle, which no other session will ever have;
-# - cache Delete, InvalidateTags, InvalidateNamespace: a repeat can only cause extra misses, and
-#   completes an InvalidateTags that failed half-way (the server keeps every entry findable);
-# - lock Inspect (a read) and Extend (a repeat sets the same TTL from a moment later, and only
-#   for the holder of the token);
-# - semantic Get (a read) and Delete (one entry by its id, which no other entry will have).
-# Never retried: CreateSession, UpdateSession, TouchSession, RotateSession, cache Get (it may
-# grant a lease), Set, SetMany, rate-limit Check, semantic Set (each could act twice); DeleteUserSessions (a
-# repeat would also log out a session created in between); rate-limit Reset (a repeat would
-# forget hits counted in between, admitting more than the limit); lock Acquire (a repeat after
-# a grant whose answer was lost would take a second holding, with a token nobody has) and
-# Release (a repeat after it worked says the lock was lost); event Publish (a repeat is a second
-# event); queue Enqueue (a second job), Fetch (a repeat would lease more jobs while the first
-# answer's wait out their timeout), Ack, Fail and GiveBack (a repeat after it worked says the
-# lease was lost), Retry and Discard. Subscribe resumes by itself from its last positions (see
-# `Subscription`).
-_IDEMPOTENT = {
-    "flowstate.v1.SessionService": ["GetSession", "ListUserSessions", "DeleteSession"],
-    "flowstate.v1.CacheService": ["GetMany", "Delete", "InvalidateTags", "InvalidateNamespace"],
-    "flowstate.v1.LockService": ["Inspect", "Extend"],
-    "flowstate.v1.SemanticCacheService": ["Get", "Delete"],
-    "flowstate.v1.QueueService": ["Extend", "Stats", "ListDead", "Pause", "Resume"],
-    "grpc.health.v1.Health": ["Check"],
-}
+# Retried by gRPC itself on UNAVAILABLE (with backoff): the unary calls the protos mark
+# `idempotency_level = NO_SIDE_EFFECTS` (reads) or `IDEMPOTENT` (a repeat, after a first attempt
+# that may have succeeded, cannot undo or change what another caller did in between beyond what
+# a cache may always do: miss). Each proto says why a method is or is not marked. A new service
+# or method is covered by marking it there: this module reads the compiled descriptors of every
+# `flowstate.v1` proto. Streams are left out: a `Subscription` resumes by itself from its last
+# positions (gRPC's retry would end at the stream's first message anyway).
+RETRYABLE_LEVELS = frozenset(
+    {descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT}
+)
+
+# Services whose protos carry no idempotency options: grpc.health.v1 (grpcio-health-checking's).
+_ALSO_RETRIED = {"grpc.health.v1.Health": ["Check"]}
+
+
+def proto_files() -> list[Any]:
+    """The file descriptors of every generated `flowstate.v1` module."""
+    package = importlib.import_module("flowstate.v1")
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.endswith("_pb2"))
+    return [importlib.import_module(f"flowstate.v1.{name}").DESCRIPTOR for name in names]
+
+
+def retryable(files: Iterable[Any]) -> dict[str, list[str]]:
+    """Service full name -> the unary methods marked NO_SIDE_EFFECTS or IDEMPOTENT."""
+    methods: dict[str, list[str]] = {}
+    for file in files:
+        for service in file.services_by_name.values():
+            marked = [
+                m.name
+                for m in service.methods
+                if m.GetOptions().idempotency_level in RETRYABLE_LEVELS
+                and not (m.client_streaming or m.server_streaming)
+            ]
+            if marked:
+                methods[service.full_name] = marked
+    return methods
+
+
+RETRIED = {**retryable(proto_files()), **_ALSO_RETRIED}
+"""The methods retried on UNAVAILABLE, by service (read from the protos)."""
 
 SERVICE_CONFIG = json.dumps(
     {
@@ -50,7 +65,7 @@ SERVICE_CONFIG = json.dumps(
             {
                 "name": [
                     {"service": service, "method": method}
-                    for service, methods in _IDEMPOTENT.items()
+                    for service, methods in RETRIED.items()
                     for method in methods
                 ],
                 "retryPolicy": {

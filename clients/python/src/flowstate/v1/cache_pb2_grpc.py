@@ -116,6 +116,7 @@ class CacheServiceServicer:
 
     def Get(self, request, context):
         """Reads one key; with `lease`, asks for the right to recompute it on a miss or stale hit.
+        Not idempotent: a repeat after a lost answer would find its own lease held by nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,7 +151,8 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InvalidateTags(self, request, context):
-        """Deletes every key of the namespace that was set with any of the tags.
+        """Deletes every key of the namespace that was set with any of the tags. A repeat can only
+        cause extra misses, and completes an invalidation that failed half-way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

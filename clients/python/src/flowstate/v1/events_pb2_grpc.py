@@ -98,7 +98,7 @@ class EventServiceServicer:
     """
 
     def Publish(self, request, context):
-        """Appends an event to a topic; returns its id.
+        """Appends an event to a topic; returns its id. Not idempotent: a repeat is a second event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +106,8 @@ class EventServiceServicer:
 
     def Subscribe(self, request, context):
         """Streams the events of `topics`: first a Subscribed message with the starting positions,
-        then events as they are published (and, with `after`, the ones missed before them).
+        then events as they are published (and, with `after`, the ones missed before them). A
+        dropped stream is resumed by subscribing again with `after` the last ids seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

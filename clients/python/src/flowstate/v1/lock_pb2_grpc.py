@@ -94,14 +94,16 @@ class LockServiceServicer:
     """
 
     def Acquire(self, request, context):
-        """Takes the lock (or a slot of the semaphore), waiting up to `wait` for it.
+        """Takes the lock (or a slot of the semaphore), waiting up to `wait` for it. Not idempotent:
+        a repeat after a grant whose answer was lost takes a second holding.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Extend(self, request, context):
-        """Gives the holding a new TTL from now. FAILED_PRECONDITION if it is no longer held.
+        """Gives the holding a new TTL from now. FAILED_PRECONDITION if it is no longer held. A repeat
+        sets the same TTL from a moment later, for the holder of the token only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +111,7 @@ class LockServiceServicer:
 
     def Release(self, request, context):
         """Gives the lock up at once and wakes the next waiter. FAILED_PRECONDITION if it was no
-        longer held.
+        longer held (so a repeat after it worked would say the lock was lost).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

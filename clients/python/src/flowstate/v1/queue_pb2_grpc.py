@@ -158,6 +158,7 @@ class QueueServiceServicer:
 
     def EnqueueMany(self, request, context):
         """Adds up to `queues.max_batch` jobs to one queue in one atomic step (all or none).
+        Enqueue and EnqueueMany are not idempotent: a repeat without `unique_key` adds jobs again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +168,8 @@ class QueueServiceServicer:
         """Leases up to `max` ready jobs from the queues in the order given (all of the first queue's
         ready jobs before any of the second's; within a queue high, normal, then low priority, each
         oldest first). With `wait`, waits (within the call's deadline) until a job is ready: woken
-        by the enqueue itself, or at the time a scheduled job falls due, never by polling.
+        by the enqueue itself, or at the time a scheduled job falls due, never by polling. Not
+        idempotent: a repeat would lease more jobs while the first answer's wait out their timeout.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +199,8 @@ class QueueServiceServicer:
 
     def GiveBack(self, request, context):
         """Hands the job back unfinished (a worker shutting down): ready again at once, this attempt
-        not counted. FAILED_PRECONDITION if the lease was lost.
+        not counted. FAILED_PRECONDITION if the lease was lost (so Ack, Fail and GiveBack are not
+        idempotent: a repeat after one worked says the lease was lost).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,7 +221,8 @@ class QueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Discard(self, request, context):
-        """Dead jobs deleted.
+        """Dead jobs deleted. Retry and Discard are not idempotent: with `all`, a repeat would also
+        take jobs that died in between.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

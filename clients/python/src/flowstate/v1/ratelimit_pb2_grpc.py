@@ -89,7 +89,8 @@ class RateLimitServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reset(self, request, context):
-        """Forgets a counter: the key starts again with its full limit.
+        """Forgets a counter: the key starts again with its full limit. Not idempotent: a repeat
+        would forget hits counted in between, admitting more than the limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowstate/v1/semantic.proto\x12\x0c\x66lowstate.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe4\x01\n\x12SemanticSetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\r\n\x05value\x18\x03 \x01(\x0c\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12@\n\x08metadata\x18\x05 \x03(\x0b\x32..flowstate.v1.SemanticSetRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x13SemanticSetResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x65victed\x18\x02 \x01(\r\"j\n\x12SemanticGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"\xef\x01\n\x13SemanticGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x41\n\x08metadata\x18\x05 \x03(\x0b\x32/.flowstate.v1.SemanticGetResponse.MetadataEntry\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x15SemanticDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\")\n\x16SemanticDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\x83\x02\n\x14SemanticCacheService\x12J\n\x03Set\x12 .flowstate.v1.SemanticSetRequest\x1a!.flowstate.v1.SemanticSetResponse\x12J\n\x03Get\x12 .flowstate.v1.SemanticGetRequest\x1a!.flowstate.v1.SemanticGetResponse\x12S\n\x06\x44\x65lete\x12#.flowstate.v1.SemanticDeleteRequest\x1a$.flowstate.v1.SemanticDeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowstate/v1/semantic.proto\x12\x0c\x66lowstate.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe4\x01\n\x12SemanticSetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\r\n\x05value\x18\x03 \x01(\x0c\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12@\n\x08metadata\x18\x05 \x03(\x0b\x32..flowstate.v1.SemanticSetRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x13SemanticSetResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x65victed\x18\x02 \x01(\r\"j\n\x12SemanticGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"\xef\x01\n\x13SemanticGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x41\n\x08metadata\x18\x05 \x03(\x0b\x32/.flowstate.v1.SemanticGetResponse.MetadataEntry\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x15SemanticDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\")\n\x16SemanticDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\x8d\x02\n\x14SemanticCacheService\x12J\n\x03Set\x12 .flowstate.v1.SemanticSetRequest\x1a!.flowstate.v1.SemanticSetResponse\x12O\n\x03Get\x12 .flowstate.v1.SemanticGetRequest\x1a!.flowstate.v1.SemanticGetResponse\"\x03\x90\x02\x01\x12X\n\x06\x44\x65lete\x12#.flowstate.v1.SemanticDeleteRequest\x1a$.flowstate.v1.SemanticDeleteResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEMANTICSETREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SEMANTICGETRESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_SEMANTICGETRESPONSE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_SEMANTICCACHESERVICE'].methods_by_name['Get']._loaded_options = None
+  _globals['_SEMANTICCACHESERVICE'].methods_by_name['Get']._serialized_options = b'\220\002\001'
+  _globals['_SEMANTICCACHESERVICE'].methods_by_name['Delete']._loaded_options = None
+  _globals['_SEMANTICCACHESERVICE'].methods_by_name['Delete']._serialized_options = b'\220\002\002'
   _globals['_SEMANTICSETREQUEST']._serialized_start=78
   _globals['_SEMANTICSETREQUEST']._serialized_end=306
   _globals['_SEMANTICSETREQUEST_METADATAENTRY']._serialized_start=259
@@ -53,5 +57,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEMANTICDELETERESPONSE']._serialized_start=766
   _globals['_SEMANTICDELETERESPONSE']._serialized_end=807
   _globals['_SEMANTICCACHESERVICE']._serialized_start=810
-  _globals['_SEMANTICCACHESERVICE']._serialized_end=1069
+  _globals['_SEMANTICCACHESERVICE']._serialized_end=1079
 # @@protoc_insertion_point(module_scope)

@@ -91,7 +91,7 @@ class SemanticCacheServiceServicer:
     """
 
     def Set(self, request, context):
-        """Stores a value under an embedding; returns the new entry's id.
+        """Stores a value under an embedding; returns the new entry's id (a repeat stores another).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +105,7 @@ class SemanticCacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes one entry by id.
+        """Deletes one entry by id (which no other entry will ever have).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

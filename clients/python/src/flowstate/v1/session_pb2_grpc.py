@@ -125,7 +125,8 @@ class SessionServiceServicer:
 
     def GetSession(self, request, context):
         """Returns the session. NOT_FOUND when it does not exist or has expired.
-        With `touch`, the read counts as activity and slides the idle expiry.
+        With `touch`, the read counts as activity and slides the idle expiry (so a repeat is
+        harmless but not free of side effects: IDEMPOTENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +168,7 @@ class SessionServiceServicer:
     def ListUserSessions(self, request, context):
         """Lists the user's live sessions, oldest first, without their ids (handles only) and without
         their data (timestamps and metadata only: data is read through the session's id).
-        Expired entries are pruned from the user's index as a side effect.
+        Expired entries are pruned from the user's index, which changes nothing a caller can see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,7 +176,8 @@ class SessionServiceServicer:
 
     def DeleteUserSessions(self, request, context):
         """Deletes all of the user's sessions ("log out everywhere"), or all but `keep_handle`
-        ("log out everywhere else"). Returns how many were deleted.
+        ("log out everywhere else"). Returns how many were deleted. Not idempotent: a repeat would
+        also delete a session created in between.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,7 +84,8 @@ class UsageServiceServicer:
 
     def Record(self, request, context):
         """Adds each event's amount to its metric for its subject (and its unique value to the
-        metric's distinct count).
+        metric's distinct count). Not marked idempotent: only a Record with a `batch_id` may be
+        resent, with that id (see above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
