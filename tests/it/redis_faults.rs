@@ -1,11 +1,9 @@
 //! What callers and probes see when Redis dies, hangs, is missing at start, or comes back.
 //! Each test owns its redis-server (it kills or pauses it), whatever FLOWSTATE_TEST_REDIS_URL says.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{RedisServer, TestServer, eventually, free_port, test_config};
+use crate::common::{RedisServer, TestServer, eventually, free_port, test_config};
 use flowstate::{config::Config, proto::v1 as pb};
 use pb::session_service_client::SessionServiceClient;
 use tonic::{Code, Request, transport::Channel};
@@ -611,7 +609,7 @@ async fn every_key_flowstate_writes_has_a_ttl() {
     let mut waiter = locks.clone();
     let waiting = tokio::spawn(async move { waiter.acquire(lock_req(3)).await });
     assert!(
-        common::eventually(Duration::from_secs(2), || {
+        crate::common::eventually(Duration::from_secs(2), || {
             let mut locks = locks.clone();
             async move {
                 locks

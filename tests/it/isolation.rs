@@ -1,14 +1,20 @@
 //! Tenant isolation, service by service, on both stores: two tenants using the same user ids,
 //! the same cache namespaces, keys and tags, and the same limits and limit keys never see,
 //! change, delete, invalidate, reset or exhaust each other's state.
-
-#[macro_use]
-mod common;
+//!
+//! And for every method of every registered service (`common::every_method`, so a new service
+//! is covered without edits here): both tenants call it with the same names (a configured one
+//! and crafted ones), every key a call writes lies in its caller's key space, and no reply to
+//! one tenant carries the other's data.
 
 use std::sync::LazyLock;
 
+use crate::common::{
+    Backend,
+    every_method::{self, call_every_method},
+    with_key,
+};
 use bytes::Bytes;
-use common::{Backend, with_key};
 use flowstate::{
     auth::{keys, permission::Permissions},
     config::{AuthMode, Config, LimitConfig},
@@ -34,6 +40,54 @@ contract_tests! {
     queues_are_separate_across_tenants with super::two_tenants,
     usage_is_separate_across_tenants with super::two_tenants,
     envoy_rate_limits_are_separate_across_tenants with super::two_tenants,
+}
+
+contract_tests! {
+    stores [every_method_redis: redis, slow_every_method_cluster: cluster]
+    tests [every_method_stays_in_its_tenants_key_space with super::two_tenants_and_probe]
+}
+
+fn two_tenants_and_probe(c: &mut Config) {
+    two_tenants(c);
+    every_method::configure(c, "probe");
+}
+
+async fn every_method_stays_in_its_tenants_key_space(b: Backend) {
+    let channel = b.server.channel.clone();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut calls = 0;
+    for name in ["probe", "{probe}", "beta:probe", "alpha/probe}:x", "*"] {
+        for (tenant, key, other) in [("alpha", alpha(), "beta"), ("beta", beta(), "alpha")] {
+            let replies =
+                call_every_method(&channel, Some(key), name, |m| format!("{tenant}SECRET{m}x"))
+                    .await;
+            for call in &replies {
+                if let Ok(body) = &call.reply {
+                    let leak = format!("{other}SECRET");
+                    assert!(
+                        !body.windows(leak.len()).any(|w| w == leak.as_bytes()),
+                        "{tenant}'s {} with name {name:?} answered with {other}'s data",
+                        call.path
+                    );
+                }
+            }
+            calls += replies.len();
+            let own = format!("{}:{tenant}:", b.prefix);
+            for written in b.redis_keys().await {
+                if seen.insert(written.clone()) {
+                    assert!(
+                        written.starts_with(&own),
+                        "{tenant}'s calls with name {name:?} wrote {written:?}, outside {own:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        seen.len() > 20,
+        "the calls wrote {} keys in {calls} calls",
+        seen.len()
+    );
 }
 
 /// Keys for tenants `alpha` and `beta`, every permission each.

@@ -3,11 +3,9 @@
 //! identities map to a tenant and permissions, and a rotated certificate is served without a
 //! restart.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
-use common::{
+use crate::common::{
     TestServer, eventually,
     pki::{Pair, Pki},
     test_config, with_key,
@@ -85,7 +83,7 @@ async fn tls_with_keys_and_plaintext_refused_cleanly() {
     let mut config = tls_config(&cert, None);
     config.auth.mode = AuthMode::Required;
     config.auth.keys = Some(key.line.clone());
-    let health_port = common::free_port();
+    let health_port = crate::common::free_port();
     config.server.health_listen = Some(([127, 0, 0, 1], health_port).into());
     let server = TestServer::start(config).await;
     let tls = channel(&server, &ca, None);

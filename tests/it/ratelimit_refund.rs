@@ -13,15 +13,13 @@
 //! window algorithms while the clock only moves forward, their refunds being exact), and over
 //! the checks that follow it must never admit more in total.
 
-mod common;
-
-use common::RedisServer;
+use crate::common::RedisServer;
 use flowstate::ratelimit::{Algorithm, FailureMode, Policy};
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const DRIVER: &str = concat!(
-    include_str!("../src/store/redis/lua/clock.lua"),
-    include_str!("../src/ratelimit/lua/algorithm.lua"),
+    include_str!("../../src/store/redis/lua/clock.lua"),
+    include_str!("../../src/ratelimit/lua/algorithm.lua"),
     r#"
 local now = tonumber(ARGV[#ARGV])
 local mode = ARGV[#ARGV - 1]

@@ -1,17 +1,15 @@
-//! Passwords in cluster and sentinel mode: every node (and every sentinel) of this binary's
+//! Passwords in cluster and sentinel mode: every node (and every sentinel) of these tests'
 //! topologies requires one. With it flowstate serves every service; without it, or with a
 //! wrong one, readiness stays NOT_SERVING and calls fail with UNAVAILABLE at once (a refused
 //! password is a configuration fault: it is not retried as if a failover were under way).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{
+use crate::common::{
     TestServer, test_config,
-    topology::{Cluster, MASTER_NAME, PASSWORD, Sentinel},
+    topology::{Cluster, MASTER_NAME, Sentinel},
 };
+use bytes::Bytes;
 use flowstate::{
     config::{Config, RedisMode},
     proto::v1::{
@@ -23,10 +21,6 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const SECRET: &str = "topology-s3cret";
-
-fn password() {
-    let _ = PASSWORD.set(SECRET.to_owned());
-}
 
 /// Every service works through `config`.
 async fn serves(config: Config) {
@@ -130,8 +124,7 @@ async fn refuses(mut config: Config) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_a_password() {
-    password();
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(3, 0))
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start_with_password(3, 0, SECRET))
         .await
         .expect("cluster");
     let config = |password: Option<&str>| {
@@ -148,8 +141,7 @@ async fn a_cluster_with_a_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinels_and_a_master_with_passwords() {
-    password();
-    let topology = tokio::task::spawn_blocking(Sentinel::start)
+    let topology = tokio::task::spawn_blocking(|| Sentinel::start_with_password(SECRET))
         .await
         .expect("sentinel");
     let config = |data: Option<&str>, sentinels: Option<&str>| {

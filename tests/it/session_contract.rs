@@ -2,13 +2,10 @@
 //! Every test here runs twice: `memory_store::<name>` and `redis_store::<name>` (a private
 //! redis-server per test).
 
-#[macro_use]
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
+use crate::common::{Backend, eventually};
 use bytes::Bytes;
-use common::{Backend, eventually};
 use flowstate::{config::Config, proto::v1 as pb};
 use pb::session_service_client::SessionServiceClient;
 use tonic::{Code, Request, transport::Channel};

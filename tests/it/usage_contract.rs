@@ -3,12 +3,9 @@
 //! grouped, capped); distinct counts; top subjects; concurrent batches lose nothing; bounds;
 //! every Redis key has a TTL.
 
-#[macro_use]
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::Backend;
+use crate::common::Backend;
 use flowstate::{config::Config, proto::v1 as pb};
 use pb::usage_service_client::UsageServiceClient;
 use tonic::{Code, transport::Channel};

@@ -5,15 +5,13 @@
 //! Each replica is the `flowstate` binary of this build, started as a child process on an
 //! ephemeral port; the test talks to both over gRPC and alternates its calls between them.
 
-mod common;
-
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::common::{RedisServer, eventually, free_port, unique_prefix};
 use bytes::Bytes;
-use common::{RedisServer, eventually, free_port, unique_prefix};
 use flowstate::proto::v1 as pb;
 use pb::{
     cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod every_method;
 pub mod pki;
 pub mod raw;
 pub mod topology;
@@ -19,59 +20,51 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The config tweak of a contract test (none: leave the config as it is).
-#[allow(unused_macros)]
-macro_rules! tweak {
-    () => {
-        |_: &mut flowstate::config::Config| {}
-    };
-    ($f:expr) => {
-        $f
-    };
-}
-
-/// Generates `memory_store::$name`, `redis_store::$name`, `cluster_store::$name` and
-/// `sentinel_store::$name` for each contract test `$name(Backend)`, optionally with a config
-/// tweak applied to all. The cluster and sentinel variants share one topology per test binary
-/// (see `topology`), each test under its own key prefix.
+/// Generates one module per store for each contract test `$name(Backend)`, each test with its
+/// optional config tweak: by default `memory_store`, `redis_store`, `slow_cluster_store` and
+/// `slow_sentinel_store` (the cluster and sentinel variants share one topology per run, each
+/// test under its own key prefix). A suite may name its own stores, each as
+/// `module: store` or `module: store + after` (`after` applied once the test's tweak has run):
+///
+/// ```ignore
+/// contract_tests! {
+///     stores [redis_near_store: redis + super::all_near]
+///     tests [set_and_get with super::namespaces, plain_test]
+/// }
+/// ```
 #[allow(unused_macros)]
 macro_rules! contract_tests {
+    (stores [$($module:ident : $store:ident $(+ $after:path)?),* $(,)?] tests $tests:tt) => {
+        $( contract_tests! { @module $module $store [$($after)?] $tests } )*
+    };
+    (@after [] $c:ident) => {};
+    (@after [$after:path] $c:ident) => {
+        $after($c)
+    };
+    (@module $module:ident $store:ident $after:tt [$($name:ident $(with $tweak:expr)?),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::common::Backend::$store(|_c: &mut flowstate::config::Config| {
+                        $( ($tweak)(_c); )?
+                        contract_tests!(@after $after _c);
+                    })
+                    .await;
+                    super::$name(backend).await;
+                }
+            )*
+        }
+    };
     ($($name:ident $(with $tweak:expr)?),* $(,)?) => {
-        mod memory_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::common::Backend::memory(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
-        }
-        mod redis_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::common::Backend::redis(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
-        }
-        mod cluster_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::common::Backend::cluster(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
-        }
-        mod sentinel_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::common::Backend::sentinel(tweak!($($tweak)?)).await;
-                    super::$name(backend).await;
-                }
-            )*
+        contract_tests! {
+            stores [
+                memory_store: memory,
+                redis_store: redis,
+                slow_cluster_store: cluster,
+                slow_sentinel_store: sentinel,
+            ]
+            tests [$($name $(with $tweak)?),*]
         }
     };
 }

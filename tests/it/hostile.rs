@@ -12,15 +12,13 @@
 //! (no panic), and a refused request must change nothing in Redis (`DEBUG DIGEST` before and
 //! after). The seed is printed; `FLOWSTATE_TEST_HOSTILE_CASES` runs more cases.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
+use crate::common::{RedisServer, TestServer, raw::Raw, test_config};
 use bytes::Bytes;
-use common::{RedisServer, TestServer, raw::Raw, test_config};
 use flowstate::{
     auth::{keys, permission::Permissions},
     config::AuthMode,

@@ -12,8 +12,6 @@
 //! again after the failover, readiness turns NOT_SERVING and comes back, no admission is lost,
 //! and with the write concern no acknowledged session is lost.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     sync::{
@@ -23,11 +21,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use common::{
+use crate::common::{
     TestServer, test_config,
     topology::{Cluster, MASTER_NAME, Sentinel},
 };
+use bytes::Bytes;
 use flowstate::{
     config::{Config, LimitConfig, RedisMode},
     proto::v1::{

@@ -1,9 +1,6 @@
 //! The LockService contract, on every store through real gRPC calls: grants, fencing tokens,
 //! expiry, FIFO waiters woken by releases and expiries, semaphores under concurrency.
 
-#[macro_use]
-mod common;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -13,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Backend, eventually};
+use crate::common::{Backend, eventually};
 use flowstate::proto::v1 as pb;
 use pb::lock_service_client::LockServiceClient;
 use tonic::{Code, transport::Channel};

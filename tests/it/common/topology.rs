@@ -9,9 +9,10 @@
 //! loop watching this process's pid) kills them, since statics are never dropped.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::OnceLock,
+    sync::{Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -35,29 +36,41 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The password every node and sentinel of this test binary's topologies requires, when one
-/// is set (before any topology starts) by a test binary about passwords.
-pub static PASSWORD: OnceLock<String> = OnceLock::new();
+/// The password of each node (and sentinel) of a topology started with one, by port: the
+/// topologies of one test run share the process, and only the password tests want one.
+static PASSWORDS: Mutex<BTreeMap<u16, String>> = Mutex::new(BTreeMap::new());
+
+/// The password `port` was started with, if any.
+fn password_of(port: u16) -> Option<String> {
+    PASSWORDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&port)
+        .cloned()
+}
 
 /// `redis://[:password@]127.0.0.1:<port>`.
 pub fn node_url(port: u16) -> String {
-    match PASSWORD.get() {
+    match password_of(port) {
         Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}"),
         None => format!("redis://127.0.0.1:{port}"),
     }
 }
 
-/// `redis-server` arguments that require [`PASSWORD`] (from clients and from replicas).
-fn auth_args() -> Vec<String> {
-    PASSWORD
-        .get()
-        .map(|pw| {
-            ["--requirepass", pw, "--masterauth", pw]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Records that `port` requires `password`; returns the `redis-server` arguments that require
+/// it (from clients and from replicas).
+fn auth_args(port: u16, password: Option<&str>) -> Vec<String> {
+    let Some(pw) = password else {
+        return Vec::new();
+    };
+    PASSWORDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(port, pw.to_owned());
+    ["--requirepass", pw, "--masterauth", pw]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 /// A synchronous connection to one node (the topology is driven from outside the runtime).
@@ -159,14 +172,33 @@ impl Cluster {
         Self::start_with(masters, replicas, &[])
     }
 
+    /// [`start`](Self::start) with every node requiring `password`.
+    pub fn start_with_password(masters: usize, replicas: usize, password: &str) -> Self {
+        Self::start_secured(masters, replicas, &[], Some(password))
+    }
+
     /// [`start`](Self::start) with extra `redis-server` arguments for every node.
     pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Self {
+        Self::start_secured(masters, replicas, extra, None)
+    }
+
+    fn start_secured(
+        masters: usize,
+        replicas: usize,
+        extra: &[&str],
+        password: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("cluster dir");
         let total = masters * (1 + replicas);
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = node_port();
-            nodes.push(Self::spawn_node(dir.path().to_path_buf(), port, extra));
+            nodes.push(Self::spawn_node(
+                dir.path().to_path_buf(),
+                port,
+                extra,
+                password,
+            ));
         }
         for node in &nodes {
             let port = node.port;
@@ -175,7 +207,7 @@ impl Cluster {
             });
         }
         let mut create = Command::new("redis-cli");
-        if let Some(pw) = PASSWORD.get() {
+        if let Some(pw) = password {
             create.args(["-a", pw, "--no-auth-warning"]);
         }
         create.arg("--cluster").arg("create");
@@ -197,7 +229,7 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_node(dir: PathBuf, port: u16, extra: &[&str]) -> Node {
+    fn spawn_node(dir: PathBuf, port: u16, extra: &[&str], password: Option<&str>) -> Node {
         let conf = dir.join(format!("nodes-{port}.conf"));
         let args: Vec<String> = [
             "--port",
@@ -222,7 +254,7 @@ impl Cluster {
         .iter()
         .chain(extra)
         .map(|s| (*s).to_owned())
-        .chain(auth_args())
+        .chain(auth_args(port, password))
         .collect();
         Node::spawn(port, &args)
     }
@@ -347,6 +379,15 @@ impl Sentinel {
     /// Starts the topology; returns once every sentinel knows the master, the replica and the
     /// other two sentinels (so a failover can be agreed).
     pub fn start() -> Self {
+        Self::start_secured(None)
+    }
+
+    /// [`start`](Self::start) with every server and sentinel requiring `password`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_secured(Some(password))
+    }
+
+    fn start_secured(password: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("sentinel dir");
         let data = |port: u16, extra: &[&str]| -> Vec<String> {
             let mut args: Vec<String> = [
@@ -369,7 +410,7 @@ impl Sentinel {
             .map(|s| (*s).to_owned())
             .collect();
             args.extend(extra.iter().map(|s| (*s).to_owned()));
-            args.extend(auth_args());
+            args.extend(auth_args(port, password));
             args
         };
         let master_port = node_port();
@@ -393,6 +434,8 @@ impl Sentinel {
         for _ in 0..3 {
             let port = node_port();
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            // Records the sentinel's password (its arguments are the config file).
+            auth_args(port, password);
             std::fs::write(
                 &conf,
                 format!(
@@ -402,7 +445,7 @@ impl Sentinel {
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
                     dir = dir.path().display(),
-                    auth = PASSWORD.get().map_or_else(String::new, |pw| format!(
+                    auth = password.map_or_else(String::new, |pw| format!(
                         "requirepass {pw}\nsentinel sentinel-pass {pw}\n\
                          sentinel auth-pass {MASTER_NAME} {pw}\n"
                     )),

@@ -3,8 +3,6 @@
 //! between masters: ASK, TRYAGAIN, then MOVED) fails no call and loses no count.
 //! (Failover is in `failover.rs`; the contract suites run on a cluster too.)
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -13,11 +11,11 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use common::{
+use crate::common::{
     TestServer, test_config,
     topology::{Cluster, node_client, shared_cluster},
 };
+use bytes::Bytes;
 use flowstate::{
     config::{Config, LimitConfig, RedisMode},
     proto::v1::{

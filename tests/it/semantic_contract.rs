@@ -6,12 +6,10 @@
 //! reaches the other, a replica started later loads what is there, and one whose tracking
 //! connection is killed catches up.
 
-mod common;
-
 use std::{sync::LazyLock, time::Duration};
 
+use crate::common::{Backend, TestServer, eventually, with_key};
 use bytes::Bytes;
-use common::{Backend, TestServer, eventually, with_key};
 use flowstate::{
     auth::{keys, permission::Permissions},
     config::{AuthMode, Config, SemanticNamespace},
@@ -27,39 +25,14 @@ type Client = SemanticCacheServiceClient<Channel>;
 
 const DIM: usize = 768;
 
-macro_rules! semantic_contract {
-    ($($name:ident $(with $tweak:expr)?),* $(,)?) => {
-        mod memory_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let b = crate::common::Backend::memory(|c| { super::namespaces(c); $($tweak(c);)? }).await;
-                    super::$name(b).await;
-                }
-            )*
-        }
-        mod redis_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let b = crate::common::Backend::redis(|c| { super::namespaces(c); $($tweak(c);)? }).await;
-                    super::$name(b).await;
-                }
-            )*
-        }
-        mod sentinel_store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let b = crate::common::Backend::sentinel(|c| { super::namespaces(c); $($tweak(c);)? }).await;
-                    super::$name(b).await;
-                }
-            )*
-        }
-    };
-}
-
-semantic_contract! {
+// The contract on memory, standalone Redis and Sentinel, each with the suite's namespaces.
+contract_tests! {
+    stores [
+        memory_store: memory + super::namespaces,
+        redis_store: redis + super::namespaces,
+        slow_sentinel_store: sentinel + super::namespaces,
+    ]
+    tests [
     near_duplicates_hit_and_unrelated_queries_miss,
     a_threshold_in_the_request_wins,
     the_prefilter_finds_what_exact_search_finds with super::prefilter,
@@ -69,6 +42,7 @@ semantic_contract! {
     namespaces_are_separate,
     tenants_never_see_each_other with super::two_tenants,
     bad_input_is_refused,
+    ]
 }
 
 fn namespaces(c: &mut Config) {
@@ -486,7 +460,7 @@ async fn redis_every_key_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_every_key_expires() {
+async fn slow_sentinel_every_key_expires() {
     every_key_expires(Backend::sentinel(namespaces).await).await;
 }
 
@@ -524,7 +498,7 @@ fn replicated(c: &mut Config) {
 
 /// A second replica on the same Redis and key prefix.
 async fn replica(b: &Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let mut config = common::test_config();
+    let mut config = crate::common::test_config();
     config.redis.key_prefix = b.prefix.clone();
     config.redis.url = b.redis_url.clone();
     replicated(&mut config);

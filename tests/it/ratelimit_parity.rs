@@ -10,14 +10,12 @@
 //! expire them by its own clock, which the replayed times do not follow); the memory store's
 //! clock is set to the same time.
 
-mod common;
-
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use common::RedisServer;
+use crate::common::RedisServer;
 use flowstate::{
     ratelimit::{
         Algorithm, Counter, CounterId, Decision, FailureMode, Policy, RateLimitStore, Role,
@@ -29,8 +27,8 @@ use flowstate::{
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const DRIVER: &str = concat!(
-    include_str!("../src/store/redis/lua/clock.lua"),
-    include_str!("../src/ratelimit/lua/algorithm.lua"),
+    include_str!("../../src/store/redis/lua/clock.lua"),
+    include_str!("../../src/ratelimit/lua/algorithm.lua"),
     r#"
 local now = tonumber(ARGV[#ARGV])
 for i = 1, #KEYS do

@@ -2,17 +2,14 @@
 //! with backoff, dead jobs, scheduling, priorities, unique keys, pause, bounds, and workers
 //! racing for the same jobs.
 
-#[macro_use]
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use crate::common::Backend;
 use bytes::Bytes;
-use common::Backend;
 use flowstate::proto::v1 as pb;
 use pb::queue_service_client::QueueServiceClient;
 use tonic::{Code, transport::Channel};

@@ -4,12 +4,10 @@
 //! on the bound alone would fail every check below, which wait at most 5 s), including after
 //! its tracking connection is killed.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Backend, TestServer, eventually};
 use bytes::Bytes;
-use common::{Backend, TestServer, eventually};
 use flowstate::{
     config::{Config, NamespacePolicy},
     proto::v1 as pb,
@@ -170,7 +168,7 @@ async fn hot_gets_are_answered_with_no_redis_call() {
 
 /// A second replica on the same Redis and key prefix.
 async fn replica(b: &Backend) -> TestServer {
-    let mut config = common::test_config();
+    let mut config = crate::common::test_config();
     config.redis.key_prefix = b.prefix.clone();
     config.redis.url = b.redis_url.clone();
     near(&mut config);
@@ -324,7 +322,7 @@ async fn a_replica_whose_tracking_connection_dies_serves_nothing_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_sentinel_the_master_the_sentinels_name_is_tracked() {
+async fn slow_on_sentinel_the_master_the_sentinels_name_is_tracked() {
     let b = Backend::sentinel(near).await;
     let master = b.nodes.first().expect("the sentinels' master").clone();
     let mut redis = redis::Client::open(master)
@@ -342,7 +340,7 @@ async fn on_sentinel_the_master_the_sentinels_name_is_tracked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_namespaces_on_a_cluster_are_refused_at_start_up() {
-    let mut config = common::test_config();
+    let mut config = crate::common::test_config();
     config.redis.mode = flowstate::config::RedisMode::Cluster;
     config.redis.nodes = vec!["redis://127.0.0.1:7000".into()];
     near(&mut config);

@@ -1,11 +1,9 @@
 //! The Prometheus endpoint: every documented family is there and moves after real calls.
 //! One test per binary: the metrics recorder is process-global.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{RedisServer, TestServer, eventually, free_port, test_config};
+use crate::common::{RedisServer, TestServer, eventually, free_port, test_config};
 use flowstate::{config::LimitConfig, proto::v1 as pb, ratelimit::Algorithm};
 use pb::{
     cache_service_client::CacheServiceClient, limit_check::Limit,

@@ -1,11 +1,8 @@
 //! The RateLimitService contract, run against both stores through real gRPC calls.
 
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, eventually};
+use crate::common::{Backend, eventually};
 use flowstate::{
     config::{Config, LimitConfig},
     proto::v1 as pb,

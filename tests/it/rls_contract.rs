@@ -3,12 +3,9 @@
 //! modes, unlimited and zero limits, overrides, hits_addend) with flowstate's all-or-nothing
 //! decisions, exact under concurrency; the over-limit cache; reloads.
 
-#[macro_use]
-mod common;
-
 use std::{path::PathBuf, time::Duration};
 
-use common::{Backend, eventually};
+use crate::common::{Backend, eventually};
 use flowstate::{
     config::Config,
     proto::envoy::{

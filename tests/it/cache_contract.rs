@@ -1,12 +1,9 @@
 //! The CacheService contract, run against both stores through real gRPC calls.
 
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Backend, eventually};
 use bytes::Bytes;
-use common::{Backend, eventually};
 use flowstate::{
     config::{Config, NamespacePolicy},
     proto::v1 as pb,
@@ -22,25 +19,9 @@ type Client = CacheServiceClient<Channel>;
 macro_rules! cache_contract {
     ($($name:ident with $tweak:expr),* $(,)?) => {
         contract_tests! { $($name with $tweak),* }
-        near_contract! { redis_near_store, redis, $($name with $tweak),* }
-        near_contract! { sentinel_near_store, sentinel, $($name with $tweak),* }
-    };
-}
-
-macro_rules! near_contract {
-    ($module:ident, $store:ident, $($name:ident with $tweak:expr),*) => {
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = crate::common::Backend::$store(|c| {
-                        ($tweak)(c);
-                        super::all_near(c);
-                    })
-                    .await;
-                    super::$name(backend).await;
-                }
-            )*
+        contract_tests! {
+            stores [redis_near_store: redis + super::all_near, slow_sentinel_near_store: sentinel + super::all_near]
+            tests [$($name with $tweak),*]
         }
     };
 }

@@ -3,10 +3,8 @@
 //! single command, which the test prints; the test asserts the work per command is bounded (no
 //! reply carries more than a chunk of members) and that the invalidation is complete.
 
-mod common;
-
+use crate::common::{RedisServer, TestServer, test_config};
 use bytes::Bytes;
-use common::{RedisServer, TestServer, test_config};
 use flowstate::{cache::redis::INVALIDATION_CHUNK, proto::v1 as pb};
 use tonic_health::pb::health_check_response::ServingStatus;
 

@@ -1,11 +1,9 @@
 //! Connecting to Redis the ways production does: a password (in the URL or apart from it) and
 //! TLS (`rediss://`). A wrong password or an untrusted certificate is NOT_SERVING, never a hang.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::{RedisServer, TestServer, free_port, test_config};
+use crate::common::{RedisServer, TestServer, free_port, test_config};
 use flowstate::proto::v1 as pb;
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;

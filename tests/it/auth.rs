@@ -2,11 +2,9 @@
 //! file reloaded without a restart, per-tenant request quotas, and what needs no key (health,
 //! reflection).
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::{TestServer, eventually, raw::Raw, test_config, with_key};
+use crate::common::{TestServer, eventually, raw::Raw, test_config, with_key};
 use flowstate::{
     auth::{
         keys,

@@ -8,16 +8,17 @@
 //! slots, as documented for standalone Redis (on a Cluster the same Check reserves in each
 //! slot and refunds, one script per slot).
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
 
+use crate::common::{
+    RedisServer, TestServer,
+    every_method::{self, call_every_method},
+    test_config,
+};
 use bytes::Bytes;
-use common::{RedisServer, TestServer, test_config};
 use flowstate::{
-    cache,
     proto::v1 as pb,
-    ratelimit, session,
+    services::Wiring,
     store::{Backend, keys::slot, redis::RedisBackend},
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -87,7 +88,9 @@ fn keys_of(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
         | "PEXPIRE" | "PTTL" | "PERSIST" | "ZADD" | "ZREM" | "ZRANGE" | "ZRANGEBYSCORE"
         | "ZREMRANGEBYSCORE" | "ZCARD" | "ZSCAN" | "ZRANK" | "ZCOUNT" | "ZSCORE" | "XADD"
         | "XLEN" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XSETID" | "HLEN" | "XACK" | "XDEL"
-        | "XPENDING" | "ZREVRANGE" | "HINCRBY" | "ZINCRBY" => vec![words[1].clone()],
+        | "XPENDING" | "ZREVRANGE" | "HINCRBY" | "ZINCRBY" | "INCR" | "INCRBY" => {
+            vec![words[1].clone()]
+        }
         "PFADD" => vec![words[1].clone()],
         // ZUNIONSTORE dest numkeys key...
         "ZUNIONSTORE" => {
@@ -488,16 +491,20 @@ async fn every_script_touches_one_slot() {
             failure_mode: flowstate::ratelimit::FailureMode::Closed,
         },
     );
-    // The scripts the server registers, by SHA1 (the same sources give the same SHA1s).
+    // Names the every-method pass uses: a named limit, a semantic namespace.
+    every_method::configure(&mut config, "probe");
+    // The scripts the server registers, by SHA1 (the same sources give the same SHA1s): every
+    // registered service mounted on a backend of its own, as the server mounts them.
     let backend = RedisBackend::new(&config.redis).expect("backend");
     let wrapped = Backend::Redis(backend.clone());
-    session::open_store(&wrapped, &config.session).expect("session store");
-    cache::open_store(&wrapped, &config).expect("cache store");
-    ratelimit::open_store(&wrapped).expect("rate-limit store");
-    flowstate::lock::open_store(&wrapped, &config.locks).expect("lock store");
-    flowstate::events::open_store(&wrapped).expect("event store");
-    flowstate::queue::open_store(&wrapped).expect("queue store");
-    flowstate::usage::open_store(&wrapped).expect("usage store");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut wiring = Wiring::new(&config, &wrapped, stopped).expect("wiring");
+    wiring.mount_all().expect("every service mounts");
+    let (_, tasks, _) = wiring.finish();
+    let _ = stop.send(true);
+    for (_, task) in tasks {
+        task.await.expect("task");
+    }
     let scripts = backend.scripts();
     let name_of = |sha: &[u8]| -> &'static str {
         scripts
@@ -524,6 +531,10 @@ async fn every_script_touches_one_slot() {
     );
 
     workload(&server).await;
+    // And every method of every registered service, with a configured name and a crafted one.
+    for name in ["probe", "{probe}:x"] {
+        call_every_method(&server.channel, None, name, |m| format!("v{m}")).await;
+    }
     let mut admin = redis.client().await;
     let _: String = redis::cmd("ECHO")
         .arg("end-of-workload")

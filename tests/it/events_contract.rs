@@ -2,12 +2,9 @@
 //! loss or duplicates, gaps reported (never skipped), slow subscribers cut off with the position
 //! to resume from, fan-out, flowstate's own events.
 
-#[macro_use]
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::Backend;
+use crate::common::Backend;
 use flowstate::{config::TopicRetention, proto::v1 as pb};
 use pb::{event_service_client::EventServiceClient, subscribe_response::Kind};
 use tonic::{Code, Streaming, transport::Channel};
