@@ -147,3 +147,12 @@ def from_rpc_error(error: grpc.RpcError) -> FlowstateError:
     err = cls(message, code, violations)
     err.info = info
     return err
+
+
+def lease_lost(error: FlowstateError) -> FlowstateError:
+    """A queue call's FAILED_PRECONDITION as `LeaseLost`: the job's lease, not a lock, is gone."""
+    if isinstance(error, LockLost):
+        lost = LeaseLost(error.message, error.code)
+        lost.info = error.info
+        return lost
+    return error
