@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
@@ -13,39 +12,14 @@ import grpc
 
 from flowstate import types as t
 from flowstate._concurrency import AsyncBackground, AsyncEvent, async_call, async_on_signals, async_sleep
-from flowstate.errors import (
-    DeadlineExceeded,
-    FlowstateError,
-    LeaseLost,
-    ResourceExhausted,
-    Unavailable,
-    from_rpc_error,
-    lease_lost,
-)
+from flowstate._sansio import FETCH_BACKOFF_MAX, Backoff, Settle, failure_text, job_heartbeat
+from flowstate.errors import FlowstateError, from_rpc_error, lease_lost
 from flowstate.v1 import queue_pb2, queue_pb2_grpc
 
 if TYPE_CHECKING:
     from flowstate._async.client import AsyncClient
 
 log = logging.getLogger("flowstate.queues")
-
-_BACKOFF_MAX = 2.0
-
-
-def _failure_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
-def _beat_timeout(job: t.Job) -> float:
-    """How long one heartbeat call may take: a sixth of the lease, so a hung call cannot make
-    the lease run out before the next one (at a third) is due."""
-    return max(job.timeout.total_seconds() / 6, 0.05)
-
-
-def _lease_left(job: t.Job) -> float:
-    """Seconds until the job's lease runs out, counted from when it was granted or last
-    extended (a little early: the request's own trip is counted against it)."""
-    return job._deadline - time.monotonic()
 
 
 class AsyncQueues:
@@ -203,16 +177,16 @@ class AsyncWorker:
             await loop.cancel()
 
     async def _loop(self) -> None:
-        pause = 0.05
+        backoff = Backoff(0.05, FETCH_BACKOFF_MAX)
         while not self._stopping.is_set():
             try:
                 jobs = await self._fs.queues.fetch(self._queues, 1, self._poll)
-                pause = 0.05
             except FlowstateError as e:
+                pause = backoff.failed()
                 log.warning("fetch failed (%s); retrying in %.2fs", e, pause)
                 await self._stopping.wait(pause)
-                pause = min(pause * 2, _BACKOFF_MAX)
                 continue
+            backoff.succeeded()
             for job in jobs:
                 if self._stopping.is_set():
                     await self._give_back(job)
@@ -231,7 +205,7 @@ class AsyncWorker:
             await async_call(self._handler, job)
         except Exception as exc:  # noqa: BLE001: any handler failure fails the attempt
             self.failed += 1
-            error = _failure_text(exc)
+            error = failure_text(exc)
             settle: Callable[[], Awaitable[Any]] = lambda: self._fs.queues.fail(job, error)  # noqa: E731
         else:
             self.processed += 1
@@ -247,34 +221,27 @@ class AsyncWorker:
         await self._settle(job, settle)
 
     async def _beat(self, job: t.Job, done: AsyncEvent) -> None:
-        every = max(job.timeout.total_seconds(), 0.03) / 3
-        while not await done.wait(every) and not job.lost.is_set():
+        heartbeat = job_heartbeat(job)
+        while not await done.wait(heartbeat.every) and not job.lost.is_set():
             try:
-                await self._fs.queues.extend(job, rpc_timeout=_beat_timeout(job))
-            except LeaseLost:
-                job.lost.set()
-                return
+                await self._fs.queues.extend(job, rpc_timeout=heartbeat.call_timeout)
             except FlowstateError as e:
+                if heartbeat.lost(e):
+                    job.lost.set()
+                    return
                 log.warning("job %s: heartbeat failed (%s)", job.id, e)
 
     async def _settle(self, job: t.Job, attempt: Callable[[], Awaitable[Any]]) -> None:
-        """Ack or Fail, retried while flowstate is unreachable, until the lease runs out (a
-        replica restarting must not make finished jobs run again)."""
-        pause = 0.05
+        settle = Settle(job)
         while True:
             try:
                 await attempt()
                 return
-            except LeaseLost:
-                # The lease ran out (or an earlier try landed and its answer was lost).
-                log.warning("job %s: lease lost before it was settled; it may run again", job.id)
-                return
-            except (Unavailable, DeadlineExceeded, ResourceExhausted) as e:
-                if _lease_left(job) < pause:
-                    log.error("job %s: could not be settled (%s); it runs again", job.id, e)
+            except Settle.HANDLED as e:
+                pause = settle.retry_after(e)
+                if pause is None:
                     return
                 await async_sleep(pause)
-                pause = min(pause * 2, 0.5)
 
     async def _give_back(self, job: t.Job) -> None:
         try:

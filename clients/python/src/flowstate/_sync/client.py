@@ -33,16 +33,8 @@ from flowstate._concurrency import (
     resolve,
     sleep,
 )
-from flowstate.errors import (
-    EventsExpired,
-    FlowstateError,
-    LockBusy,
-    LockLost,
-    RateLimited,
-    ResourceExhausted,
-    Unavailable,
-    from_rpc_error,
-)
+from flowstate._sansio import CacheFill, KeepAlive, Resume
+from flowstate.errors import FlowstateError, LockBusy, LockLost, RateLimited, from_rpc_error
 from flowstate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
@@ -193,20 +185,17 @@ class Cache(_Base):
         `wait` for the lease holder's result. After `max_wait` without a value a waiter computes
         for itself (and does not store: it holds no lease).
         """
-        deadline = time.monotonic() + max_wait.total_seconds()
+        fill = CacheFill(wait, max_wait, time.monotonic())
         while True:
-            r = self.get(namespace, key, lease=True)
-            if r.found and not r.stale:
-                return r.value
-            if r.lease_token:
+            step = fill.after(self.get(namespace, key, lease=True), time.monotonic())
+            if step.kind == "value":
+                return step.value
+            if step.kind == "compute":
                 value = resolve(compute())
-                self.set(namespace, key, value, ttl=ttl, tags=tags, lease_token=r.lease_token)
+                if step.lease_token:
+                    self.set(namespace, key, value, ttl=ttl, tags=tags, lease_token=step.lease_token)
                 return value
-            if r.stale:
-                return r.value
-            if time.monotonic() >= deadline:
-                return resolve(compute())
-            sleep(wait.total_seconds())
+            sleep(step.wait)
 
 
 class RateLimits(_Base):
@@ -254,21 +243,18 @@ class Lock:
         self.holder_id = granted.holder_id
         self.expires_at = t._dt(granted.expires_at)
         self.lost = Event()
+        self._keep_alive = KeepAlive(ttl)
         self._released = Event()
         self._keeper = Background(self._keep, f"flowstate-lock-{name}")
 
     def _keep(self) -> None:
-        # Extend at a third of the TTL: two chances to succeed before it would lapse.
-        every = self.ttl.total_seconds() / 3
-        while not self._released.wait(every):
+        while not self._released.wait(self._keep_alive.every):
             try:
                 self.expires_at = self._locks.extend(self.name, self.token, self.ttl)
-            except LockLost:
-                self.lost.set()
-                return
-            except FlowstateError:
-                # Unreachable for now: try again at the next turn; the TTL is the bound.
-                continue
+            except FlowstateError as e:
+                if self._keep_alive.lost(e):
+                    self.lost.set()
+                    return
 
     def release(self) -> None:
         """Stops extending and releases (a lock already lost is not an error here)."""
@@ -354,11 +340,6 @@ class Locks(_Base):
         return Lock(self, name, ttl, granted)
 
 
-# The statuses after which a subscription resumes from its last positions: the store or the
-# server was unavailable, the subscriber fell behind, the connection or the server went away.
-_RESUMABLE = (Unavailable, ResourceExhausted)
-
-
 class Subscription:
     """`for event in fs.events.subscribe([...]):` yields `Event`s (and `Gap`s with
     `accept_gaps`) and resumes by itself.
@@ -372,14 +353,21 @@ class Subscription:
     def __init__(self, events: Events, topics: Sequence[str], after: Mapping[str, str] | None,
                  start: t.StartName, accept_gaps: bool, reconnect: bool) -> None:
         self._events = events
-        self.topics = list(topics)
-        self.positions: dict[str, str] = dict(after or {})
-        self._start = start
-        self._accept_gaps = accept_gaps
-        self._reconnect = reconnect
+        self._resume = Resume(topics, after, start, accept_gaps, reconnect)
         self._call: Any = None
         self._closed = False
-        self.resumes = 0
+
+    @property
+    def topics(self) -> list[str]:
+        return self._resume.topics
+
+    @property
+    def positions(self) -> dict[str, str]:
+        return self._resume.positions
+
+    @property
+    def resumes(self) -> int:
+        return self._resume.resumes
 
     def close(self) -> None:
         self._closed = True
@@ -393,24 +381,14 @@ class Subscription:
         self.close()
 
     def __iter__(self) -> Iterator[t.Event | t.Gap]:
-        pause = 0.05
         while not self._closed:
             c = self._events._client
-            request = t.subscribe_request(self.topics, self.positions, self._start, self._accept_gaps)
-            self._call = self._events._stub.Subscribe(request, metadata=c._metadata)
+            self._call = self._events._stub.Subscribe(self._resume.request(), metadata=c._metadata)
             try:
                 for message in self._call:
-                    kind = message.WhichOneof("kind")
-                    if kind == "subscribed":
-                        # From here on, positions say where to resume (LATEST included).
-                        self.positions.update(dict(message.subscribed.positions))
-                        pause = 0.05
-                    elif kind == "event":
-                        self.positions[message.event.topic] = message.event.id
-                        yield t.event(message.event)
-                    elif kind == "gap":
-                        g = message.gap
-                        yield t.Gap(topic=g.topic, after=g.after, first_id=g.first_id)
+                    item = self._resume.received(message)
+                    if item is not None:
+                        yield item
                 # The server ended the stream (it is shutting down): resume elsewhere.
             except Cancelled:
                 if self._closed:
@@ -419,14 +397,10 @@ class Subscription:
             except grpc.RpcError as e:
                 if self._closed:
                     return
-                err = from_rpc_error(e)
-                if isinstance(err, EventsExpired) or not self._reconnect:
-                    raise err from None
-                if not isinstance(err, _RESUMABLE) and e.code() != grpc.StatusCode.CANCELLED:
-                    raise err from None
-            self.resumes += 1
-            sleep(pause)
-            pause = min(pause * 2, 2.0)
+                error = self._resume.failed(e)
+                if error is not None:
+                    raise error from None
+            sleep(self._resume.resume())
 
 
 class Events(_Base):

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -12,24 +11,12 @@ import grpc
 
 from flowstate import types as t
 from flowstate._concurrency import resolve
-from flowstate.errors import DeadlineExceeded, FlowstateError, Unavailable, from_rpc_error
+from flowstate._sansio import SEMANTIC_OUTAGE, semantic_not_stored
+from flowstate.errors import FlowstateError, from_rpc_error
 from flowstate.v1 import semantic_pb2, semantic_pb2_grpc
 
 if TYPE_CHECKING:
     from flowstate._sync.client import Client
-
-# A cache that cannot be reached must not stop the caller: get_or_compute computes instead.
-_OUTAGE = (Unavailable, DeadlineExceeded)
-
-log = logging.getLogger("flowstate.semantic")
-
-
-def _not_stored(namespace: str, error: FlowstateError) -> None:
-    """A computed value that could not be stored is still the caller's answer: say why once."""
-    if isinstance(error, _OUTAGE):
-        log.debug("semantic cache %s: value not stored: %s", namespace, error)
-    else:
-        log.warning("semantic cache %s: value not stored: %s", namespace, error)
 
 
 class Semantic:
@@ -89,7 +76,7 @@ class Semantic:
         """
         try:
             hit = self.get(namespace, embedding, min_similarity)
-        except _OUTAGE:
+        except SEMANTIC_OUTAGE:
             return resolve(compute())
         if hit is not None:
             return hit.value
@@ -97,5 +84,5 @@ class Semantic:
         try:
             self.set(namespace, embedding, value, ttl=ttl, metadata=metadata)
         except FlowstateError as e:
-            _not_stored(namespace, e)
+            semantic_not_stored(namespace, e)
         return value

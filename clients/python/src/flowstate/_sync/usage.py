@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
-import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -15,114 +13,14 @@ import grpc
 
 from flowstate import types as t
 from flowstate._concurrency import Background, Event, Mutex
-from flowstate.errors import InvalidArgument, from_rpc_error
-from flowstate.v1 import usage_pb2, usage_pb2_grpc
+from flowstate._sansio import Buffer, Outbox, batches
+from flowstate.errors import from_rpc_error
+from flowstate.v1 import usage_pb2_grpc
 
 if TYPE_CHECKING:
     from flowstate._sync.client import Client
 
 log = logging.getLogger("flowstate.usage")
-
-
-class _Buffer:
-    """Events summed per (metric, subject, dimensions, unique) until taken; thread-safe."""
-
-    def __init__(self, max_buffer: int) -> None:
-        self._sums: dict[t.UsageKey, int] = {}
-        self._lock = threading.Lock()
-        self._max = max_buffer
-        self.dropped = 0
-
-    def add(self, key: t.UsageKey, amount: int) -> int:
-        """Adds an event; returns the entries held (0 if it was dropped)."""
-        with self._lock:
-            if key in self._sums:
-                self._sums[key] += amount
-            elif len(self._sums) < self._max:
-                self._sums[key] = amount
-            else:
-                self.dropped += 1
-                return 0
-            return len(self._sums)
-
-    def take(self) -> dict[t.UsageKey, int]:
-        with self._lock:
-            taken, self._sums = self._sums, {}
-            return taken
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._sums)
-
-
-_EVENT = re.compile(r"^events\[(\d+)\]")
-
-
-class _Batch:
-    """A Record call in flight or waiting to be sent again: its id never changes."""
-
-    def __init__(self, entries: list[tuple[t.UsageKey, int]]) -> None:
-        self.id = uuid.uuid4().hex
-        self.entries = entries
-
-    def request(self) -> usage_pb2.RecordRequest:
-        events = [
-            usage_pb2.UsageEvent(metric=m, subject=s, amount=a, dimensions=dict(d), unique=u)
-            for (m, s, d, u), a in self.entries
-        ]
-        return usage_pb2.RecordRequest(events=events, batch_id=self.id)
-
-    def without_rejected(self, error: InvalidArgument) -> int:
-        """Drops the events the server named as invalid; returns how many (all of them when it
-        named none: the batch cannot be sent as it is)."""
-        bad = {int(m.group(1)) for f in error.field_violations if (m := _EVENT.match(f))}
-        if not bad:
-            dropped = len(self.entries)
-            self.entries = []
-            return dropped
-        self.entries = [e for i, e in enumerate(self.entries) if i not in bad]
-        return len(bad)
-
-    def drop_refused(self, e: grpc.RpcError) -> int:
-        """After a failed Record: the events flowstate named as invalid are dropped (returned:
-        how many); any other failure is raised, and the batch is kept to be sent again."""
-        error = from_rpc_error(e)
-        if not isinstance(error, InvalidArgument):
-            raise error from None
-        dropped = self.without_rejected(error)
-        log.error("usage events refused by flowstate and dropped (%d): %s", dropped, error)
-        return dropped
-
-
-def _batches(entries: dict[t.UsageKey, int], max_batch: int) -> list[_Batch]:
-    items = list(entries.items())
-    return [_Batch(items[i : i + max_batch]) for i in range(0, len(items), max_batch)]
-
-
-class _Outbox:
-    """Batches to send again, oldest first, bounded (with the buffer) by `max_buffer` entries."""
-
-    def __init__(self) -> None:
-        self.batches: list[_Batch] = []
-        self.lock = threading.Lock()
-
-    def size(self) -> int:
-        with self.lock:
-            return sum(len(b.entries) for b in self.batches)
-
-    def take(self) -> list[_Batch]:
-        with self.lock:
-            taken, self.batches = self.batches, []
-            return taken
-
-    def keep(self, batches: list[_Batch], limit: int) -> int:
-        """Keeps `batches` (before newer ones); returns the entries dropped to stay in `limit`."""
-        with self.lock:
-            self.batches = [b for b in batches if b.entries] + self.batches
-            dropped = 0
-            while self.batches and sum(len(b.entries) for b in self.batches) > limit:
-                dropped += len(self.batches.pop(0).entries)
-            return dropped
 
 
 class Usage:
@@ -136,8 +34,8 @@ class Usage:
         self._stub = usage_pb2_grpc.UsageServiceStub(client._channel)
         self.flush_interval = flush_interval
         self.max_batch = max_batch
-        self._buffer = _Buffer(max_buffer)
-        self._outbox = _Outbox()
+        self._buffer = Buffer(max_buffer)
+        self._outbox = Outbox()
         self.max_buffer = max_buffer
         self.rejected = 0
         self._wake = Event()
@@ -190,7 +88,7 @@ class Usage:
         """Sends what waits to be sent again, then everything buffered; returns the events sent.
         On a failure the unsent batches are kept (with their ids) and the error is raised."""
         with self._flushing:
-            todo = self._outbox.take() + _batches(self._buffer.take(), self.max_batch)
+            todo = self._outbox.take() + batches(self._buffer.take(), self.max_batch)
             sent = 0
             for i, batch in enumerate(todo):
                 try:
