@@ -234,6 +234,37 @@ enum Plan {
     Counted { m: Matched, at: usize },
 }
 
+/// What the store decided for a request's counters, and what a status needs besides its plan.
+struct Decided<'a> {
+    tenant: &'a Tenant,
+    loaded: &'a Loaded,
+    counters: &'a [Counter],
+    decisions: &'a [Decision],
+    admitted: bool,
+    /// When the store call was sent (the over-limit cache's entries count from it).
+    sent: Instant,
+}
+
+/// Whether the request is refused before the store: any enforced refusal refuses it, and so do
+/// quota rules that are all refused. Then nothing is asked (or consumed).
+fn refused_up_front(plans: &[Plan]) -> bool {
+    let mut enforced_refused = false;
+    let (mut quotas, mut quotas_refused) = (0usize, 0usize);
+    for plan in plans {
+        match plan {
+            Plan::Refused { m, .. } if m.rule.shadow => {}
+            Plan::Refused { m, .. } if m.rule.quota => {
+                quotas += 1;
+                quotas_refused += 1;
+            }
+            Plan::Refused { .. } => enforced_refused = true,
+            Plan::Counted { m, .. } if m.rule.quota && !m.rule.shadow => quotas += 1,
+            _ => {}
+        }
+    }
+    enforced_refused || (quotas > 0 && quotas_refused == quotas)
+}
+
 /// Envoy's rate limit service (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub struct Rls {
@@ -354,6 +385,66 @@ impl Rls {
                 metadata: self.metadata(domain, &descriptors, &[]),
             });
         }
+        let (plans, counters) = self.plan(&loaded, tenant, domain, &descriptors);
+        let refused_up_front = refused_up_front(&plans);
+        let sent = Instant::now();
+        let decisions: Vec<Decision> = if refused_up_front || counters.is_empty() {
+            Vec::new()
+        } else {
+            self.store.check(tenant, &counters, true).await?
+        };
+        let admitted = !refused_up_front && admits(counters.iter().map(|c| c.role).zip(&decisions));
+        let decided = Decided {
+            tenant,
+            loaded: &loaded,
+            counters: &counters,
+            decisions: &decisions,
+            admitted,
+            sent,
+        };
+        let mut statuses = Vec::with_capacity(plans.len());
+        let mut passed = Vec::new();
+        for (i, (plan, d)) in plans.iter().zip(&descriptors).enumerate() {
+            let (status, pass) = self.status(&decided, plan, d);
+            if pass {
+                passed.push(i);
+            }
+            statuses.push(status);
+        }
+
+        let mut over_limit = !admitted;
+        if over_limit && self.config.shadow_mode {
+            metrics::counter!("flowstate_rls_global_shadow_mode_total").increment(1);
+            over_limit = false;
+        }
+        loaded
+            .requests
+            .get(domain)
+            .unwrap_or(&loaded.unknown_domain)
+            .count(over_limit);
+        let headers = if self.config.response_headers {
+            self.headers(&statuses)
+        } else {
+            Vec::new()
+        };
+        let metadata = self.metadata(domain, &descriptors, &plans_metadata(&plans, &passed));
+        Ok(Outcome {
+            over_limit,
+            statuses,
+            headers,
+            metadata,
+        })
+    }
+
+    /// Matches each descriptor to its rule and plans it: what is decided without the store,
+    /// and the counters (one per distinct counter, costs summed) the store decides.
+    fn plan(
+        &self,
+        loaded: &Loaded,
+        tenant: &Tenant,
+        domain: &str,
+        descriptors: &[Descriptor],
+    ) -> (Vec<Plan>, Vec<Counter>) {
         let matches: Vec<Option<Matched>> = descriptors
             .iter()
             .map(|d| match d.limit_override {
@@ -447,146 +538,106 @@ impl Rls {
             });
         }
 
-        // Refused before the store: any enforced refusal refuses the request, and so do quota
-        // rules that are all refused. Then nothing is asked (or consumed).
-        let mut enforced_refused = false;
-        let (mut quotas, mut quotas_refused) = (0usize, 0usize);
-        for plan in &plans {
-            match plan {
-                Plan::Refused { m, .. } if m.rule.shadow => {}
-                Plan::Refused { m, .. } if m.rule.quota => {
-                    quotas += 1;
-                    quotas_refused += 1;
-                }
-                Plan::Refused { .. } => enforced_refused = true,
-                Plan::Counted { m, .. } if m.rule.quota && !m.rule.shadow => quotas += 1,
-                _ => {}
-            }
-        }
-        let refused_up_front = enforced_refused || (quotas > 0 && quotas_refused == quotas);
-        let sent = Instant::now();
-        let decisions: Vec<Decision> = if refused_up_front || counters.is_empty() {
-            Vec::new()
-        } else {
-            self.store.check(tenant, &counters, true).await?
-        };
-        let admitted = !refused_up_front && admits(counters.iter().map(|c| c.role).zip(&decisions));
+        (plans, counters)
+    }
 
-        let mut statuses = Vec::with_capacity(plans.len());
-        let mut passed = Vec::new();
-        for (i, (plan, d)) in plans.iter().zip(&descriptors).enumerate() {
-            let status = match plan {
-                Plan::Unmatched => unknown(),
-                Plan::Replaced => Status {
+    /// The status of one planned descriptor once the store has decided (or was not asked), and
+    /// whether it passed (its metadata is returned); counts it in its rule's metrics.
+    fn status(&self, decided: &Decided<'_>, plan: &Plan, d: &Descriptor) -> (Status, bool) {
+        let mut pass = false;
+        let status = match plan {
+            Plan::Unmatched => unknown(),
+            Plan::Replaced => Status {
+                code: Code::Ok,
+                current_limit: None,
+                limit_remaining: 0,
+                until_reset: None,
+            },
+            Plan::Unlimited(m) => {
+                if let Some(metrics) = decided.loaded.metrics_of(m) {
+                    metrics.unlimited.increment(d.hits);
+                }
+                pass = true;
+                Status {
                     code: Code::Ok,
                     current_limit: None,
-                    limit_remaining: 0,
+                    limit_remaining: u32::MAX,
                     until_reset: None,
-                },
-                Plan::Unlimited(m) => {
-                    if let Some(metrics) = loaded.metrics_of(m) {
-                        metrics.unlimited.increment(d.hits);
-                    }
-                    passed.push(i);
-                    Status {
-                        code: Code::Ok,
-                        current_limit: None,
-                        limit_remaining: u32::MAX,
-                        until_reset: None,
-                    }
                 }
-                Plan::Refused { m, until, cached } => {
-                    let metrics = loaded.metrics_of(m);
-                    let code = if m.rule.shadow {
-                        if let Some(metrics) = &metrics {
-                            metrics.shadow.increment(d.hits);
-                        }
-                        Code::Ok
-                    } else {
-                        if let Some(metrics) = &metrics {
-                            metrics.over.increment(d.hits);
-                            if *cached {
-                                metrics.over_cache.increment(d.hits);
-                            }
-                        }
-                        Code::OverLimit
-                    };
-                    let until_reset = until
-                        .map(|u| u.saturating_duration_since(Instant::now()))
-                        .or_else(|| current_limit(&m.rule).map(|l| window_left(l.unit)));
-                    Status {
-                        code,
-                        current_limit: current_limit(&m.rule),
-                        limit_remaining: 0,
-                        until_reset,
+            }
+            Plan::Refused { m, until, cached } => {
+                let metrics = decided.loaded.metrics_of(m);
+                let code = if m.rule.shadow {
+                    if let Some(metrics) = &metrics {
+                        metrics.shadow.increment(d.hits);
                     }
+                    Code::Ok
+                } else {
+                    if let Some(metrics) = &metrics {
+                        metrics.over.increment(d.hits);
+                        if *cached {
+                            metrics.over_cache.increment(d.hits);
+                        }
+                    }
+                    Code::OverLimit
+                };
+                let until_reset = until
+                    .map(|u| u.saturating_duration_since(Instant::now()))
+                    .or_else(|| current_limit(&m.rule).map(|l| window_left(l.unit)));
+                Status {
+                    code,
+                    current_limit: current_limit(&m.rule),
+                    limit_remaining: 0,
+                    until_reset,
                 }
-                Plan::Counted { m, at } => {
-                    let limit = current_limit(&m.rule);
-                    let Some(decision) = decisions.get(*at) else {
-                        // The store was not asked: another descriptor refused the request.
-                        statuses.push(Status {
+            }
+            Plan::Counted { m, at } => {
+                let limit = current_limit(&m.rule);
+                let Some(decision) = decided.decisions.get(*at) else {
+                    // The store was not asked: another descriptor refused the request.
+                    return (
+                        Status {
                             code: Code::Ok,
                             current_limit: limit,
                             limit_remaining: 0,
                             until_reset: None,
-                        });
-                        continue;
-                    };
-                    let counter = &counters[*at];
-                    self.record(&loaded, m, counter, d.hits, decision, admitted);
-                    if !decision.allowed && counter.role == Role::Enforced {
-                        self.cache.insert(
-                            tenant,
-                            &counter.id,
-                            counter.cost,
-                            sent,
-                            Duration::from_millis(decision.retry_after_ms.max(0) as u64)
-                                .min(self.config.local_cache_max_ttl),
-                        );
-                    }
-                    if decision.allowed {
-                        passed.push(i);
-                    }
-                    Status {
-                        code: if decision.allowed || m.rule.shadow {
-                            Code::Ok
-                        } else {
-                            Code::OverLimit
                         },
-                        current_limit: limit,
-                        limit_remaining: u32::try_from(decision.remaining).unwrap_or(u32::MAX),
-                        until_reset: Some(Duration::from_millis(
-                            decision.reset_after_ms.max(0) as u64
-                        )),
-                    }
+                        false,
+                    );
+                };
+                let counter = &decided.counters[*at];
+                self.record(
+                    decided.loaded,
+                    m,
+                    counter,
+                    d.hits,
+                    decision,
+                    decided.admitted,
+                );
+                if !decision.allowed && counter.role == Role::Enforced {
+                    self.cache.insert(
+                        decided.tenant,
+                        &counter.id,
+                        counter.cost,
+                        decided.sent,
+                        Duration::from_millis(decision.retry_after_ms.max(0) as u64)
+                            .min(self.config.local_cache_max_ttl),
+                    );
                 }
-            };
-            statuses.push(status);
-        }
-
-        let mut over_limit = !admitted;
-        if over_limit && self.config.shadow_mode {
-            metrics::counter!("flowstate_rls_global_shadow_mode_total").increment(1);
-            over_limit = false;
-        }
-        loaded
-            .requests
-            .get(domain)
-            .unwrap_or(&loaded.unknown_domain)
-            .count(over_limit);
-        let headers = if self.config.response_headers {
-            self.headers(&statuses)
-        } else {
-            Vec::new()
+                pass = decision.allowed;
+                Status {
+                    code: if decision.allowed || m.rule.shadow {
+                        Code::Ok
+                    } else {
+                        Code::OverLimit
+                    },
+                    current_limit: limit,
+                    limit_remaining: u32::try_from(decision.remaining).unwrap_or(u32::MAX),
+                    until_reset: Some(Duration::from_millis(decision.reset_after_ms.max(0) as u64)),
+                }
+            }
         };
-        let metadata = self.metadata(domain, &descriptors, &plans_metadata(&plans, &passed));
-        Ok(Outcome {
-            over_limit,
-            statuses,
-            headers,
-            metadata,
-        })
+        (status, pass)
     }
 
     /// Counts a store decision in the rule's metrics (in hits, as envoyproxy/ratelimit does).
