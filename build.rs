@@ -5,18 +5,14 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let protos = [
-        "proto/flowstate/v1/session.proto",
-        "proto/flowstate/v1/cache.proto",
-        "proto/flowstate/v1/ratelimit.proto",
-        "proto/flowstate/v1/lock.proto",
-        "proto/flowstate/v1/events.proto",
-        "proto/flowstate/v1/queue.proto",
-        "proto/flowstate/v1/usage.proto",
-        "proto/flowstate/v1/semantic.proto",
-        // Envoy's rate limit service (vendored, trimmed), served beside flowstate's own.
-        "proto/envoy/service/ratelimit/v3/rls.proto",
-    ];
+    // Every flowstate proto (a new service needs no edit here), then Envoy's rate limit
+    // service (vendored, trimmed), served beside flowstate's own.
+    let mut protos: Vec<PathBuf> = std::fs::read_dir("proto/flowstate/v1")?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    protos.retain(|p| p.extension().is_some_and(|e| e == "proto"));
+    protos.sort();
+    protos.push(PathBuf::from("proto/envoy/service/ratelimit/v3/rls.proto"));
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
