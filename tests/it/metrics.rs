@@ -1,17 +1,16 @@
 //! The Prometheus endpoint: every documented family is there and moves after real calls.
-//! One test per binary: the metrics recorder is process-global.
+//! The server is a process of its own: the metrics recorder is process-global.
 
 use std::time::Duration;
 
-use crate::common::{RedisServer, TestServer, eventually, free_port, test_config};
-use flowstate::{config::LimitConfig, proto::v1 as pb, ratelimit::Algorithm};
+use crate::common::{RedisServer, eventually, free_port, process::Process, unique_prefix};
+use flowstate::proto::v1 as pb;
 use pb::{
     cache_service_client::CacheServiceClient, limit_check::Limit,
     rate_limit_service_client::RateLimitServiceClient,
     semantic_cache_service_client::SemanticCacheServiceClient,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn scrape(port: u16) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -37,35 +36,28 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_rpcs_store_cache_limits_and_sessions() {
     let port = free_port();
-    flowstate::observe::install(([127, 0, 0, 1], port).into(), "redis").expect("install exporter");
     let redis = RedisServer::start().await;
-    let mut cfg = test_config();
-    cfg.redis.url = Some(redis.url());
-    cfg.ratelimit.limits.insert(
-        "api".into(),
-        LimitConfig {
-            algorithm: Algorithm::FixedWindow,
-            limit: 1,
-            period: Duration::from_secs(3600),
-            burst: 0,
-            failure_mode: Default::default(),
-        },
-    );
-    cfg.semantic.namespaces.insert(
-        "answers".into(),
-        flowstate::config::SemanticNamespace {
-            dimension: 3,
-            ..Default::default()
-        },
-    );
-    let server = TestServer::start(cfg).await;
-    assert!(
-        server
-            .wait_health("readiness", ServingStatus::Serving)
-            .await
-    );
+    let (url, prefix, listen) = (redis.url(), unique_prefix(), format!("127.0.0.1:{port}"));
+    let server = Process::start(
+        &[
+            ("FLOWSTATE_REDIS__URL", &url),
+            ("FLOWSTATE_REDIS__KEY_PREFIX", &prefix),
+            ("FLOWSTATE_METRICS__ENABLED", "true"),
+            ("FLOWSTATE_METRICS__LISTEN", &listen),
+            (
+                "FLOWSTATE_RATELIMIT__LIMITS__API__ALGORITHM",
+                "fixed_window",
+            ),
+            ("FLOWSTATE_RATELIMIT__LIMITS__API__LIMIT", "1"),
+            ("FLOWSTATE_RATELIMIT__LIMITS__API__PERIOD", "1h"),
+            ("FLOWSTATE_SEMANTIC__NAMESPACES__ANSWERS__DIMENSION", "3"),
+        ],
+        0,
+    )
+    .await;
 
-    let mut sessions = server.sessions();
+    let mut sessions =
+        pb::session_service_client::SessionServiceClient::new(server.channel.clone());
     let s = sessions
         .create_session(pb::CreateSessionRequest {
             user_id: "u".into(),

@@ -5,101 +5,42 @@
 //! Each replica is the `flowstate` binary of this build, started as a child process on an
 //! ephemeral port; the test talks to both over gRPC and alternates its calls between them.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use crate::common::{RedisServer, eventually, free_port, unique_prefix};
+use crate::common::{RedisServer, process::Process, unique_prefix};
 use bytes::Bytes;
 use flowstate::proto::v1 as pb;
 use pb::{
     cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,
     session_service_client::SessionServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::transport::Channel;
 
-/// Where Debian's `libfaketime` package puts the preload library (per architecture).
-fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
-        .chain(std::iter::once("/usr/lib/faketime/libfaketime.so.1".into()))
-        .find(|p| p.exists())
-        .expect("libfaketime.so.1 not found: apt-get install faketime")
-}
-
-/// A flowstate process, killed on drop.
-struct Replica {
-    child: Child,
-    channel: Channel,
-}
+/// A flowstate replica on the test's Redis and key prefix, killed on drop.
+struct Replica(Process);
 
 impl Replica {
-    /// Starts the binary on a free port against `redis_url`, its wall clock shifted by
-    /// `skew_ms` (libfaketime; the monotonic clock stays real).
+    /// Starts the binary against `redis_url`, its wall clock shifted by `skew_ms`.
     async fn start(redis_url: &str, prefix: &str, skew_ms: i64, tweak: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowstate"));
-        cmd.env_clear()
-            .env("FLOWSTATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLOWSTATE_REDIS__URL", redis_url)
-            .env("FLOWSTATE_REDIS__KEY_PREFIX", prefix)
-            .env("FLOWSTATE_METRICS__ENABLED", "false")
-            .env("FLOWSTATE_LOG__LEVEL", "warn")
-            .env("FLOWSTATE_CACHE__LEASE_TTL", "1s")
-            .envs(tweak.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if skew_ms != 0 {
-            cmd.env("LD_PRELOAD", libfaketime())
-                .env("FAKETIME", format!("{:+.3}", skew_ms as f64 / 1000.0))
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        }
-        let child = cmd.spawn().expect("spawn flowstate");
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        let replica = Self { child, channel };
-        let ready = eventually(Duration::from_secs(20), || {
-            let mut health = HealthClient::new(replica.channel.clone());
-            async move {
-                health
-                    .check(HealthCheckRequest {
-                        service: "readiness".into(),
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
-            }
-        })
-        .await;
-        assert!(ready, "replica (skew {skew_ms} ms) never became ready");
-        replica
+        let mut env = vec![
+            ("FLOWSTATE_REDIS__URL", redis_url),
+            ("FLOWSTATE_REDIS__KEY_PREFIX", prefix),
+            ("FLOWSTATE_CACHE__LEASE_TTL", "1s"),
+        ];
+        env.extend_from_slice(tweak);
+        Self(Process::start(&env, skew_ms).await)
     }
 
     fn ratelimit(&self) -> RateLimitServiceClient<Channel> {
-        RateLimitServiceClient::new(self.channel.clone())
+        RateLimitServiceClient::new(self.0.channel.clone())
     }
 
     fn cache(&self) -> CacheServiceClient<Channel> {
-        CacheServiceClient::new(self.channel.clone())
+        CacheServiceClient::new(self.0.channel.clone())
     }
 
     fn sessions(&self) -> SessionServiceClient<Channel> {
-        SessionServiceClient::new(self.channel.clone())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        SessionServiceClient::new(self.0.channel.clone())
     }
 }
 

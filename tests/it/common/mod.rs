@@ -9,6 +9,7 @@
 
 pub mod every_method;
 pub mod pki;
+pub mod process;
 pub mod raw;
 pub mod topology;
 
