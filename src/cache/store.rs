@@ -1,5 +1,5 @@
 //! The cache store contract. Each write is atomic per entry (one script on Redis, one compute
-//! in memory); both implementations run the same contract suite (`tests/cache_contract.rs`).
+//! in memory); both implementations run the same contract suite (`tests/it/cache_contract.rs`).
 //!
 //! No operation takes a time: TTLs are durations the store starts on its own clock, and
 //! freshness is decided by that clock, so replicas whose clocks disagree agree on every entry.

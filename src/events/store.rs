@@ -1,5 +1,5 @@
 //! The event store contract. Both implementations run the same contract suite
-//! (`tests/events_contract.rs`).
+//! (`tests/it/events_contract.rs`).
 
 use bytes::Bytes;
 

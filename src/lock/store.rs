@@ -1,6 +1,6 @@
 //! The lock store contract: each operation one atomic step on the store's clock (one script on
 //! Redis, one critical section in memory). Both implementations run the same contract suite
-//! (`tests/lock_contract.rs`).
+//! (`tests/it/lock_contract.rs`).
 
 use super::model::{AcquireArgs, Attempt, Grant, LockState};
 use crate::{

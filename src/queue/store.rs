@@ -1,6 +1,6 @@
 //! The queue store contract: each operation one atomic step on the store's clock (one script
 //! on Redis, one critical section in memory). Both implementations run the same contract suite
-//! (`tests/queue_contract.rs`).
+//! (`tests/it/queue_contract.rs`).
 //!
 //! A fetch first moves the queue's due scheduled jobs to ready and takes back its expired
 //! leases (a step bounded per call), so no background mover is needed: any replica's next fetch

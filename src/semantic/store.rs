@@ -1,5 +1,5 @@
 //! The semantic cache store contract; [`super::redis`] and [`super::memory`] implement it and
-//! run the same contract suite (`tests/semantic_contract.rs`).
+//! run the same contract suite (`tests/it/semantic_contract.rs`).
 //!
 //! No operation takes a time: TTLs are durations the store starts on its own clock.
 

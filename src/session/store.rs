@@ -1,6 +1,6 @@
 //! The session store contract. Each operation is one atomic step in the store: one Lua script
 //! (one round trip) on Redis, one critical section in memory. Both implementations run the same
-//! contract suite (`tests/session_contract.rs`).
+//! contract suite (`tests/it/session_contract.rs`).
 //!
 //! No operation takes a time: every timestamp and expiry is decided by the store's own clock,
 //! so replicas whose clocks disagree still agree on when a session dies.

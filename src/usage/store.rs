@@ -1,5 +1,5 @@
 //! The usage store contract. Both implementations run the same contract suite
-//! (`tests/usage_contract.rs`).
+//! (`tests/it/usage_contract.rs`).
 
 use super::model::{Bucketed, Buckets, Granularity, Read, SubjectUsage};
 use crate::{store::StoreError, tenant::Tenant};
