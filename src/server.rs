@@ -86,6 +86,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let backend = open_backend(&config)?;
+    serve(config, backend, listener, shutdown).await
+}
+
+/// [`run`] on a backend the caller opened (with [`open_backend`]): a test keeps a clone to look
+/// at what the stores hold.
+pub async fn serve(
+    config: Config,
+    backend: Backend,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let auth = Arc::new(Authenticator::new(&config, &services::permissions())?);
     match auth.mode() {
         AuthMode::None => tracing::warn!(

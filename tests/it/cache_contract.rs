@@ -591,11 +591,7 @@ async fn bad_input_is_rejected_and_stores_nothing(b: Backend) {
         "a rejected batch stores nothing"
     );
     assert!(!get(&mut c, "campaign", "k", false).await.found);
-    assert!(
-        b.redis_keys().await.is_empty(),
-        "{:?}",
-        b.redis_keys().await
-    );
+    assert!(b.leftovers().await.is_empty(), "{:?}", b.leftovers().await);
 }
 
 async fn unknown_namespaces_can_be_refused(b: Backend) {

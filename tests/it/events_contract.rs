@@ -423,11 +423,7 @@ async fn bad_input_is_rejected(b: Backend) {
         let s = c.subscribe(req).await.expect_err("refused");
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     }
-    assert!(
-        b.redis_keys().await.is_empty(),
-        "{:?}",
-        b.redis_keys().await
-    );
+    assert!(b.leftovers().await.is_empty(), "{:?}", b.leftovers().await);
 }
 
 /// A subscription lives until the client goes or its own deadline (grpc-timeout) passes.

@@ -141,7 +141,7 @@ async fn a_job_is_leased_once_and_gone_when_acknowledged(b: Backend) {
     assert_eq!((s.ready, s.scheduled, s.in_flight, s.dead), (0, 0, 0, 0));
     assert!(fetch(&mut c, &["emails"], 10, 0).await.is_empty());
     // Live jobs have no TTL; a drained queue leaves no key behind (its stream neither).
-    let left = b.redis_keys().await;
+    let left = b.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -358,7 +358,7 @@ async fn a_failing_job_retries_with_growing_backoff_then_dies_and_retry_revives_
         "{}",
         e2.job_id
     );
-    let left = b.redis_keys().await;
+    let left = b.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -779,7 +779,7 @@ async fn a_queue_left_with_only_dead_jobs_expires_with_them(b: Backend) {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let s = stats(&mut c, "abandoned").await;
     assert_eq!((s.ready, s.scheduled, s.in_flight, s.dead), (0, 0, 0, 0));
-    let left = b.redis_keys().await;
+    let left = b.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
     // A new job after that starts a queue afresh.
     let e = enqueue(&mut c, "abandoned", "new", options()).await;

@@ -563,9 +563,9 @@ async fn bad_input_is_rejected_and_stores_nothing(b: Backend) {
         "rejected creates stored nothing"
     );
     assert!(
-        b.redis_keys().await.is_empty(),
+        b.leftovers().await.is_empty(),
         "no keys written: {:?}",
-        b.redis_keys().await
+        b.leftovers().await
     );
 
     for bad_id in [

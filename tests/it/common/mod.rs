@@ -285,6 +285,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub channel: Channel,
+    /// The server's store, to look at what it holds.
+    pub store: flowstate::store::Backend,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -295,9 +297,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(flowstate::server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let store = flowstate::server::open_backend(&config).expect("the store opens");
+        let task = tokio::spawn(flowstate::server::serve(
+            config,
+            store.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect_timeout(Duration::from_secs(5))
@@ -305,6 +313,7 @@ impl TestServer {
         Self {
             addr,
             channel,
+            store,
             stop: Some(stop),
             task: Some(task),
         }
@@ -470,6 +479,11 @@ impl Backend {
     /// Every key of [`redis_keys`](Self::redis_keys) with its PTTL, read on the node that holds it
     /// (-1: no TTL).
     pub async fn key_ttls(&self) -> Vec<(String, i64)> {
+        // On the memory store there are no keys to list: a check on them could not fail.
+        assert!(
+            matches!(self.server.store, flowstate::store::Backend::Redis(_)),
+            "keys are a Redis backend's; on the memory store use leftovers()"
+        );
         let own = format!("{}:_:", self.prefix);
         let mut all = Vec::new();
         for url in &self.nodes {
@@ -493,6 +507,20 @@ impl Backend {
             }
         }
         all
+    }
+
+    /// What this test's server keeps for tenants, to check that something stored nothing or
+    /// left nothing behind: on Redis every key of [`redis_keys`](Self::redis_keys); on the
+    /// memory store the bytes charged to its budget (everything but the cache, which has its
+    /// own, evicting budget), as one entry when any.
+    pub async fn leftovers(&self) -> Vec<String> {
+        match &self.server.store {
+            flowstate::store::Backend::Memory(m) => match m.budget().used() {
+                0 => Vec::new(),
+                used => vec![format!("{used} bytes of memory-store state")],
+            },
+            flowstate::store::Backend::Redis(_) => self.redis_keys().await,
+        }
     }
 
     /// Every key this test's server wrote to Redis for tenants (flowstate's own keys, such as
