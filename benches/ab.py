@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "flowstate-bench"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "bench", "--bin", "flowstate-bench"], cwd=ROOT, check=True)
     rport = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

@@ -92,7 +92,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "flowstate", "--bin", "flowstate-bench"],
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "bench", "--bin", "flowstate", "--bin", "flowstate-bench"],
                    cwd=ROOT, check=True)
     OUT.mkdir(parents=True, exist_ok=True)
     used: set[int] = set()

@@ -210,7 +210,7 @@ def main() -> int:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: apt-get install redis-server redis-tools nghttp2-client")
     OUT.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "flowstate", "--bin", "flowstate-bench"],
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "bench", "--bin", "flowstate", "--bin", "flowstate-bench"],
                    cwd=ROOT, check=True)
     bodies = h2load_bodies()
 

@@ -1,5 +1,6 @@
-//! flowstate: shared state primitives (sessions, cache, rate limits) over gRPC, backed by Redis
-//! in production and by an embedded in-memory store for development.
+//! flowstate: shared state for a multi-tenant backend over gRPC (sessions, a cache with near
+//! and semantic tiers, rate limits and Envoy's RLS, locks, events, job queues, usage metering),
+//! backed by Redis in production and by an embedded in-memory store for development.
 //!
 //! # Layout
 //! Each service is one folder holding its gRPC handlers (`api.rs`), domain (`service.rs`),

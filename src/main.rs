@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use flowstate::{config::Config, server, telemetry};
 
-/// gRPC service for shared state primitives (sessions, cache, rate limits) over Redis.
+/// gRPC service for shared state over Redis: sessions, cache, semantic cache, rate limits and
+/// Envoy RLS, locks, events, job queues, usage metering.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
