@@ -151,6 +151,15 @@ async fn reflection_needs_no_key_and_can_be_switched_off() {
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 }
 
+/// Replaces `path`'s contents at once, as a Kubernetes Secret update does (a new file renamed
+/// over the old): a write in place can be read half done by the reloader, which then takes a
+/// truncated file for the new keys.
+fn replace_file(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_file_change_takes_effect_without_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -180,7 +189,7 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
     );
 
     // Added: accepted within a few reload intervals.
-    std::fs::write(&path, format!("{}\n{}\n", first.line, second.line)).expect("write");
+    replace_file(&path, format!("{}\n{}\n", first.line, second.line));
     assert!(
         eventually(Duration::from_secs(10), || {
             let k = second.key.clone();
@@ -190,11 +199,11 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
         "the added key was never accepted"
     );
     // A broken file keeps the keys in force.
-    std::fs::write(&path, "this is not a keys file\n").expect("write");
+    replace_file(&path, "this is not a keys file\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
     works(second.key.clone()).await.expect("old keys kept");
     // Removed: refused within a few reload intervals.
-    std::fs::write(&path, format!("{}\n", second.line)).expect("write");
+    replace_file(&path, format!("{}\n", second.line));
     assert!(
         eventually(Duration::from_secs(10), || {
             let k = first.key.clone();
