@@ -28,18 +28,25 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex, PoisonError, Weak,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
 
 use super::model::{Freshness, Lease, Lookup};
 use crate::{
-    store::{StoreError, redis::RedisBackend},
+    store::{
+        StoreError,
+        redis::{
+            RedisBackend,
+            supervisor::{self, AfterLoss, Lifeline, Loss, Pacing, TrackedOwner},
+        },
+    },
     tenant::Tenant,
     time::Millis,
 };
@@ -105,12 +112,9 @@ struct Shared {
     /// Invalidations so far, and the recent ones (sequence, key) for fills in flight.
     seq: AtomicU64,
     recent: Mutex<VecDeque<(u64, String)>>,
-    /// Wakes the connection task when the connection is lost.
-    lost: tokio::sync::Notify,
-    /// Which connection is current: a late `Disconnection` push of an earlier one is ignored.
-    connection: AtomicU64,
-    /// The last connection reported lost (a loss during set-up must not be overwritten).
-    lost_connection: AtomicU64,
+    /// Numbers the tracking connections, and carries their losses to the supervisor: which
+    /// connection is current (a late `Disconnection` push of an earlier one is ignored).
+    lifeline: Arc<Lifeline>,
     /// How long a read may take (`redis.command_timeout`).
     command_timeout: Duration,
     /// Fills in flight, by entry key: a miss of a key being filled waits for that fill instead
@@ -154,9 +158,7 @@ impl NearCache {
             conn: Mutex::new(None),
             seq: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
-            lost: tokio::sync::Notify::new(),
-            connection: AtomicU64::new(0),
-            lost_connection: AtomicU64::new(0),
+            lifeline: Arc::new(Lifeline::new()),
             command_timeout: backend.command_timeout(),
             filling: Mutex::new(HashMap::new()),
             doubt_generation,
@@ -166,7 +168,17 @@ impl NearCache {
                 serving: metrics::gauge!("flowstate_cache_near_serving"),
             },
         });
-        tokio::spawn(keep_connected(Arc::downgrade(&shared), backend));
+        // Checked every quarter of the staleness bound, so a connection that died without a word
+        // stops near hits well within the bound; reopened at once when lost, with a pause that
+        // grows to 5 s while opens fail.
+        let pacing = Pacing {
+            first_pause: Duration::from_millis(100),
+            max_pause: Duration::from_secs(5),
+            heartbeat: (max_staleness / 4).max(Duration::from_millis(10)),
+            ping_timeout: None,
+            after_loss: AfterLoss::Pause(Duration::ZERO),
+        };
+        supervisor::spawn_tracked(&shared, &shared.lifeline, backend, pacing);
         Self { shared }
     }
 
@@ -193,10 +205,7 @@ impl NearCache {
     pub async fn fill(&self, entry_key: &str) -> Option<FillGuard> {
         let shared = &self.shared;
         let running = {
-            let mut filling = shared
-                .filling
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut filling = shared.filling.lock();
             match filling.get(entry_key) {
                 Some(running) => running.clone(),
                 None => {
@@ -215,7 +224,6 @@ impl NearCache {
         let still = shared
             .filling
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .get(entry_key)
             .is_some_and(|r| Arc::ptr_eq(r, &running));
         if still {
@@ -238,11 +246,7 @@ impl NearCache {
         if !shared.serving.load(Ordering::Acquire) {
             return None;
         }
-        let (connection, mut conn) = shared
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()?;
+        let (connection, mut conn) = shared.conn.lock().clone()?;
         let ticket = Ticket {
             seq,
             connection,
@@ -258,7 +262,7 @@ impl NearCache {
                 // A broken connection can no longer be trusted to deliver invalidations (a slow
                 // reply or an error reply says nothing about them: the heartbeat decides).
                 if (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
-                    && shared.connection.load(Ordering::Acquire) == connection
+                    && shared.lifeline.report_lost(connection)
                 {
                     shared.lose();
                 }
@@ -276,7 +280,7 @@ impl NearCache {
         let shared = &self.shared;
         let recent = shared.lock_recent();
         if !shared.serving.load(Ordering::Acquire)
-            || shared.connection.load(Ordering::Acquire) != ticket.connection
+            || !shared.lifeline.is_current(ticket.connection)
             || invalidated_since(
                 &recent,
                 shared.seq.load(Ordering::Acquire),
@@ -340,11 +344,7 @@ pub struct FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        let mut filling = self
-            .shared
-            .filling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut filling = self.shared.filling.lock();
         if let Some(done) = filling.remove(&self.key) {
             done.notify_waiters();
         }
@@ -402,8 +402,8 @@ fn invalidated_since(
 impl Shared {
     /// The invalidation log; held while an invalidation is recorded and applied, and while a
     /// fill is checked and kept, so the two never interleave.
-    fn lock_recent(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, String)>> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_recent(&self) -> MutexGuard<'_, VecDeque<(u64, String)>> {
+        self.recent.lock()
     }
 
     /// Numbers an invalidation of `key` (empty: everything) for fills in flight.
@@ -434,15 +434,21 @@ impl Shared {
     fn lose(&self) {
         let was = self.serving.swap(false, Ordering::AcqRel);
         self.metrics.serving.set(0.0);
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.conn.lock() = None;
         self.flush();
         if was {
             tracing::warn!(
                 "near cache: tracking connection lost; serving from Redis until it is back"
             );
         }
-        self.lost.notify_one();
     }
+}
+
+/// The tracking connection, as [`supervisor`] keeps it: opened, PINGed every quarter of the
+/// staleness bound, reopened at once when lost.
+impl TrackedOwner for Shared {
+    const CLIENT_NAME: &'static str = "flowstate-near-cache";
+    const LABEL: &'static str = "near cache";
 
     /// A push on tracking connection `connection` (called in order with its replies, must not
     /// block).
@@ -465,93 +471,28 @@ impl Shared {
                     }
                 }
             }
-            PushKind::Disconnection => {
-                self.lost_connection.store(connection, Ordering::Release);
-                if connection == self.connection.load(Ordering::Acquire) {
-                    self.lose();
-                }
-            }
+            // Stops near hits before the next reply on this connection is handled (a late
+            // push of an older connection falls through: it must not drop the current one).
+            PushKind::Disconnection if self.lifeline.report_lost(connection) => self.lose(),
             _ => {}
         }
     }
-}
 
-/// Opens the tracking connection, keeps it open, and reopens it when lost (with a pause that
-/// grows to 5 s); checks it every quarter of the staleness bound, so a connection that died
-/// without a word stops near hits well within the bound. Ends when the tier is dropped.
-async fn keep_connected(shared: Weak<Shared>, backend: RedisBackend) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let handler = shared.clone();
-        let id = strong.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        let push = move |info: PushInfo| {
-            if let Some(shared) = handler.upgrade() {
-                shared.on_push(id, info);
-            }
-            Ok::<(), redis::aio::SendError>(())
-        };
-        match backend
-            .tracked_connection("flowstate-near-cache", push)
-            .await
-        {
-            Ok(conn) => {
-                pause = Duration::from_millis(100);
-                // Flush, then refill: nothing read before this connection tracked it stays.
-                strong.flush();
-                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((id, conn.clone()));
-                strong.serving.store(true, Ordering::Release);
-                // Lost while being set up: the push came before serving was turned on.
-                if strong.lost_connection.load(Ordering::Acquire) == id {
-                    strong.lose();
-                    drop(strong);
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-                strong.metrics.serving.set(1.0);
-                strong.metrics.resyncs.increment(1);
-                tracing::info!("near cache: tracking connection up");
-                let every = (strong.max_staleness / 4).max(Duration::from_millis(10));
-                drop(strong);
-                heartbeat(&shared, conn, every).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "near cache: cannot open the tracking connection");
-                drop(strong);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
+    /// Flush, then refill: nothing read before this connection tracked it stays. (Lost while
+    /// being set up: the supervisor calls [`down`](Self::down) next, which stops serving again.)
+    fn up(&self, connection: u64, conn: &MultiplexedConnection) {
+        self.flush();
+        *self.conn.lock() = Some((connection, conn.clone()));
+        self.serving.store(true, Ordering::Release);
+        self.metrics.serving.set(1.0);
+        self.metrics.resyncs.increment(1);
+        tracing::info!("near cache: tracking connection up");
     }
-}
 
-/// PINGs the tracking connection every `every` until it fails or is lost; then marks the tier
-/// lost (if nothing did yet) and returns.
-async fn heartbeat(shared: &Weak<Shared>, mut conn: MultiplexedConnection, every: Duration) {
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        if !strong.serving.load(Ordering::Acquire) {
-            return;
-        }
-        tokio::select! {
-            // Woken by a loss (or by a wake-up left from before this connection: then still
-            // serving, and the loop goes on).
-            () = strong.lost.notified() => continue,
-            () = tokio::time::sleep(every) => {}
-        }
-        drop(strong);
-        let ping = redis::cmd("PING").query_async::<Value>(&mut conn).await;
-        if let Err(e) = ping {
+    fn down(&self, _: u64, loss: Loss) {
+        if let Loss::Heartbeat(e) = &loss {
             tracing::warn!(error = %e, "near cache: tracking connection failed its check");
-            if let Some(strong) = shared.upgrade() {
-                strong.lose();
-            }
-            return;
         }
+        self.lose();
     }
 }

@@ -27,6 +27,7 @@ pub mod pool;
 pub mod reply;
 mod retry;
 pub mod scripts;
+pub mod supervisor;
 
 pub use self::{
     classify::{classify, not_executed},

@@ -10,18 +10,28 @@
 //! The connection goes to the server (standalone), to the master the sentinels name
 //! (Sentinel), or to any cluster node: a Cluster delivers `PUBLISH` to the subscribers of every
 //! node. It is pinged every second, so a server that hangs without closing the connection is
-//! noticed too.
+//! noticed too. Opening, the pauses between attempts and the heartbeat are
+//! [`super::supervisor`]'s; this file is what the signals do with the connection.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use futures_util::StreamExt as _;
-use redis::{Client, RedisResult, aio::PubSub, sentinel::SentinelClient};
+use parking_lot::Mutex;
+use redis::{
+    Client, RedisResult,
+    aio::{PubSub, PubSubSink, PubSubStream},
+    sentinel::SentinelClient,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::supervisor::{
+    AfterLoss, BoxFuture, Flow, Lifeline, Link, Loss, Opened, Pacing, Pinger, Supervision,
+    supervise,
+};
 use crate::store::signal::Signal;
 
 /// How the subscriber connection is opened.
@@ -97,7 +107,7 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self.channels.lock();
         if let Some(entry) = channels.get_mut(&self.name) {
             entry.subscribers -= 1;
             if entry.subscribers == 0 {
@@ -128,13 +138,26 @@ impl Notifier {
     fn commands(&self) -> &mpsc::UnboundedSender<Command> {
         self.commands.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(connection(
-                self.opener.clone(),
-                self.channels.clone(),
-                self.live.clone(),
-                rx,
-                self.connect_timeout,
-            ));
+            let lifeline = Arc::new(Lifeline::new());
+            tokio::spawn(supervise(Supervision {
+                lifeline: Arc::downgrade(&lifeline),
+                link: Subscriber {
+                    opener: self.opener.clone(),
+                    channels: self.channels.clone(),
+                    live: self.live.clone(),
+                    commands: rx,
+                    connect_timeout: self.connect_timeout,
+                    _lifeline: lifeline,
+                },
+                pacing: Pacing {
+                    first_pause: Duration::from_millis(50),
+                    max_pause: Duration::from_secs(1),
+                    heartbeat: PING_EVERY,
+                    ping_timeout: Some(self.connect_timeout),
+                    // A loss pauses as a failed open does: the server just went away.
+                    after_loss: AfterLoss::Backoff,
+                },
+            }));
             tx
         })
     }
@@ -145,7 +168,7 @@ impl Notifier {
     pub async fn subscribe(&self, channel: &str) -> Signal {
         let commands = self.commands().clone();
         let (fired, mut confirmed, first) = {
-            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut channels = self.channels.lock();
             let entry = channels.entry(channel.to_owned()).or_insert_with(|| Entry {
                 fired: watch::channel(0).0,
                 subscribers: 0,
@@ -187,7 +210,7 @@ impl Notifier {
 
 /// Fires every channel (after a reconnect or a disconnect: anything may have been missed).
 fn fire_all(channels: &Channels, confirmed: Option<bool>) {
-    let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
+    let channels = channels.lock();
     for entry in channels.values() {
         if let Some(c) = confirmed {
             entry.confirmed.send_replace(c);
@@ -198,101 +221,144 @@ fn fire_all(channels: &Channels, confirmed: Option<bool>) {
 
 const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// The connection task: connects, subscribes to every channel wanted, relays messages, and
-/// starts again after any failure. Ends when the notifier is dropped.
-async fn connection(
+/// The subscriber connection's side of its [`supervise`]r: opens and subscribes to every
+/// channel wanted, relays messages and subscription changes while up, and answers
+/// subscriptions at once while down. Ends when nothing can send it commands any more (the
+/// notifier and every signal's guard are dropped).
+struct Subscriber {
     opener: Arc<Opener>,
     channels: Channels,
     live: Arc<watch::Sender<bool>>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     connect_timeout: Duration,
-) {
-    let mut attempt = 0usize;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let opened = tokio::time::timeout(connect_timeout, opener.open(attempt)).await;
-        attempt = attempt.wrapping_add(1);
-        if let Ok(Ok(pubsub)) = opened {
-            let (mut sink, mut stream) = pubsub.split();
-            let wanted: Vec<String> = channels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .keys()
-                .cloned()
-                .collect();
-            let subscribed = wanted.is_empty()
-                || tokio::time::timeout(connect_timeout, sink.subscribe(&wanted))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            if subscribed {
-                pause = Duration::from_millis(50);
-                live.send_replace(true);
-                metrics::gauge!("flowstate_notify_connected").set(1.0);
-                fire_all(&channels, Some(true));
-                tracing::debug!(channels = wanted.len(), "signal connection up");
-                let mut ping = tokio::time::interval(PING_EVERY);
-                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        command = commands.recv() => match command {
-                            None => return,
-                            Some(Command::Subscribe(name, ack)) => {
-                                let done = tokio::time::timeout(connect_timeout, sink.subscribe(&name)).await;
-                                if !done.is_ok_and(|r| r.is_ok()) {
-                                    let _ = ack.send(());
-                                    break;
-                                }
-                                if let Some(entry) = channels.lock().unwrap_or_else(PoisonError::into_inner).get(&name) {
-                                    entry.confirmed.send_replace(true);
-                                }
+    /// Held here, not by the notifier: this connection lives as long as its commands can come
+    /// (a signal may outlive the notifier), which [`Link::serve`] and [`Link::wait`] tell.
+    _lifeline: Arc<Lifeline>,
+}
+
+/// An open subscriber connection: its two halves, and how many channels it subscribed to.
+struct Subscription {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    channels: usize,
+}
+
+impl Subscriber {
+    /// The connection is down: every signal reports not live (its waiters poll), and fires
+    /// (anything may have happened since it last did).
+    fn mark_down(&self) {
+        self.live.send_replace(false);
+        metrics::gauge!("flowstate_notify_connected").set(0.0);
+        fire_all(&self.channels, Some(false));
+    }
+}
+
+impl Link for Subscriber {
+    type Conn = Subscription;
+
+    /// Connects, then subscribes to every channel wanted; either failing is a failed open.
+    fn open(&mut self, id: u64) -> BoxFuture<'_, Opened<Subscription>> {
+        Box::pin(async move {
+            // Connections are numbered from 1; cluster nodes are tried in turn from the first.
+            let attempt = usize::try_from(id.saturating_sub(1)).unwrap_or(usize::MAX);
+            let opened =
+                tokio::time::timeout(self.connect_timeout, self.opener.open(attempt)).await;
+            if let Ok(Ok(pubsub)) = opened {
+                let (mut sink, stream) = pubsub.split();
+                let wanted: Vec<String> = self.channels.lock().keys().cloned().collect();
+                let subscribed = wanted.is_empty()
+                    || tokio::time::timeout(self.connect_timeout, sink.subscribe(&wanted))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                if subscribed {
+                    return Opened::Up {
+                        pinger: Pinger::PubSub(sink.clone()),
+                        conn: Subscription {
+                            sink,
+                            stream,
+                            channels: wanted.len(),
+                        },
+                    };
+                }
+            }
+            self.mark_down();
+            Opened::Failed
+        })
+    }
+
+    fn up(&mut self, _: u64, conn: &Subscription) -> bool {
+        self.live.send_replace(true);
+        metrics::gauge!("flowstate_notify_connected").set(1.0);
+        fire_all(&self.channels, Some(true));
+        tracing::debug!(channels = conn.channels, "signal connection up");
+        true
+    }
+
+    /// Relays messages to their channels' signals, and subscribes and unsubscribes as the
+    /// signals come and go.
+    fn serve<'a>(&'a mut self, conn: &'a mut Subscription) -> BoxFuture<'a, Flow> {
+        Box::pin(async move {
+            loop {
+                tokio::select! {
+                    command = self.commands.recv() => match command {
+                        None => return Flow::Stop,
+                        Some(Command::Subscribe(name, ack)) => {
+                            let done =
+                                tokio::time::timeout(self.connect_timeout, conn.sink.subscribe(&name))
+                                    .await;
+                            if !done.is_ok_and(|r| r.is_ok()) {
                                 let _ = ack.send(());
+                                return Flow::Lost;
                             }
-                            Some(Command::Unsubscribe(name)) => {
-                                // A channel subscribed again meanwhile stays subscribed.
-                                let again = channels.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&name);
-                                if !again && sink.unsubscribe(&name).await.is_err() {
-                                    break;
-                                }
+                            if let Some(entry) = self.channels.lock().get(&name) {
+                                entry.confirmed.send_replace(true);
                             }
-                        },
-                        message = stream.next() => match message {
-                            None => break,
-                            Some(message) => {
-                                let channels = channels.lock().unwrap_or_else(PoisonError::into_inner);
-                                if let Some(entry) = channels.get(message.get_channel_name()) {
-                                    entry.fired.send_modify(|n| *n = n.wrapping_add(1));
-                                }
-                            }
-                        },
-                        _ = ping.tick() => {
-                            let pong = tokio::time::timeout(connect_timeout, sink.ping::<redis::Value>()).await;
-                            if !pong.is_ok_and(|r| r.is_ok()) {
-                                break;
+                            let _ = ack.send(());
+                        }
+                        Some(Command::Unsubscribe(name)) => {
+                            // A channel subscribed again meanwhile stays subscribed.
+                            let again = self.channels.lock().contains_key(&name);
+                            if !again && conn.sink.unsubscribe(&name).await.is_err() {
+                                return Flow::Lost;
                             }
                         }
-                    }
+                    },
+                    message = conn.stream.next() => match message {
+                        None => return Flow::Lost,
+                        Some(message) => {
+                            let channels = self.channels.lock();
+                            if let Some(entry) = channels.get(message.get_channel_name()) {
+                                entry.fired.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                        }
+                    },
                 }
-                tracing::warn!("signal connection to Redis lost; waiters poll until it is back");
-                metrics::counter!("flowstate_notify_disconnects_total").increment(1);
             }
-        }
-        live.send_replace(false);
-        metrics::gauge!("flowstate_notify_connected").set(0.0);
-        fire_all(&channels, Some(false));
-        // Wait before the next attempt, answering subscriptions at once meanwhile (they start
-        // not live and are subscribed when the connection is back).
-        let wake = tokio::time::sleep(pause);
-        tokio::pin!(wake);
-        loop {
-            tokio::select! {
-                () = &mut wake => break,
-                command = commands.recv() => match command {
-                    None => return,
-                    Some(Command::Subscribe(_, ack)) => { let _ = ack.send(()); }
-                    Some(Command::Unsubscribe(_)) => {}
-                },
+        })
+    }
+
+    fn down(&mut self, _: u64, _: Loss) {
+        tracing::warn!("signal connection to Redis lost; waiters poll until it is back");
+        metrics::counter!("flowstate_notify_disconnects_total").increment(1);
+        self.mark_down();
+    }
+
+    /// Waits before the next attempt, answering subscriptions at once meanwhile (they start
+    /// not live and are subscribed when the connection is back).
+    fn wait(&mut self, pause: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let wake = tokio::time::sleep(pause);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => return true,
+                    command = self.commands.recv() => match command {
+                        None => return false,
+                        Some(Command::Subscribe(_, ack)) => { let _ = ack.send(()); }
+                        Some(Command::Unsubscribe(_)) => {}
+                    },
+                }
             }
-        }
-        pause = (pause * 2).min(Duration::from_secs(1));
+        })
     }
 }

@@ -1,5 +1,6 @@
-//! The Redis semantic cache store. Redis holds every entry (`lua/set.lua`); each replica keeps
-//! a search index of each namespace in memory, built from Redis and kept current by a sync task.
+//! The semantic cache's sync engine: every namespace this replica indexes, and the task that
+//! keeps each index current from its namespace's change log (the store operations that use the
+//! indexes are in the parent module).
 //!
 //! # How an index stays current
 //! Every change to a namespace (a Set, a Delete, an entry expired or evicted by a Set) is
@@ -10,39 +11,38 @@
 //! therefore in this replica's index about one round trip after it was made. As a backstop the
 //! task reads every log each `semantic.sync_interval` whatever was pushed, and reads over the
 //! pool while the tracking connection is down, so a lost push delays an entry by at most that.
+//! The tracking connection is kept by [`supervisor`] (PINGed each `semantic.sync_interval`, so
+//! one that died without a word is noticed within that).
 //!
 //! A replica that falls behind the log (trimmed past its position, or the log expired) reloads
 //! the namespace whole: the log's last id first, then the index and vectors, then the log since
 //! that id (replaying a change twice is harmless). At start the task finds every namespace in
 //! Redis (SCAN) and loads it; until a namespace is loaded its Gets miss (a cache may miss).
-//!
-//! # Why a Get cannot serve a removed entry
-//! The index only proposes candidates. A Get reads the best few (`CANDIDATES`) in one script
-//! that returns the first still in Redis, so an entry deleted, expired or evicted before this
-//! replica heard is skipped (and dropped from the index), never served.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{
-        Arc, Mutex, PoisonError, RwLock, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
 
-use super::{
+use super::super::{
     config::SemanticConfig,
-    index::{self, SearchPlan, VectorIndex},
+    index::{self, VectorIndex},
     keys::{SpaceKeys, parse_index_key},
-    store::{CANDIDATES, Entry, Found, SemanticStore, Space, Stored},
 };
 use crate::{
     store::{
         StoreError,
-        redis::{RedisBackend, lua, reply, scripts::LuaScript},
+        redis::{
+            RedisBackend, reply,
+            supervisor::{self, AfterLoss, Lifeline, Loss, Pacing, TrackedOwner},
+        },
     },
     tenant::Tenant,
 };
@@ -50,27 +50,20 @@ use crate::{
 /// Changes read from a log per request.
 const LOG_BATCH: usize = 2_000;
 
-/// Namespaces larger than this are searched on a blocking thread (2,048 × 768 is ~0.3 ms of
-/// exact scan).
-const BLOCKING_SEARCH: usize = 2_048;
-
-/// How long a Get waits for the first load of its namespace on this replica.
-const FIRST_LOAD_WAIT: Duration = Duration::from_millis(100);
-
 /// Entries read per request while loading a namespace.
 const LOAD_BATCH: usize = 1_000;
 
 /// One indexed namespace of one tenant.
-struct Indexed {
-    keys: SpaceKeys,
+pub(super) struct Indexed {
+    pub(super) keys: SpaceKeys,
     dimension: usize,
-    index: RwLock<VectorIndex>,
+    pub(super) index: RwLock<VectorIndex>,
     /// Whether the index was loaded (until then Gets wait for it, briefly, then miss).
-    loaded: AtomicBool,
+    pub(super) loaded: AtomicBool,
     /// Woken when a load ends.
-    load_done: tokio::sync::Notify,
+    pub(super) load_done: tokio::sync::Notify,
     /// Whether the log may hold changes not applied yet.
-    dirty: AtomicBool,
+    pub(super) dirty: AtomicBool,
     /// Whether a load of it is running (loads run as tasks of their own).
     loading: AtomicBool,
     /// Whether it must be loaded again (its log no longer reaches back to this replica's
@@ -81,12 +74,9 @@ struct Indexed {
     last: Mutex<Option<String>>,
 }
 
-struct Shared {
+/// Every namespace this replica indexes, and what keeps them current (see the module docs).
+pub(super) struct Indexes {
     backend: RedisBackend,
-    set: LuaScript,
-    get: LuaScript,
-    delete: LuaScript,
-    log_length: u64,
     sync_interval: Duration,
     /// Namespaces by log key (what tracking pushes name).
     spaces: RwLock<HashMap<String, Arc<Indexed>>>,
@@ -95,31 +85,21 @@ struct Shared {
     /// The tracking connection, when up, and its number (a loss reported for an older one must
     /// not drop a newer one).
     conn: Mutex<Option<(u64, MultiplexedConnection)>>,
-    /// Numbers the tracking connections.
-    connections: AtomicU64,
+    /// Numbers the tracking connections and carries their losses to the supervisor.
+    lifeline: Arc<Lifeline>,
     /// Wakes the sync task (a push, a new namespace).
     wake: Arc<tokio::sync::Notify>,
-    /// Wakes the connection keeper (the connection was lost).
-    lost: Arc<tokio::sync::Notify>,
     tracking: metrics::Gauge,
     resyncs: metrics::Counter,
     changes: metrics::Counter,
 }
 
-/// The semantic cache in Redis (see the module docs).
-pub struct RedisSemanticStore {
-    shared: Arc<Shared>,
-}
-
-impl RedisSemanticStore {
-    /// Registers the scripts with `backend` and starts the sync task and the tracking
-    /// connection (both end when the store is dropped).
-    pub fn new(backend: RedisBackend, config: &SemanticConfig) -> Result<Self, StoreError> {
-        let shared = Arc::new(Shared {
-            set: backend.register("semantic.set", lua!("src/semantic/lua/set.lua"))?,
-            get: backend.register("semantic.get", include_str!("lua/get.lua"))?,
-            delete: backend.register("semantic.delete", include_str!("lua/delete.lua"))?,
-            log_length: config.log_length,
+impl Indexes {
+    /// The indexes of the namespaces `config` names, kept current by a sync task and a tracking
+    /// connection on `backend` (both end when the indexes are dropped; neither runs when no
+    /// namespace is configured).
+    pub(super) fn start(backend: RedisBackend, config: &SemanticConfig) -> Arc<Self> {
+        let indexes = Arc::new(Self {
             sync_interval: config.sync_interval,
             spaces: RwLock::new(HashMap::new()),
             dimensions: config
@@ -128,35 +108,46 @@ impl RedisSemanticStore {
                 .map(|(name, ns)| (name.clone(), ns.dimension))
                 .collect(),
             conn: Mutex::new(None),
-            connections: AtomicU64::new(0),
+            lifeline: Arc::new(Lifeline::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
-            lost: Arc::new(tokio::sync::Notify::new()),
             tracking: metrics::gauge!("flowstate_semantic_tracking"),
             resyncs: metrics::counter!("flowstate_semantic_resyncs_total"),
             changes: metrics::counter!("flowstate_semantic_changes_total"),
             backend,
         });
-        if !shared.dimensions.is_empty() {
-            tokio::spawn(keep_connected(Arc::downgrade(&shared)));
-            tokio::spawn(sync(Arc::downgrade(&shared)));
+        if !indexes.dimensions.is_empty() {
+            // A connection that died without a word is noticed by a read; the heartbeat makes
+            // sure there is one each interval. After a loss, a short pause before reopening.
+            let pacing = Pacing {
+                first_pause: Duration::from_millis(100),
+                max_pause: Duration::from_secs(5),
+                heartbeat: indexes.sync_interval,
+                ping_timeout: None,
+                after_loss: AfterLoss::Pause(Duration::from_millis(100)),
+            };
+            supervisor::spawn_tracked(&indexes, &indexes.lifeline, indexes.backend.clone(), pacing);
+            tokio::spawn(sync(Arc::downgrade(&indexes)));
         }
-        Ok(Self { shared })
+        indexes
     }
-}
 
-impl Shared {
+    /// Wakes the sync task (an index found out of step with Redis).
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// The namespace's index, registered (and loaded by the sync task) on first use.
-    fn indexed(&self, tenant: &Tenant, namespace: &str, dimension: usize) -> Arc<Indexed> {
+    pub(super) fn indexed(
+        &self,
+        tenant: &Tenant,
+        namespace: &str,
+        dimension: usize,
+    ) -> Arc<Indexed> {
         let keys = self.backend.keys().semantic(tenant, namespace);
-        if let Some(found) = self
-            .spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&keys.log)
-        {
+        if let Some(found) = self.spaces.read().get(&keys.log) {
             return found.clone();
         }
-        let mut spaces = self.spaces.write().unwrap_or_else(PoisonError::into_inner);
+        let mut spaces = self.spaces.write();
         let indexed = spaces
             .entry(keys.log.clone())
             .or_insert_with(|| {
@@ -178,13 +169,9 @@ impl Shared {
         indexed
     }
 
-    fn all(&self) -> Vec<Arc<Indexed>> {
-        self.spaces
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+    /// Every namespace indexed now.
+    pub(super) fn all(&self) -> Vec<Arc<Indexed>> {
+        self.spaces.read().values().cloned().collect()
     }
 
     fn mark_all_dirty(&self) {
@@ -195,9 +182,9 @@ impl Shared {
     }
 
     /// Connection `connection` is lost (or cannot be trusted): drop it, unless a newer one
-    /// replaced it already.
+    /// replaced it already. (Reads go over the pool until the next one is up.)
     fn lose(&self, connection: u64) {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conn = self.conn.lock();
         if conn.as_ref().is_none_or(|(id, _)| *id != connection) {
             return;
         }
@@ -208,15 +195,14 @@ impl Shared {
              semantic.sync_interval until it is back"
         );
         self.tracking.set(0.0);
-        self.lost.notify_one();
     }
 
     /// A push on tracking connection `connection` (in order with its replies; must not block).
-    fn on_push(&self, connection: u64, push: PushInfo) {
+    fn handle_push(&self, connection: u64, push: PushInfo) {
         match push.kind {
             PushKind::Invalidate => match push.data.into_iter().next() {
                 Some(Value::Array(keys)) => {
-                    let spaces = self.spaces.read().unwrap_or_else(PoisonError::into_inner);
+                    let spaces = self.spaces.read();
                     for key in keys {
                         if let Value::BulkString(k) = key
                             && let Some(ns) =
@@ -231,7 +217,10 @@ impl Shared {
                 // The whole database was flushed.
                 _ => self.mark_all_dirty(),
             },
-            PushKind::Disconnection => self.lose(connection),
+            // A late push of an older connection falls through: it must not drop a newer one.
+            PushKind::Disconnection if self.lifeline.report_lost(connection) => {
+                self.lose(connection);
+            }
             _ => {}
         }
     }
@@ -243,11 +232,7 @@ impl Shared {
         op: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let conn = self.conn.lock().clone();
         let Some((connection, mut conn)) = conn else {
             return self.backend.pipeline(op, pipe).await;
         };
@@ -256,7 +241,9 @@ impl Shared {
         metrics::histogram!("flowstate_store_duration_seconds", "op" => op)
             .record(start.elapsed().as_secs_f64());
         replies.map_err(|e| {
-            if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+            if (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
+                && self.lifeline.report_lost(connection)
+            {
                 self.lose(connection);
             }
             crate::store::redis::classify(&e, self.backend.command_timeout())
@@ -268,11 +255,7 @@ impl Shared {
     /// flushed, or recreated by a failover), changes may have been missed and the namespace is
     /// reloaded instead.
     async fn catch_up(&self, ns: &Indexed) -> Result<(), StoreError> {
-        let last = ns
-            .last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let last = ns.last.lock().clone();
         let mut pipe = redis::pipe();
         pipe.cmd("XRANGE")
             .arg(&ns.keys.log)
@@ -307,7 +290,7 @@ impl Shared {
             return false;
         };
         let newest = newest.clone();
-        let mut index = ns.index.write().unwrap_or_else(PoisonError::into_inner);
+        let mut index = ns.index.write();
         for (_, change) in &fresh {
             match change {
                 LogEntry::Added(id, vector) => index.upsert(*id, vector),
@@ -319,7 +302,7 @@ impl Shared {
         }
         drop(index);
         self.changes.increment(fresh.len() as u64);
-        *ns.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(newest);
+        *ns.last.lock() = Some(newest);
         true
     }
 
@@ -373,8 +356,8 @@ impl Shared {
             }
         }
         let entries = fresh.len();
-        *ns.index.write().unwrap_or_else(PoisonError::into_inner) = fresh;
-        *ns.last.lock().unwrap_or_else(PoisonError::into_inner) = position;
+        *ns.index.write() = fresh;
+        *ns.last.lock() = position;
         ns.loaded.store(true, Ordering::Release);
         ns.dirty.store(true, Ordering::Release);
         self.resyncs.increment(1);
@@ -434,6 +417,28 @@ impl Shared {
     }
 }
 
+/// The tracking connection, as [`supervisor`] keeps it: opened, PINGed each
+/// `semantic.sync_interval`, reopened after a short pause when lost.
+impl TrackedOwner for Indexes {
+    const CLIENT_NAME: &'static str = "flowstate-semantic-cache";
+    const LABEL: &'static str = "semantic cache";
+
+    fn on_push(&self, connection: u64, push: PushInfo) {
+        self.handle_push(connection, push);
+    }
+
+    fn up(&self, connection: u64, conn: &MultiplexedConnection) {
+        *self.conn.lock() = Some((connection, conn.clone()));
+        self.tracking.set(1.0);
+        // Read every log over the new connection: that arms tracking of each.
+        self.mark_all_dirty();
+    }
+
+    fn down(&self, connection: u64, _: Loss) {
+        self.lose(connection);
+    }
+}
+
 /// One change of a log.
 enum LogEntry {
     Added(u64, Vec<f32>),
@@ -442,7 +447,7 @@ enum LogEntry {
 }
 
 /// An entry id, as a script returns it (a number) or a sorted set lists it (a string).
-fn entry_id(v: &Value) -> Result<u64, StoreError> {
+pub(super) fn entry_id(v: &Value) -> Result<u64, StoreError> {
     match v {
         Value::BulkString(b) => reply::parse_int(b)
             .and_then(|i| u64::try_from(i).ok())
@@ -506,7 +511,7 @@ fn stream_entries(v: Value) -> Result<Vec<(String, LogEntry)>, StoreError> {
 
 /// Keeps every indexed namespace current (see the module docs). Ends when the store is
 /// dropped.
-async fn sync(shared: Weak<Shared>) {
+async fn sync(shared: Weak<Indexes>) {
     let mut discovered = false;
     let mut pause = Duration::from_millis(100);
     let mut next_poll = Instant::now();
@@ -579,8 +584,8 @@ async fn sync(shared: Weak<Shared>) {
     }
 }
 
-/// Loads `ns` (see [`Shared::load`]), then wakes the sync task to apply its log since.
-async fn load(shared: Arc<Shared>, ns: Arc<Indexed>) {
+/// Loads `ns` (see [`Indexes::load`]), then wakes the sync task to apply its log since.
+async fn load(shared: Arc<Indexes>, ns: Arc<Indexed>) {
     if let Err(e) = shared.load(&ns).await {
         tracing::warn!(error = %e, namespace = %ns.keys.index, "semantic cache: load failed");
         ns.dirty.store(true, Ordering::Release);
@@ -590,258 +595,4 @@ async fn load(shared: Arc<Shared>, ns: Arc<Indexed>) {
     ns.loading.store(false, Ordering::Release);
     ns.load_done.notify_waiters();
     shared.wake.notify_one();
-}
-
-/// Opens the tracking connection, and reopens it when lost (with a pause growing to 5 s).
-async fn keep_connected(shared: Weak<Shared>) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let handler = shared.clone();
-        let id = strong.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let push = move |info: PushInfo| {
-            if let Some(shared) = handler.upgrade() {
-                shared.on_push(id, info);
-            }
-            Ok::<(), redis::aio::SendError>(())
-        };
-        match strong
-            .backend
-            .tracked_connection("flowstate-semantic-cache", push)
-            .await
-        {
-            Ok(conn) => {
-                pause = Duration::from_millis(100);
-                *strong.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some((id, conn));
-                strong.tracking.set(1.0);
-                // Read every log over the new connection: that arms tracking of each.
-                strong.mark_all_dirty();
-                let lost = strong.lost.clone();
-                let every = strong.sync_interval;
-                drop(strong);
-                // A connection that died without a word is noticed by a read; this makes sure
-                // there is one each interval.
-                loop {
-                    let notified = lost.notified();
-                    tokio::pin!(notified);
-                    tokio::select! {
-                        () = notified => {}
-                        () = tokio::time::sleep(every) => {}
-                    }
-                    let Some(strong) = shared.upgrade() else {
-                        return;
-                    };
-                    let conn = strong
-                        .conn
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone();
-                    let Some((current, mut conn)) = conn else {
-                        break;
-                    };
-                    if current != id {
-                        break;
-                    }
-                    if redis::cmd("PING")
-                        .query_async::<Value>(&mut conn)
-                        .await
-                        .is_err()
-                    {
-                        strong.lose(id);
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "semantic cache: cannot open the tracking connection");
-                drop(strong);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl SemanticStore for RedisSemanticStore {
-    async fn set(&self, space: Space<'_>, entry: Entry) -> Result<Stored, StoreError> {
-        let shared = &self.shared;
-        let ns = shared.indexed(space.tenant, space.namespace, space.dimension);
-        let metadata = serde_json::to_string(&entry.metadata)
-            .map_err(|e| StoreError::Protocol(format!("labels: {e}")))?;
-        let vector = index::to_bytes(&entry.vector);
-        let mut call = shared.set.call();
-        call.key(&ns.keys.index)
-            .key(&ns.keys.counter)
-            .key(&ns.keys.log)
-            .key(&ns.keys.base)
-            .arg(vector)
-            .arg(entry.value.as_ref())
-            .arg(metadata)
-            .arg(entry.ttl_ms)
-            .arg(entry.max_entries)
-            .arg(shared.log_length);
-        // Not resent after a dropped connection: it may have stored the entry.
-        let reply: Vec<i64> = shared.backend.invoke("semantic_set", &call).await?;
-        let [id, evicted] = reply[..] else {
-            return Err(StoreError::Protocol(format!("semantic set: {reply:?}")));
-        };
-        let id = u64::try_from(id).map_err(|_| StoreError::Protocol("semantic set: id".into()))?;
-        // Read your writes: in this replica's index now, not when the log says so.
-        if ns.loaded.load(Ordering::Acquire) {
-            ns.index
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .upsert(id, &entry.vector);
-        }
-        Ok(Stored {
-            id,
-            evicted: u32::try_from(evicted).unwrap_or(u32::MAX),
-        })
-    }
-
-    async fn get(
-        &self,
-        space: Space<'_>,
-        query: &[f32],
-        min_similarity: f32,
-        plan: SearchPlan,
-    ) -> Result<Option<Found>, StoreError> {
-        let shared = &self.shared;
-        let ns = shared.indexed(space.tenant, space.namespace, space.dimension);
-        if !ns.loaded.load(Ordering::Acquire) {
-            // First use of the namespace on this replica: its load takes a round trip when it
-            // is new or small (so a Get right after this replica's first Set finds it), seconds
-            // when it is large (then a miss: a cache may miss, a caller should not wait).
-            let done = ns.load_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if !ns.loaded.load(Ordering::Acquire) {
-                let _ = tokio::time::timeout(FIRST_LOAD_WAIT, done).await;
-            }
-            if !ns.loaded.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-        }
-        let search = {
-            let ns = ns.clone();
-            move |query: &[f32]| {
-                ns.index
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .search(query, min_similarity, CANDIDATES, plan)
-            }
-        };
-        let large = ns
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-            > BLOCKING_SEARCH;
-        let candidates = if large {
-            // Milliseconds of scanning belong on a blocking thread, not on a runtime worker
-            // that every other call of this replica shares.
-            let query = query.to_vec();
-            tokio::task::spawn_blocking(move || search(&query))
-                .await
-                .map_err(|e| StoreError::Protocol(format!("semantic search: {e}")))?
-        } else {
-            search(query)
-        };
-        if candidates.is_empty() {
-            return Ok(None);
-        }
-        let mut call = shared.get.call();
-        call.key(&ns.keys.base);
-        for (id, _) in &candidates {
-            call.arg(*id);
-        }
-        let reply: Vec<Value> = shared
-            .backend
-            .invoke_idempotent("semantic_get", &call)
-            .await?;
-        let mut reply = reply.into_iter();
-        let id = reply::u64_of(&reply.next().unwrap_or(Value::Nil), "semantic get id")?;
-        if id == 0 {
-            let mut index = ns.index.write().unwrap_or_else(PoisonError::into_inner);
-            for gone in reply {
-                if let Ok(gone) = entry_id(&gone) {
-                    index.remove(gone);
-                }
-            }
-            return Ok(None);
-        }
-        let value = match reply.next() {
-            Some(Value::BulkString(v)) => Bytes::from(v),
-            other => {
-                return Err(reply::unexpected(
-                    "semantic get",
-                    "a value",
-                    &other.unwrap_or(Value::Nil),
-                ));
-            }
-        };
-        let metadata: BTreeMap<String, String> = match reply.next() {
-            Some(Value::BulkString(m)) => serde_json::from_slice(&m)
-                .map_err(|e| StoreError::Protocol(format!("semantic labels: {e}")))?,
-            _ => BTreeMap::new(),
-        };
-        let ttl_ms = reply::int(&reply.next().unwrap_or(Value::Nil))?.max(0);
-        // Scored on the vector Redis holds, not the index's: an entry this replica indexed
-        // under another vector (its log not applied yet) is never served for this query.
-        let stored = match reply.next() {
-            Some(Value::BulkString(v)) => index::from_bytes(&v),
-            _ => None,
-        };
-        let similarity = stored
-            .filter(|v| v.len() == query.len())
-            .map(|v| index::dot(&v, query));
-        let Some(similarity) = similarity.filter(|s| *s >= min_similarity) else {
-            ns.index
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(id);
-            ns.dirty.store(true, Ordering::Release);
-            shared.wake.notify_one();
-            return Ok(None);
-        };
-        Ok(Some(Found {
-            id,
-            similarity,
-            value,
-            metadata,
-            ttl_ms,
-        }))
-    }
-
-    async fn delete(&self, space: Space<'_>, id: u64) -> Result<bool, StoreError> {
-        let shared = &self.shared;
-        let ns = shared.indexed(space.tenant, space.namespace, space.dimension);
-        let mut call = shared.delete.call();
-        call.key(&ns.keys.index)
-            .key(&ns.keys.counter)
-            .key(&ns.keys.log)
-            .key(&ns.keys.base)
-            .arg(id)
-            .arg(shared.log_length);
-        let deleted: i64 = shared
-            .backend
-            .invoke_idempotent("semantic_delete", &call)
-            .await?;
-        ns.index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
-        Ok(deleted > 0)
-    }
-
-    fn index_size(&self) -> (u64, u64) {
-        self.shared.all().iter().fold((0, 0), |(n, b), ns| {
-            let index = ns.index.read().unwrap_or_else(PoisonError::into_inner);
-            (n + index.len() as u64, b + index.bytes() as u64)
-        })
-    }
 }

@@ -20,19 +20,35 @@
 //! background, so neither a tenant's quota nor the shared budget pays for them until their TTL.
 //! Invalidations themselves are never refused (a full tenant must still be able to clear stale
 //! data); their marks last one lease TTL and are charged to the tenant.
+//!
+//! # Layout
+//! This file is the store and its operations; `items.rs` is what the moka cache holds and what
+//! each item weighs, `accounting.rs` the bytes charged to tenants and generations and the tag
+//! listings (kept beside the cache, under one lock), `tests.rs` their unit tests.
+
+mod accounting;
+mod items;
+#[cfg(test)]
+mod tests;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use moka::{Expiry, notification::RemovalCause, ops::compute::Op, sync::Cache};
+use moka::{ops::compute::Op, sync::Cache};
+use parking_lot::{Mutex, MutexGuard};
 
+use self::{
+    accounting::{Shared, unlist},
+    items::{
+        ByDeadline, Entry, ITEM_OVERHEAD, Item, LISTING_OVERHEAD, LeaseHeld, SMALL_ITEM,
+        lease_weight, weight,
+    },
+};
 use super::{
     model::{Condition, Freshness, Lease, Lookup, Write},
     store::{CacheStore, CacheStoreSettings},
@@ -42,208 +58,11 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Clock, MemoryBackend, lock},
+        memory::{Clock, MemoryBackend},
     },
     tenant::Tenant,
     time::Millis,
 };
-
-/// Namespaces whose evictions are counted under their own name; the rest share `_other`.
-const MAX_EVICTION_LABELS: usize = 128;
-
-/// Fixed bytes charged per item and per tag listing for the containers holding them.
-const ITEM_OVERHEAD: usize = 128;
-const LISTING_OVERHEAD: usize = 48;
-/// Bytes a generation or a mark holds beside its key (number or times, tenant handle).
-const SMALL_ITEM: usize = 16;
-
-/// A lease on a key: who holds it, since when, until when (store clock).
-#[derive(Debug, Clone)]
-struct LeaseHeld {
-    token: String,
-    granted_at: Millis,
-    until: Millis,
-}
-
-/// One cached key: a value (absent while only a lease exists) and an optional lease.
-#[derive(Debug, Clone)]
-struct Entry {
-    value: Option<Bytes>,
-    fresh_until: Millis,
-    stale_until: Millis,
-    lease: Option<LeaseHeld>,
-    /// Tag-index keys this entry is listed under, so its removal can unlist it.
-    tags: Arc<[String]>,
-    namespace: Arc<str>,
-    /// The namespace generation it was written in (its key holds the same number).
-    generation: u64,
-    /// Whose bytes it counts against (`quota.memory_cache_bytes`).
-    tenant: Arc<str>,
-}
-
-impl Entry {
-    fn fresh(&self, now: Millis) -> bool {
-        self.value.is_some() && now < self.fresh_until
-    }
-
-    fn stale(&self, now: Millis) -> bool {
-        self.value.is_some() && self.fresh_until <= now && now < self.stale_until
-    }
-
-    fn servable(&self, now: Millis) -> bool {
-        self.value.is_some() && now < self.stale_until
-    }
-}
-
-/// What the moka cache holds.
-#[derive(Debug, Clone)]
-enum Item {
-    Entry(Entry),
-    /// A namespace's generation, kept while the namespace is written to (as on Redis, its
-    /// life is renewed by writes and lease grants).
-    Generation {
-        number: u64,
-        until: Millis,
-        tenant: Arc<str>,
-    },
-    /// When a tag was last invalidated, and until when that matters.
-    Mark {
-        at: Millis,
-        until: Millis,
-        tenant: Arc<str>,
-    },
-}
-
-impl Item {
-    /// When the item may go (store clock).
-    fn deadline(&self) -> Millis {
-        match self {
-            Item::Entry(e) => e.stale_until.max(e.lease.as_ref().map_or(0, |l| l.until)),
-            Item::Generation { until, .. } | Item::Mark { until, .. } => *until,
-        }
-    }
-}
-
-/// Items expire at their own deadline on the store clock (moka counts in `Instant`s).
-struct ByDeadline {
-    clock: Clock,
-}
-
-impl ByDeadline {
-    fn remaining(&self, item: &Item) -> Option<Duration> {
-        Some(Duration::from_millis(
-            u64::try_from(item.deadline() - self.clock.now()).unwrap_or(0),
-        ))
-    }
-}
-
-impl Expiry<String, Arc<Item>> for ByDeadline {
-    fn expire_after_create(&self, _: &String, v: &Arc<Item>, _: Instant) -> Option<Duration> {
-        self.remaining(v)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        v: &Arc<Item>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.remaining(v)
-    }
-}
-
-/// Bytes an item costs: its key, its value, and for an entry each of its tag listings.
-fn weight(key: &str, item: &Item) -> u32 {
-    let bytes = match item {
-        Item::Entry(e) => {
-            key.len()
-                + e.value.as_ref().map_or(0, Bytes::len)
-                + e.lease.as_ref().map_or(0, |l| l.token.len())
-                + e.tags
-                    .iter()
-                    .map(|t| t.len() + key.len() + LISTING_OVERHEAD)
-                    .sum::<usize>()
-        }
-        Item::Generation { .. } | Item::Mark { .. } => key.len() + SMALL_ITEM,
-    } + ITEM_OVERHEAD;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
-/// Bytes a lease-only entry for `key` costs (what a lease grant on a new key adds).
-fn lease_weight(key: &str, token: &str) -> i64 {
-    i64::try_from(key.len() + token.len() + ITEM_OVERHEAD).unwrap_or(i64::MAX)
-}
-
-/// Bytes of one generation's entries.
-#[derive(Default)]
-struct GenerationBytes {
-    bytes: i64,
-    /// No longer its namespace's: its entries are unreachable and not charged to the tenant.
-    retired: bool,
-}
-
-/// State beside the moka cache, shared with its eviction listener. Never hold its lock across
-/// a call into the moka cache: any call may run housekeeping, whose listener takes the lock.
-///
-/// Byte counts are signed: an eviction can be reported before the insertion that caused it is
-/// charged, and the counts must come back to the truth once both are in.
-#[derive(Default)]
-struct Shared {
-    /// Tag-index key → entry keys listed under it.
-    tags: HashMap<String, HashSet<String>>,
-    /// Namespace → entries evicted for space.
-    evictions: HashMap<Arc<str>, u64>,
-    /// Tenant → bytes charged to it.
-    tenant_bytes: HashMap<Arc<str>, i64>,
-    /// Generation number → bytes of its entries still held.
-    generation_bytes: HashMap<u64, GenerationBytes>,
-}
-
-impl Shared {
-    fn add_to_tenant(&mut self, tenant: &Arc<str>, bytes: i64) {
-        let n = self.tenant_bytes.entry(tenant.clone()).or_default();
-        *n = n.saturating_add(bytes);
-        if *n == 0 {
-            self.tenant_bytes.remove(tenant);
-        }
-    }
-
-    /// Charges (positive) or releases (negative) `bytes` of `item`.
-    fn account(&mut self, item: &Item, bytes: i64) {
-        match item {
-            Item::Entry(e) => {
-                let generation = self.generation_bytes.entry(e.generation).or_default();
-                generation.bytes = generation.bytes.saturating_add(bytes);
-                let charged = !generation.retired;
-                if generation.bytes == 0 {
-                    self.generation_bytes.remove(&e.generation);
-                }
-                if charged {
-                    self.add_to_tenant(&e.tenant, bytes);
-                }
-            }
-            Item::Generation { tenant, .. } | Item::Mark { tenant, .. } => {
-                self.add_to_tenant(tenant, bytes);
-            }
-        }
-    }
-
-    /// `generation` of `tenant` is no longer its namespace's: its entries stop counting.
-    fn retire(&mut self, tenant: &Arc<str>, generation: u64) {
-        if let Some(g) = self.generation_bytes.get_mut(&generation)
-            && !g.retired
-        {
-            g.retired = true;
-            let bytes = g.bytes;
-            self.add_to_tenant(tenant, -bytes);
-        }
-    }
-
-    fn held(&self, tenant: &str) -> i64 {
-        self.tenant_bytes.get(tenant).copied().unwrap_or(0).max(0)
-    }
-}
 
 /// The cache in process memory. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -278,35 +97,8 @@ impl MemoryCacheStore {
             // Purges an invalidated generation's entries (see invalidate_namespace).
             .support_invalidation_closures()
             .eviction_listener(move |key: Arc<String>, item: Arc<Item>, cause| {
-                let Some(shared) = listener_shared.upgrade() else {
-                    return;
-                };
-                let mut shared = lock(&shared);
-                shared.account(&item, -i64::from(weight(&key, &item)));
-                match &*item {
-                    Item::Entry(entry) => {
-                        if cause != RemovalCause::Replaced {
-                            unlist(&mut shared, &key, &entry.tags);
-                        }
-                        if cause == RemovalCause::Size {
-                            let label = if shared.evictions.len() < MAX_EVICTION_LABELS
-                                || shared.evictions.contains_key(&entry.namespace)
-                            {
-                                entry.namespace.clone()
-                            } else {
-                                Arc::from("_other")
-                            };
-                            *shared.evictions.entry(label).or_default() += 1;
-                        }
-                    }
-                    // Replaced: renewed, or invalidate_namespace retires it itself.
-                    Item::Generation { number, tenant, .. } if cause != RemovalCause::Replaced => {
-                        shared.retire(tenant, *number);
-                    }
-                    Item::Mark { at, .. } if cause == RemovalCause::Size => {
-                        listener_marks.fetch_max(*at, Ordering::AcqRel);
-                    }
-                    Item::Generation { .. } | Item::Mark { .. } => {}
+                if let Some(shared) = listener_shared.upgrade() {
+                    shared.lock().removed(&key, &item, cause, &listener_marks);
                 }
             })
             .build();
@@ -364,7 +156,9 @@ impl MemoryCacheStore {
             Op::Put(item)
         });
         if let Some(item) = put {
-            lock(&self.shared).account(&item, i64::from(weight(&key, &item)));
+            self.shared
+                .lock()
+                .account(&item, i64::from(weight(&key, &item)));
         }
         number
     }
@@ -375,7 +169,7 @@ impl MemoryCacheStore {
         if cap == 0 || grow <= 0 {
             return Ok(());
         }
-        let held = lock(&self.shared).held(tenant.as_str());
+        let held = self.shared.lock().held(tenant.as_str());
         if held.saturating_add(grow) > i64::try_from(cap).unwrap_or(i64::MAX) {
             return Err(StoreError::Full(
                 "the tenant's quota.memory_cache_bytes is reached",
@@ -460,7 +254,9 @@ impl MemoryCacheStore {
             Op::Put(item)
         });
         if let Some(item) = put {
-            lock(&self.shared).account(&item, i64::from(weight(key, &item)));
+            self.shared
+                .lock()
+                .account(&item, i64::from(weight(key, &item)));
         }
         out
     }
@@ -541,7 +337,7 @@ impl MemoryCacheStore {
         let Some(item) = put else {
             return false;
         };
-        let mut shared = lock(&self.shared);
+        let mut shared = self.shared.lock();
         shared.account(&item, i64::from(weight(&key, &item)));
         if !(tag_keys.is_empty() && old_tags.is_empty()) {
             // The value replaced carried these tags; the new one is listed only under its own.
@@ -598,7 +394,7 @@ impl MemoryCacheStore {
     }
 
     fn lock_writes(&self) -> MutexGuard<'_, ()> {
-        lock(&self.writes)
+        self.writes.lock()
     }
 }
 
@@ -608,18 +404,6 @@ struct Place<'a> {
     tenant: &'a Tenant,
     namespace: &'a str,
     generation: u64,
-}
-
-/// Removes `key` from the listings of `tags`.
-fn unlist(shared: &mut Shared, key: &str, tags: &[String]) {
-    for tag in tags {
-        if let Some(keys) = shared.tags.get_mut(tag) {
-            keys.remove(key);
-            if keys.is_empty() {
-                shared.tags.remove(tag);
-            }
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -747,10 +531,10 @@ impl CacheStore for MemoryCacheStore {
             };
             let bytes = i64::from(weight(&key, &mark));
             self.items.insert(key, Arc::new(mark.clone()));
-            lock(&self.shared).account(&mark, bytes);
+            self.shared.lock().account(&mark, bytes);
         }
         let keys: HashSet<String> = {
-            let mut shared = lock(&self.shared);
+            let mut shared = self.shared.lock();
             tags.iter()
                 .filter_map(|t| {
                     shared
@@ -780,9 +564,9 @@ impl CacheStore for MemoryCacheStore {
         };
         let bytes = i64::from(weight(&key, &next));
         self.items.insert(key, Arc::new(next.clone()));
-        lock(&self.shared).account(&next, bytes);
+        self.shared.lock().account(&next, bytes);
         if let Some(old) = old {
-            lock(&self.shared).retire(&owner, old);
+            self.shared.lock().retire(&owner, old);
             // Unreachable from now on: free their space in the background rather than at
             // their TTL (moka scans in bounded batches on its housekeeping).
             let purge = self.items.invalidate_entries_if(
@@ -796,312 +580,11 @@ impl CacheStore for MemoryCacheStore {
     }
 
     fn evictions(&self) -> Vec<(String, u64)> {
-        lock(&self.shared)
+        self.shared
+            .lock()
             .evictions
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(max_bytes: u64) -> MemoryCacheStore {
-        MemoryCacheStore::new(
-            &MemoryBackend::new("t", Duration::from_secs(60), 1 << 20),
-            max_bytes,
-            CacheStoreSettings {
-                lease_ttl_ms: 5_000,
-                generation_keep_ms: 600_000,
-            },
-        )
-    }
-
-    fn write(key: &str, value: usize, tags: &[String]) -> Write {
-        Write {
-            key: key.to_owned(),
-            value: Bytes::from(vec![b'x'; value]),
-            ttl_ms: 60_000,
-            stale_ms: 0,
-            tags: tags.to_vec(),
-            condition: Condition::Always,
-            lease_token: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn the_budget_counts_tag_listings_and_bounds_eviction_labels() {
-        let budget = 256 * 1024;
-        let cache = store(budget);
-        let t = Tenant::default_tenant();
-        // Small values, many long tags: the listings, not the values, fill the budget.
-        let tags: Vec<String> = (0..16)
-            .map(|i| format!("{i}-{}", "t".repeat(100)))
-            .collect();
-        for i in 0..2_000 {
-            let ns = format!("ns{}", i % 300);
-            let stored = cache
-                .set(&t, &ns, &[write(&format!("k{i}"), 10, &tags)])
-                .await
-                .expect("set");
-            assert_eq!(stored, [true]);
-        }
-        cache.items.run_pending_tasks();
-        assert!(
-            cache.items.weighted_size() <= budget,
-            "{} bytes held",
-            cache.items.weighted_size()
-        );
-        let listed: usize = lock(&cache.shared).tags.values().map(HashSet::len).sum();
-        let entries = cache
-            .items
-            .iter()
-            .filter(|(_, v)| matches!(&**v, Item::Entry(_)))
-            .count();
-        assert_eq!(
-            listed,
-            entries * tags.len(),
-            "listings follow the entries kept"
-        );
-        let evictions = cache.evictions();
-        assert!(evictions.iter().map(|(_, n)| n).sum::<u64>() > 1_000);
-        assert!(
-            evictions.len() <= MAX_EVICTION_LABELS + 1,
-            "{} eviction labels",
-            evictions.len()
-        );
-    }
-
-    #[tokio::test]
-    async fn an_evicted_generation_means_misses_and_a_new_number() {
-        let cache = store(1 << 20);
-        let t = Tenant::default_tenant();
-        cache
-            .set(&t, "ns", &[write("k", 1, &[])])
-            .await
-            .expect("set");
-        let first = cache.generation(&t, "ns").expect("generation");
-        cache
-            .items
-            .invalidate(&cache.keys.cache_generation(&t, "ns"));
-        let miss = cache.get(&t, "ns", "k", None).await.expect("get");
-        assert_eq!(miss.freshness, Freshness::Miss);
-        cache
-            .set(&t, "ns", &[write("k", 1, &[])])
-            .await
-            .expect("set");
-        assert!(cache.generation(&t, "ns").expect("generation") > first);
-    }
-
-    #[tokio::test]
-    async fn a_tenant_over_its_cache_bytes_is_refused_whole_and_others_are_not() {
-        let quotas = QuotaConfig {
-            memory_cache_bytes: 4096,
-            ..QuotaConfig::default()
-        };
-        let cache = MemoryCacheStore::new(
-            &MemoryBackend::new("t", Duration::from_secs(60), 1 << 20).with_quotas(quotas),
-            1 << 20,
-            CacheStoreSettings {
-                lease_ttl_ms: 5_000,
-                generation_keep_ms: 600_000,
-            },
-        );
-        let (a, b) = (
-            Tenant::new("a").expect("tenant"),
-            Tenant::new("b").expect("tenant"),
-        );
-        for i in 0..3 {
-            cache
-                .set(&a, "ns", &[write(&format!("k{i}"), 1000, &[])])
-                .await
-                .expect("within the quota");
-        }
-        let over = cache
-            .set(
-                &a,
-                "ns",
-                &[write("small", 10, &[]), write("big", 1000, &[])],
-            )
-            .await;
-        assert!(matches!(over, Err(StoreError::Full(_))), "{over:?}");
-        let small = cache.get(&a, "ns", "small", None).await.expect("get");
-        assert_eq!(small.freshness, Freshness::Miss, "all or nothing");
-        // Rewriting a key in place does not grow the tenant.
-        cache
-            .set(&a, "ns", &[write("k0", 1000, &[])])
-            .await
-            .expect("same size in place");
-        cache
-            .set(&b, "ns", &[write("k", 3000, &[])])
-            .await
-            .expect("another tenant is not affected");
-        cache
-            .delete(&a, "ns", &["k1".into(), "k2".into()])
-            .await
-            .expect("delete");
-        cache
-            .set(&a, "ns", &[write("big", 1000, &[])])
-            .await
-            .expect("room again after a delete");
-    }
-
-    fn quota_store(cap: u64) -> MemoryCacheStore {
-        let quotas = QuotaConfig {
-            memory_cache_bytes: cap,
-            ..QuotaConfig::default()
-        };
-        MemoryCacheStore::new(
-            &MemoryBackend::new("t", Duration::from_secs(60), 1 << 20).with_quotas(quotas),
-            1 << 22,
-            CacheStoreSettings {
-                lease_ttl_ms: 5_000,
-                generation_keep_ms: 600_000,
-            },
-        )
-    }
-
-    /// What the tenant should be charged, recounted from what the cache holds: its live
-    /// generations' entries, its generations and its marks.
-    fn recount(cache: &MemoryCacheStore, tenant: &str) -> i64 {
-        cache.items.run_pending_tasks();
-        let live: HashSet<u64> = cache
-            .items
-            .iter()
-            .filter_map(|(_, v)| match &*v {
-                Item::Generation { number, .. } => Some(*number),
-                _ => None,
-            })
-            .collect();
-        cache
-            .items
-            .iter()
-            .filter(|(_, v)| match &**v {
-                Item::Entry(e) => &*e.tenant == tenant && live.contains(&e.generation),
-                Item::Generation { tenant: t, .. } | Item::Mark { tenant: t, .. } => &**t == tenant,
-            })
-            .map(|(k, v)| i64::from(weight(&k, &v)))
-            .sum()
-    }
-
-    #[tokio::test]
-    async fn every_item_is_charged_to_its_tenant_and_the_count_matches_a_recount() {
-        let cache = quota_store(0);
-        let (a, b) = (
-            Tenant::new("a").expect("tenant"),
-            Tenant::new("b").expect("tenant"),
-        );
-        let tags = ["t1".to_owned(), "t2".to_owned()];
-        for i in 0..50 {
-            let ns = format!("ns{}", i % 5);
-            cache
-                .set(&a, &ns, &[write(&format!("k{i}"), 100 + i, &tags)])
-                .await
-                .expect("set");
-            cache
-                .set(&b, &ns, &[write(&format!("k{i}"), 10, &[])])
-                .await
-                .expect("set");
-        }
-        cache
-            .get(&a, "ns9", "leased", Some("token"))
-            .await
-            .expect("a lease in a new namespace");
-        cache
-            .invalidate_tags(&a, "ns1", &["t1".to_owned()])
-            .await
-            .expect("invalidate tags");
-        cache
-            .invalidate_namespace(&a, "ns2")
-            .await
-            .expect("invalidate namespace");
-        cache
-            .delete(&a, "ns3", &["k3".to_owned(), "k8".to_owned()])
-            .await
-            .expect("delete");
-        cache
-            .set(&a, "ns0", &[write("k0", 5, &[])])
-            .await
-            .expect("rewrite smaller");
-        for tenant in ["a", "b"] {
-            cache.items.run_pending_tasks();
-            let held = lock(&cache.shared).held(tenant);
-            assert_eq!(held, recount(&cache, tenant), "tenant {tenant}");
-            assert!(held > 0);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_tenant_at_its_cap_creates_nothing_not_even_a_namespace_or_a_lease() {
-        let cache = quota_store(4096);
-        let a = Tenant::new("a").expect("tenant");
-        let mut i = 0;
-        while cache
-            .set(&a, "ns", &[write(&format!("k{i}"), 500, &[])])
-            .await
-            .is_ok()
-        {
-            i += 1;
-        }
-        let held = lock(&cache.shared).held("a");
-        for n in 0..100 {
-            let ns = format!("fresh{n}");
-            let refused = cache.set(&a, &ns, &[write("k", 1, &[])]).await;
-            assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
-            let refused = cache.get(&a, &ns, "k", Some("token")).await;
-            assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
-            assert_eq!(cache.generation(&a, &ns), None, "nothing created");
-        }
-        cache.items.run_pending_tasks();
-        assert_eq!(lock(&cache.shared).held("a"), held);
-        // Plain reads and invalidations still work for a full tenant.
-        let hit = cache.get(&a, "ns", "k0", None).await.expect("get");
-        assert_eq!(hit.freshness, Freshness::Fresh);
-        cache
-            .invalidate_tags(&a, "ns", &["x".to_owned()])
-            .await
-            .expect("invalidations are never refused");
-    }
-
-    #[tokio::test]
-    async fn invalidating_a_namespace_frees_the_tenants_quota_and_the_space() {
-        let cache = quota_store(8192);
-        let a = Tenant::new("a").expect("tenant");
-        for i in 0..6 {
-            cache
-                .set(&a, "ns", &[write(&format!("k{i}"), 1000, &[])])
-                .await
-                .expect("within the quota");
-        }
-        let full = cache.set(&a, "ns", &[write("more", 3000, &[])]).await;
-        assert!(matches!(full, Err(StoreError::Full(_))), "{full:?}");
-        cache
-            .invalidate_namespace(&a, "ns")
-            .await
-            .expect("invalidate");
-        cache
-            .set(&a, "ns", &[write("more", 3000, &[])])
-            .await
-            .expect("room again at once");
-        let expected = recount(&cache, "a");
-        // (The guard must not be held across moka calls: its listener takes the same lock.)
-        let held = lock(&cache.shared).held("a");
-        assert_eq!(held, expected);
-        // The old generation's entries are purged in the background, not kept to their TTL.
-        for _ in 0..100 {
-            cache.items.run_pending_tasks();
-            let entries = cache
-                .items
-                .iter()
-                .filter(|(_, v)| matches!(&**v, Item::Entry(_)))
-                .count();
-            if entries == 1 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("the invalidated generation's entries were not purged");
     }
 }
