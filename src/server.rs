@@ -137,7 +137,7 @@ pub async fn serve(
         tokio::spawn(health::watch_store(
             backend.clone(),
             health.clone(),
-            config.redis.health_interval,
+            config.redis.health_interval.get(),
             tasks_stop,
         )),
     )];
@@ -145,7 +145,7 @@ pub async fn serve(
         "keys watcher",
         tokio::spawn(auth::watch_keys(
             auth.clone(),
-            config.auth.reload_interval,
+            config.auth.reload_interval.get(),
             stop_tasks.subscribe(),
         )),
     ));
@@ -154,7 +154,7 @@ pub async fn serve(
             "TLS watcher",
             tokio::spawn(
                 tls.clone()
-                    .watch(config.auth.reload_interval, stop_tasks.subscribe()),
+                    .watch(config.auth.reload_interval.get(), stop_tasks.subscribe()),
             ),
         ));
     }
@@ -205,9 +205,11 @@ pub async fn serve(
         .layer(AuthLayer::new(auth))
         // At most max_concurrent_requests calls at once across all connections; the rest get
         // RESOURCE_EXHAUSTED at once. Health checks and reflection are never counted or shed.
-        .layer(AdmissionLayer::new(config.server.max_concurrent_requests))
+        .layer(AdmissionLayer::new(
+            config.server.max_concurrent_requests.get(),
+        ))
         // Every call gets a deadline (grpc-timeout capped by request_timeout) and a span.
-        .layer(DeadlineLayer::new(config.server.request_timeout))
+        .layer(DeadlineLayer::new(config.server.request_timeout.get()))
         .into_inner();
 
     if let Some(listener) = health_listener {
@@ -225,7 +227,7 @@ pub async fn serve(
                 let served = tonic::transport::Server::builder()
                     .concurrency_limit_per_connection(4)
                     .max_concurrent_streams(4)
-                    .timeout(request_timeout)
+                    .timeout(request_timeout.get())
                     .max_connection_age(Duration::from_secs(60))
                     .max_connection_age_grace(Duration::from_secs(5))
                     .add_service(health_service)
@@ -251,7 +253,7 @@ pub async fn serve(
     if !config.server.max_connection_age.is_zero() {
         builder = builder
             .max_connection_age(config.server.max_connection_age)
-            .max_connection_age_grace(config.server.request_timeout);
+            .max_connection_age_grace(config.server.request_timeout.get());
     }
     let router = builder
         .layer(stack)

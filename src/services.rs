@@ -107,7 +107,7 @@ impl<'a> Wiring<'a> {
     /// The largest request message a service decodes (`server.max_message_bytes`): every
     /// generated server's `max_decoding_message_size`.
     pub fn max_message_bytes(&self) -> usize {
-        self.config.server.max_message_bytes
+        self.config.server.max_message_bytes.get()
     }
 
     /// Adds a gRPC server (behind the one tower stack of `server.rs`).

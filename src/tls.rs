@@ -14,11 +14,12 @@
 use std::{
     io,
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
+use parking_lot::{Mutex, RwLock};
 use rustls::{
     RootCertStore, ServerConfig,
     server::{WebPkiClientVerifier, danger::ClientCertVerifier},
@@ -205,7 +206,7 @@ pub struct Acceptor {
     current: Arc<RwLock<TlsAcceptor>>,
     files: TlsFiles,
     /// What the files held when last read (loaded or refused).
-    seen: Arc<std::sync::Mutex<Contents>>,
+    seen: Arc<Mutex<Contents>>,
 }
 
 impl Acceptor {
@@ -218,15 +219,12 @@ impl Acceptor {
         Ok(Self {
             current: Arc::new(RwLock::new(TlsAcceptor::from(config))),
             files,
-            seen: Arc::new(std::sync::Mutex::new(contents)),
+            seen: Arc::new(Mutex::new(contents)),
         })
     }
 
     fn get(&self) -> TlsAcceptor {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Checks the files every `every` until `stop` turns true; when they changed and load,
@@ -240,7 +238,7 @@ impl Acceptor {
             }
             let now = self.files.read();
             let loaded = {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut seen = self.seen.lock();
                 if now.same(&seen) {
                     continue;
                 }
@@ -251,8 +249,7 @@ impl Acceptor {
             };
             match loaded {
                 Ok((config, expires)) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-                        TlsAcceptor::from(config);
+                    *self.current.write() = TlsAcceptor::from(config);
                     metrics::counter!("flowstate_tls_reloads_total", "result" => "ok").increment(1);
                     metrics::gauge!("flowstate_tls_reload_failing").set(0.0);
                     tracing::info!("TLS certificate files reloaded");

@@ -1,11 +1,14 @@
 //! Authentication (`[auth]`) and per-tenant quotas (`[quota]`).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::permission::Permissions;
-use crate::tenant::Tenant;
+use crate::{
+    config::{PositiveDuration, nonzero},
+    tenant::Tenant,
+};
 
 /// Who may call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,8 +27,7 @@ pub struct AuthConfig {
     /// it may do, as an alternative to keys.
     pub clients: Vec<ClientIdentity>,
     /// How often the keys file (and the TLS files) are checked for changes.
-    #[serde(with = "humantime_serde")]
-    pub reload_interval: Duration,
+    pub reload_interval: PositiveDuration,
 }
 
 impl Default for AuthConfig {
@@ -35,7 +37,7 @@ impl Default for AuthConfig {
             keys_file: None,
             keys: None,
             clients: Vec::new(),
-            reload_interval: Duration::from_secs(2),
+            reload_interval: PositiveDuration::from_secs(nonzero!(2)),
         }
     }
 }
@@ -65,11 +67,6 @@ impl AuthConfig {
     /// Adds a message per bad value to `bad`; `mtls` says whether client certificates are
     /// verified (`server.tls.client_ca_file`).
     pub fn validate(&self, mtls: bool, bad: &mut Vec<String>) {
-        crate::config::require_positive(
-            bad,
-            "auth.reload_interval",
-            !self.reload_interval.is_zero(),
-        );
         if self.mode == AuthMode::Required
             && self.keys_file.is_none()
             && self.keys.as_deref().is_none_or(|k| k.trim().is_empty())

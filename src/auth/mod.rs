@@ -21,12 +21,13 @@ use std::{
     future::Future,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::{Request, Response};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tonic::{
     Status,
@@ -223,13 +224,10 @@ impl Authenticator {
         let keys = auth.parse_keys(file.as_ref()).map_err(|errors| {
             anyhow::anyhow!("the API keys cannot be loaded:\n  {}", errors.join("\n  "))
         })?;
-        *auth
-            .keys_file_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = file.and_then(Result::ok);
+        *auth.keys_file_seen.lock() = file.and_then(Result::ok);
         metrics::gauge!("flowstate_auth_reload_failing").set(0.0);
         metrics::gauge!("flowstate_auth_keys").set(keys.len() as f64);
-        *auth.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *auth.keys.write() = Arc::new(keys);
         Ok(auth)
     }
 
@@ -244,7 +242,7 @@ impl Authenticator {
         if self.mode == AuthMode::None {
             return [self.anonymous.tenant.as_str().to_owned()].into();
         }
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let keys = self.keys.read().clone();
         keys.tenants()
             .chain(self.clients.values().map(|(t, _)| t))
             .map(|t| t.as_str().to_owned())
@@ -253,7 +251,7 @@ impl Authenticator {
 
     /// How many keys are in force.
     pub fn key_count(&self) -> usize {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.keys.read().len()
     }
 
     /// The keys file's bytes (`None`: there is no keys file).
@@ -282,7 +280,7 @@ impl Authenticator {
     fn reload_keys(&self, file: Option<&std::io::Result<Vec<u8>>>) -> Result<usize, Vec<String>> {
         let keys = self.parse_keys(file)?;
         let n = keys.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *self.keys.write() = Arc::new(keys);
         metrics::gauge!("flowstate_auth_keys").set(n as f64);
         Ok(n)
     }
@@ -327,7 +325,7 @@ impl Authenticator {
                 scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
             })
             .ok_or(Denied::Unauthenticated)?;
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let keys = self.keys.read().clone();
         let entry = keys.verify(presented).ok_or(Denied::Unauthenticated)?;
         Ok(Caller {
             tenant: entry.tenant.clone(),
@@ -384,10 +382,7 @@ pub async fn watch_keys(
         let file = auth.read_keys_file();
         {
             let bytes = file.as_ref().and_then(|f| f.as_ref().ok());
-            let mut seen = auth
-                .keys_file_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut seen = auth.keys_file_seen.lock();
             if bytes == seen.as_ref() {
                 continue;
             }

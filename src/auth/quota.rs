@@ -3,7 +3,9 @@
 //! tenant, so it needs no store round trip; the number of buckets is bounded by the tenants
 //! the keys and client identities name (one with authentication off).
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, time::Instant};
+
+use parking_lot::Mutex;
 
 use super::config::QuotaConfig;
 use crate::tenant::Tenant;
@@ -38,7 +40,7 @@ impl RequestQuotas {
             return true;
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(tenant.clone()).or_insert_with(|| {
             let rate = f64::from(quota.requests_per_second);
             let capacity = if quota.burst == 0 {

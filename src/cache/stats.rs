@@ -4,10 +4,12 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
+
+use parking_lot::RwLock;
 
 /// Hit, miss and stale counts of one namespace.
 #[derive(Debug, Default)]
@@ -43,16 +45,10 @@ pub const MAX_TRACKED_UNKNOWN: usize = 64;
 
 impl CacheStats {
     pub(crate) fn for_namespace(&self, name: &str, configured: bool) -> Arc<NamespaceStats> {
-        if let Some(s) = self
-            .tracked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .namespaces
-            .get(name)
-        {
+        if let Some(s) = self.tracked.read().namespaces.get(name) {
             return s.clone();
         }
-        let mut tracked = self.tracked.write().unwrap_or_else(|p| p.into_inner());
+        let mut tracked = self.tracked.write();
         if let Some(s) = tracked.namespaces.get(name) {
             return s.clone();
         }
@@ -73,7 +69,7 @@ impl CacheStats {
 
     /// A snapshot: namespace → (hits, misses, stale, leases, sets).
     pub fn snapshot(&self) -> Vec<(String, [u64; 5])> {
-        let tracked = self.tracked.read().unwrap_or_else(|p| p.into_inner());
+        let tracked = self.tracked.read();
         let mut out: Vec<_> = tracked
             .namespaces
             .iter()

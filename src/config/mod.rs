@@ -12,13 +12,16 @@
 //! in its own folder (`session/config.rs`, …), re-exported below.
 
 mod load;
+mod positive;
 mod server;
 mod store;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::positive::nonzero;
 pub use self::{
     load::ENV_PREFIX,
+    positive::PositiveDuration,
     server::{
         ClientAuth, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig, TracingConfig,
     },
@@ -107,7 +110,6 @@ impl Config {
         self.server.validate(&mut bad);
         self.tracing.validate(&mut bad);
         self.redis.validate(&mut bad);
-        self.memory.validate(&mut bad);
         self.session.validate(&mut bad);
         self.cache.validate(&mut bad);
         self.semantic.validate(&mut bad);
@@ -197,7 +199,7 @@ mod tests {
         let c = Config::load(None, env(&[])).expect("defaults load");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
         assert!(c.redis.url.is_none());
-        assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(c.session.idle_timeout.get(), Duration::from_secs(86_400));
     }
 
     #[test]
@@ -219,8 +221,8 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:7000"));
-        assert_eq!(c.redis.pool_size, 5);
-        assert_eq!(c.session.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.redis.pool_size.get(), 5);
+        assert_eq!(c.session.idle_timeout.get(), Duration::from_secs(600));
     }
 
     #[test]
@@ -264,6 +266,31 @@ mod tests {
             .expect_err("bad scheme")
             .to_string();
         assert!(err.contains("redis.url"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_where_none_can_be_is_refused_by_the_loader_with_its_key_and_source() {
+        let err = Config::load(None, env(&[("FLOWSTATE_SESSION__MAX_FIELDS", "0")]))
+            .expect_err("zero fields")
+            .to_string();
+        assert!(
+            err.contains("`session.max_fields`")
+                && err.contains("nonzero")
+                && err.contains("environment variable FLOWSTATE_SESSION__MAX_FIELDS"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[rls]\nreload_interval = \"0ms\"\n").expect("write");
+        let err = Config::load(Some(&path), env(&[]))
+            .expect_err("zero interval")
+            .to_string();
+        assert!(
+            err.contains("\"0ms\", expected a duration greater than zero")
+                && err.contains("`rls.reload_interval`")
+                && err.contains("f.toml"),
+            "{err}"
+        );
     }
 
     #[test]

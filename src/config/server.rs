@@ -1,11 +1,11 @@
 //! The server's own sections: `[server]` (listener, deadlines, limits, shutdown), `[log]`,
 //! `[metrics]` and `[tracing]`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::require_positive;
+use super::{PositiveDuration, nonzero, require_positive};
 
 /// gRPC server settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,15 +14,14 @@ pub struct ServerConfig {
     /// Address the gRPC server listens on. Loopback by default; containers bind `0.0.0.0:50051`.
     pub listen: SocketAddr,
     /// Deadline for a call that sends no `grpc-timeout`, and the cap for one that does.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
+    pub request_timeout: PositiveDuration,
     /// Requests in progress across all connections; beyond it calls get RESOURCE_EXHAUSTED at once.
-    pub max_concurrent_requests: usize,
+    pub max_concurrent_requests: NonZeroUsize,
     /// On SIGTERM/SIGINT: how long in-flight calls may take to finish before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Largest request message accepted, in bytes.
-    pub max_message_bytes: usize,
+    pub max_message_bytes: NonZeroUsize,
     /// Connections older than this are asked to reconnect (HTTP/2 GOAWAY; calls in flight get
     /// `request_timeout` to finish): client certificates are verified again, new replicas get
     /// their share of long-lived clients. 0: never.
@@ -72,10 +71,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            request_timeout: Duration::from_secs(5),
-            max_concurrent_requests: 4096,
+            request_timeout: PositiveDuration::from_secs(nonzero!(5)),
+            max_concurrent_requests: nonzero!(4096),
             shutdown_grace: Duration::from_secs(10),
-            max_message_bytes: 4 * 1024 * 1024,
+            max_message_bytes: nonzero!(4 * 1024 * 1024),
             max_connection_age: Duration::from_secs(30 * 60),
             tenant: "default".to_owned(),
             reflection: true,
@@ -205,17 +204,6 @@ pub enum LogFormat {
 impl ServerConfig {
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(
-            bad,
-            "server.request_timeout",
-            !self.request_timeout.is_zero(),
-        );
-        require_positive(
-            bad,
-            "server.max_concurrent_requests",
-            self.max_concurrent_requests > 0,
-        );
-        require_positive(bad, "server.max_message_bytes", self.max_message_bytes > 0);
         let tls = &self.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             bad.push("`server.tls.cert_file` and `server.tls.key_file` go together".to_owned());

@@ -1,10 +1,14 @@
 //! The store sections: `[redis]` and `[memory]`.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::{REDACTED, require_positive};
+use super::{PositiveDuration, REDACTED, nonzero};
 
 /// How flowstate reaches Redis.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,13 +67,11 @@ pub struct RedisConfig {
     /// First component of every key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Connections in the pool. Each is multiplexed: many calls share it in flight.
-    pub pool_size: usize,
+    pub pool_size: NonZeroUsize,
     /// Time allowed to open a connection (TCP, TLS and AUTH).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: PositiveDuration,
     /// Time allowed for one store call (one round trip); past it the RPC fails with UNAVAILABLE.
-    #[serde(with = "humantime_serde")]
-    pub command_timeout: Duration,
+    pub command_timeout: PositiveDuration,
     /// How long a call keeps retrying a store that refused it without running it (a failover
     /// or resharding in progress: MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY, LOADING,
     /// MASTERDOWN, a refused connection) before it fails with UNAVAILABLE; always within the
@@ -77,8 +79,7 @@ pub struct RedisConfig {
     #[serde(with = "humantime_serde")]
     pub failover_wait: Duration,
     /// How often the health task pings Redis; readiness follows within about twice this.
-    #[serde(with = "humantime_serde")]
-    pub health_interval: Duration,
+    pub health_interval: PositiveDuration,
 }
 
 /// A list from a file (`["a", "b"]`) or a comma-separated string (an environment variable).
@@ -113,11 +114,11 @@ impl Default for RedisConfig {
             password: None,
             sentinel_password: None,
             key_prefix: "fs".to_owned(),
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_millis(500),
+            pool_size: nonzero!(8),
+            connect_timeout: PositiveDuration::from_secs(nonzero!(1)),
+            command_timeout: PositiveDuration::from_millis(nonzero!(500)),
             failover_wait: Duration::from_secs(1),
-            health_interval: Duration::from_millis(500),
+            health_interval: PositiveDuration::from_millis(nonzero!(500)),
         }
     }
 }
@@ -154,19 +155,18 @@ impl fmt::Debug for RedisConfig {
 #[serde(default)]
 pub struct MemoryConfig {
     /// How often expired entries are reclaimed.
-    #[serde(with = "humantime_serde")]
-    pub sweep_interval: Duration,
+    pub sweep_interval: PositiveDuration,
     /// Bytes of sessions, session indexes and rate-limit counters kept at most; past it, calls
     /// that would add state fail with RESOURCE_EXHAUSTED (the cache has
     /// `cache.memory_max_bytes` and evicts instead).
-    pub max_bytes: u64,
+    pub max_bytes: NonZeroU64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
-            sweep_interval: Duration::from_secs(5),
-            max_bytes: 256 * 1024 * 1024,
+            sweep_interval: PositiveDuration::from_secs(nonzero!(5)),
+            max_bytes: nonzero!(256 * 1024 * 1024),
         }
     }
 }
@@ -174,22 +174,6 @@ impl Default for MemoryConfig {
 impl RedisConfig {
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "redis.pool_size", self.pool_size > 0);
-        require_positive(
-            bad,
-            "redis.connect_timeout",
-            !self.connect_timeout.is_zero(),
-        );
-        require_positive(
-            bad,
-            "redis.command_timeout",
-            !self.command_timeout.is_zero(),
-        );
-        require_positive(
-            bad,
-            "redis.health_interval",
-            !self.health_interval.is_zero(),
-        );
         if !crate::tenant::is_key_safe_name(&self.key_prefix) {
             bad.push(
                 "`redis.key_prefix` must be 1-64 characters of A-Z a-z 0-9 _ . - (no ':' or braces)"
@@ -291,14 +275,6 @@ impl RedisConfig {
                 }
             }
         }
-    }
-}
-
-impl MemoryConfig {
-    /// Adds a message per bad value to `bad`.
-    pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "memory.sweep_interval", !self.sweep_interval.is_zero());
-        require_positive(bad, "memory.max_bytes", self.max_bytes > 0);
     }
 }
 

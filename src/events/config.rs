@@ -1,38 +1,40 @@
 //! Events' configuration (`[events]`): retention per topic pattern, subscriber bounds.
 
-use std::time::Duration;
+use std::{
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::model::Retention;
-use crate::config::require_positive;
+use crate::config::{PositiveDuration, nonzero, require_positive};
 
 /// Event topics: what they keep, and the bounds on publishers and subscribers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventsConfig {
     /// Most events a topic keeps unless a pattern in `topics` says otherwise.
-    pub max_len: u64,
+    pub max_len: NonZeroU64,
     /// Longest a topic keeps an event unless a pattern in `topics` says otherwise.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Retention per topic pattern (`*` matches any run of characters), first match wins.
     pub topics: Vec<TopicRetention>,
     /// Largest payload, in bytes.
-    pub max_payload_bytes: usize,
+    pub max_payload_bytes: NonZeroUsize,
     /// Longest event key, in bytes.
-    pub max_key_bytes: usize,
+    pub max_key_bytes: NonZeroUsize,
     /// Longest topic name, in bytes.
-    pub max_topic_bytes: usize,
+    pub max_topic_bytes: NonZeroUsize,
     /// Most topics in one Subscribe.
-    pub max_topics_per_subscribe: usize,
+    pub max_topics_per_subscribe: NonZeroUsize,
     /// Events a subscriber may fall behind before it is cut off (RESOURCE_EXHAUSTED, with the
     /// position to resume from), so one slow subscriber never holds up the others.
-    pub subscriber_buffer: usize,
+    pub subscriber_buffer: NonZeroUsize,
     /// How often a topic's reader looks for new events while the signal connection is down
     /// (when it is up, readers are woken by each publish).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
+    pub poll_interval: PositiveDuration,
 }
 
 /// Retention for topics matching `pattern` (`[[events.topics]]`).
@@ -52,15 +54,15 @@ pub struct TopicRetention {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            max_len: 10_000,
+            max_len: nonzero!(10_000),
             max_age: Duration::from_secs(24 * 3600),
             topics: Vec::new(),
-            max_payload_bytes: 64 * 1024,
-            max_key_bytes: 256,
-            max_topic_bytes: 256,
-            max_topics_per_subscribe: 64,
-            subscriber_buffer: 1024,
-            poll_interval: Duration::from_millis(100),
+            max_payload_bytes: nonzero!(64 * 1024),
+            max_key_bytes: nonzero!(256),
+            max_topic_bytes: nonzero!(256),
+            max_topics_per_subscribe: nonzero!(64),
+            subscriber_buffer: nonzero!(1024),
+            poll_interval: PositiveDuration::from_millis(nonzero!(100)),
         }
     }
 }
@@ -96,29 +98,18 @@ impl EventsConfig {
     pub fn retention(&self, topic: &str) -> Retention {
         let found = self.topics.iter().find(|t| matches(&t.pattern, topic));
         Retention {
-            max_len: found.and_then(|t| t.max_len).unwrap_or(self.max_len),
+            max_len: found.and_then(|t| t.max_len).unwrap_or(self.max_len.get()),
             max_age_ms: ms(found.and_then(|t| t.max_age).unwrap_or(self.max_age)),
         }
     }
 
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "events.max_len", self.max_len > 0);
         require_positive(
             bad,
             "events.max_age",
             self.max_age >= Duration::from_secs(1),
         );
-        require_positive(bad, "events.max_payload_bytes", self.max_payload_bytes > 0);
-        require_positive(bad, "events.max_key_bytes", self.max_key_bytes > 0);
-        require_positive(bad, "events.max_topic_bytes", self.max_topic_bytes > 0);
-        require_positive(
-            bad,
-            "events.max_topics_per_subscribe",
-            self.max_topics_per_subscribe > 0,
-        );
-        require_positive(bad, "events.subscriber_buffer", self.subscriber_buffer > 0);
-        require_positive(bad, "events.poll_interval", !self.poll_interval.is_zero());
         for (i, t) in self.topics.iter().enumerate() {
             if t.pattern.is_empty() {
                 bad.push(format!("`events.topics[{i}].pattern` must not be empty"));

@@ -16,12 +16,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{
@@ -30,7 +31,7 @@ use super::{
     store::EventStore,
 };
 use crate::{
-    store::{StoreError, memory::lock, signal::Signal},
+    store::{StoreError, signal::Signal},
     tenant::Tenant,
 };
 
@@ -73,7 +74,7 @@ impl Shared {
 
     /// A feed failed to read the store.
     pub fn failure(&self) -> Option<StoreError> {
-        lock(&self.failure).clone()
+        self.failure.lock().clone()
     }
 
     /// Completes when a feed flagged something (at once if it did since the last call).
@@ -87,7 +88,7 @@ impl Shared {
     }
 
     fn fail(&self, e: StoreError) {
-        *lock(&self.failure) = Some(e);
+        *self.failure.lock() = Some(e);
         self.notify.notify_one();
     }
 }
@@ -133,7 +134,7 @@ pub struct Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let empty = {
-            let mut state = lock(&self.feed.state);
+            let mut state = self.feed.state.lock();
             state.members.retain(|(id, _)| *id != self.id);
             state.members.is_empty()
         };
@@ -164,7 +165,7 @@ impl Hub {
 
     /// Feeds running now.
     pub fn feeds(&self) -> usize {
-        lock(&self.feeds).len()
+        self.feeds.lock().len()
     }
 
     /// Adds `member` to the feed of `topic` (starting it if needed). Returns the feed's
@@ -180,7 +181,7 @@ impl Hub {
         // Registered under the hub's lock, so a feed found here cannot end before it counts
         // this member (it ends only when it has none, checked under the same lock).
         let (feed, id, started, position) = {
-            let mut feeds = lock(&self.feeds);
+            let mut feeds = self.feeds.lock();
             let feed = feeds
                 .entry(key.clone())
                 .or_insert_with(|| {
@@ -203,7 +204,7 @@ impl Hub {
                     feed
                 })
                 .clone();
-            let mut state = lock(&feed.state);
+            let mut state = feed.state.lock();
             let id = state.next_member;
             state.next_member += 1;
             state.members.push((id, member));
@@ -220,7 +221,7 @@ impl Hub {
         }
         // Joined before the feed read the head: it gets every event after the head.
         let _ = feed.started.subscribe().wait_for(|s| *s).await;
-        let state = lock(&feed.state);
+        let state = feed.state.lock();
         match &state.start_failure {
             Some(e) => Err(e.clone()),
             None => Ok((state.head, membership)),
@@ -230,14 +231,14 @@ impl Hub {
     /// Removes `feed` from the hub and ends its members (with `failure`, if any).
     fn end(&self, feed: &Arc<Feed>, failure: Option<StoreError>) {
         {
-            let mut feeds = lock(&self.feeds);
+            let mut feeds = self.feeds.lock();
             let key: FeedKey = (feed.tenant.clone(), feed.topic.clone());
             if feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed)) {
                 feeds.remove(&key);
             }
         }
         let members = {
-            let mut state = lock(&feed.state);
+            let mut state = feed.state.lock();
             state.closed = true;
             std::mem::take(&mut state.members)
         };
@@ -251,8 +252,8 @@ impl Hub {
 
     /// Ends `feed` if it has no members; whether it did.
     fn close_if_idle(&self, feed: &Arc<Feed>) -> bool {
-        let mut feeds = lock(&self.feeds);
-        let mut state = lock(&feed.state);
+        let mut feeds = self.feeds.lock();
+        let mut state = feed.state.lock();
         if !state.members.is_empty() {
             return false;
         }
@@ -269,19 +270,19 @@ impl Hub {
     async fn run(self: Arc<Self>, feed: Arc<Feed>) {
         let (tenant, topic) = (feed.tenant.clone(), feed.topic.clone());
         let retention = self.config.retention(&topic);
-        let batch_size = (self.config.subscriber_buffer / 4).clamp(1, BATCH);
+        let batch_size = (self.config.subscriber_buffer.get() / 4).clamp(1, BATCH);
         // Subscribed before the head is read, so nothing published after it is missed.
         let mut signal: Signal = self.store.signal(&tenant, &topic).await;
         let head = match self.store.head(&tenant, &topic).await {
             Ok(head) => head,
             Err(e) => {
-                lock(&feed.state).start_failure = Some(e.clone());
+                feed.state.lock().start_failure = Some(e.clone());
                 self.end(&feed, Some(e));
                 return;
             }
         };
         {
-            let mut state = lock(&feed.state);
+            let mut state = feed.state.lock();
             state.position = head;
             state.head = head;
             state.started = true;
@@ -295,7 +296,7 @@ impl Hub {
             if self.close_if_idle(&feed) {
                 break;
             }
-            let after = lock(&feed.state).position;
+            let after = feed.state.lock().position;
             match self.store.read(&tenant, &topic, after, batch_size).await {
                 Ok(batch) => {
                     let full = batch.events.len() == batch_size;
@@ -319,7 +320,7 @@ impl Hub {
             let nap = if signal.is_live() {
                 SAFETY_POLL
             } else {
-                self.config.poll_interval
+                self.config.poll_interval.get()
             };
             tokio::select! {
                 () = signal.changed() => {}
@@ -333,7 +334,7 @@ impl Hub {
 
 /// Hands `batch` to every member of `feed`, dropping members whose buffer is full.
 fn fan_out(feed: &Feed, batch: Batch) {
-    let mut state = lock(&feed.state);
+    let mut state = feed.state.lock();
     let state = &mut *state;
     if batch.gap {
         let item = FeedItem::Gap {

@@ -3,10 +3,11 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::{
     model::{Batch, EventId, Retention, StoredEvent},
@@ -16,7 +17,7 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Budget, Clock, MemoryBackend, lock},
+        memory::{Budget, Clock, MemoryBackend},
         signal::{LocalSignals, Signal},
     },
     tenant::Tenant,
@@ -124,7 +125,7 @@ impl EventStore for MemoryEventStore {
         let name = self.keys.topic(tenant, topic);
         let now = self.clock.now();
         let id = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let state = &mut *state;
             let charged = payload.len() + key.len() + EVENT_OVERHEAD;
             state.budget.charge(charged)?;
@@ -183,7 +184,7 @@ impl EventStore for MemoryEventStore {
     ) -> Result<Batch, StoreError> {
         let name = self.keys.topic(tenant, topic);
         let now = self.clock.now();
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let Some(t) = state.topics.get(&name).filter(|t| t.forgotten_at > now) else {
             return Ok(Batch {
                 gap: is_gap(after, None),
@@ -208,7 +209,7 @@ impl EventStore for MemoryEventStore {
     async fn head(&self, tenant: &Tenant, topic: &str) -> Result<EventId, StoreError> {
         let name = self.keys.topic(tenant, topic);
         let now = self.clock.now();
-        let state = lock(&self.state);
+        let state = self.state.lock();
         Ok(state
             .topics
             .get(&name)
@@ -224,7 +225,7 @@ impl EventStore for MemoryEventStore {
     ) -> Result<(), StoreError> {
         let name = self.keys.topic(tenant, topic);
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         if let Some(t) = state.topics.get_mut(&name).filter(|t| t.forgotten_at > now) {
             t.trim(retention, now, &state.budget);

@@ -133,7 +133,7 @@ impl Events {
     }
 
     fn check_topic(&self, field: &str, topic: &str) -> Result<(), Error> {
-        if topic.is_empty() || topic.len() > self.config.max_topic_bytes {
+        if topic.is_empty() || topic.len() > self.config.max_topic_bytes.get() {
             return Err(Error::invalid(
                 field,
                 format!("1 to {} bytes", self.config.max_topic_bytes),
@@ -163,7 +163,7 @@ impl Events {
                 "topics starting with `flowstate.` are flowstate's own (subscribe only)",
             ));
         }
-        if payload.len() > self.config.max_payload_bytes {
+        if payload.len() > self.config.max_payload_bytes.get() {
             return Err(Error::invalid(
                 "payload",
                 format!(
@@ -172,7 +172,7 @@ impl Events {
                 ),
             ));
         }
-        if key.len() > self.config.max_key_bytes {
+        if key.len() > self.config.max_key_bytes.get() {
             return Err(Error::invalid(
                 "key",
                 format!(
@@ -219,7 +219,7 @@ impl Events {
         tenant: &Tenant,
         req: SubscribeArgs,
     ) -> Result<Deliveries, Error> {
-        if req.topics.is_empty() || req.topics.len() > self.config.max_topics_per_subscribe {
+        if req.topics.is_empty() || req.topics.len() > self.config.max_topics_per_subscribe.get() {
             return Err(Error::invalid(
                 "topics",
                 format!(
@@ -248,7 +248,7 @@ impl Events {
             })?;
             after.insert(topic.clone(), id);
         }
-        let (live_tx, live_rx) = mpsc::channel(self.config.subscriber_buffer);
+        let (live_tx, live_rx) = mpsc::channel(self.config.subscriber_buffer.get());
         let shared = Arc::new(Shared::default());
         let mut heads = Vec::with_capacity(topics.len());
         let mut memberships = Vec::with_capacity(topics.len());

@@ -3,8 +3,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 use super::{
     model::{AcquireArgs, Attempt, Grant, Holding, LockState},
@@ -13,7 +15,7 @@ use super::{
 use crate::{
     store::{
         StoreError,
-        memory::{Budget, Clock, MemoryBackend, lock},
+        memory::{Budget, Clock, MemoryBackend},
         signal::{LocalSignals, Signal},
     },
     tenant::Tenant,
@@ -165,7 +167,7 @@ impl LockStore for MemoryLockStore {
         let ttl = i64::try_from(args.ttl_ms).unwrap_or(i64::MAX);
         let mut wake = false;
         let attempt = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             // Microseconds from the millisecond clock, kept increasing within a millisecond.
             let now_us = (now.saturating_mul(1000)).max(state.last_us + 1);
             let state = &mut *state;
@@ -280,7 +282,7 @@ impl LockStore for MemoryLockStore {
     ) -> Result<Option<Grant>, StoreError> {
         let key = self.key(tenant, name);
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let Some(h) = state
             .locks
             .get_mut(&key)
@@ -305,7 +307,7 @@ impl LockStore for MemoryLockStore {
         let key = self.key(tenant, name);
         let now = self.clock.now();
         let released = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state
                 .locks
                 .get_mut(&key)
@@ -321,7 +323,7 @@ impl LockStore for MemoryLockStore {
     async fn inspect(&self, tenant: &Tenant, name: &str) -> Result<LockState, StoreError> {
         let key = self.key(tenant, name);
         let now = self.clock.now();
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let mut out = LockState {
             last_fence: state.fences.get(&key).map_or(0, |(f, _)| *f),
             ..LockState::default()
@@ -344,7 +346,7 @@ impl LockStore for MemoryLockStore {
     async fn leave(&self, tenant: &Tenant, name: &str, ticket: &str) -> Result<(), StoreError> {
         let key = self.key(tenant, name);
         let wake = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state
                 .locks
                 .get_mut(&key)

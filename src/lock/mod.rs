@@ -56,16 +56,16 @@ pub fn open_store(
     backend: &Backend,
     config: &config::LockConfig,
 ) -> Result<Arc<dyn LockStore>, StoreError> {
-    let retention = u64::try_from(config.fence_retention.as_millis()).unwrap_or(u64::MAX);
+    let retention = u64::try_from(config.fence_retention.get().as_millis()).unwrap_or(u64::MAX);
     Ok(match backend {
         Backend::Memory(m) => Arc::new(memory::MemoryLockStore::with_limits(
             m,
-            config.max_waiters,
+            config.max_waiters.get(),
             retention,
         )),
         Backend::Redis(r) => Arc::new(redis::RedisLockStore::with_limits(
             r.clone(),
-            config.max_waiters,
+            config.max_waiters.get(),
             retention,
         )?),
     })

@@ -96,7 +96,7 @@ impl Locks {
     }
 
     fn check_name(&self, field: &str, name: &str) -> Result<(), Error> {
-        crate::error::check_name(field, name, self.config.max_name_bytes)
+        crate::error::check_name(field, name, self.config.max_name_bytes.get())
     }
 
     fn check_ttl(&self, ttl: Duration) -> Result<u64, Error> {
@@ -125,7 +125,7 @@ impl Locks {
         self.check_name("name", &req.name)?;
         let ttl_ms = self.check_ttl(req.ttl)?;
         let limit = req.limit.max(1);
-        if limit > self.config.max_limit {
+        if limit > self.config.max_limit.get() {
             return Err(Error::invalid(
                 "limit",
                 format!("at most locks.max_limit ({})", self.config.max_limit),

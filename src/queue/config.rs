@@ -1,12 +1,18 @@
 //! Queues' configuration (`[queues]`): job defaults, bounds, dead-job retention, and per queue
 //! pattern overrides.
 
-use std::time::Duration;
+use std::{
+    num::{NonZeroU32, NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::model::DeadPolicy;
-use crate::{config::require_positive, events::config::matches};
+use crate::{
+    config::{PositiveDuration, nonzero},
+    events::config::matches,
+};
 
 /// Job defaults and bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,36 +33,34 @@ pub struct QueuesConfig {
     #[serde(with = "humantime_serde")]
     pub max_timeout: Duration,
     /// The longest delay (or `run_at` ahead) and backoff a job may ask for.
-    #[serde(with = "humantime_serde")]
-    pub max_delay: Duration,
+    pub max_delay: PositiveDuration,
     /// Most attempts a job may ask for.
-    pub max_attempts_limit: u32,
+    pub max_attempts_limit: NonZeroU32,
     /// Most jobs one queue holds (ready, scheduled, in flight and dead); an enqueue beyond it
     /// is RESOURCE_EXHAUSTED.
-    pub max_jobs: u64,
+    pub max_jobs: NonZeroU64,
     /// How long dead jobs are kept.
     #[serde(with = "humantime_serde")]
     pub dead_max_age: Duration,
     /// Most dead jobs kept per queue (the oldest go first).
-    pub dead_max_count: u64,
+    pub dead_max_count: NonZeroU64,
     /// Largest payload, in bytes.
-    pub max_payload_bytes: usize,
+    pub max_payload_bytes: NonZeroUsize,
     /// Longest error kept with a failed job, in bytes (longer is cut).
-    pub max_error_bytes: usize,
+    pub max_error_bytes: NonZeroUsize,
     /// Longest queue name, in bytes.
-    pub max_name_bytes: usize,
+    pub max_name_bytes: NonZeroUsize,
     /// Longest unique key, in bytes.
-    pub max_unique_key_bytes: usize,
+    pub max_unique_key_bytes: NonZeroUsize,
     /// Most jobs per EnqueueMany.
-    pub max_batch: usize,
+    pub max_batch: NonZeroUsize,
     /// Most jobs per Fetch.
     pub max_fetch: u32,
     /// Most queues per Fetch.
-    pub max_fetch_queues: usize,
+    pub max_fetch_queues: NonZeroUsize,
     /// How often a waiting Fetch looks again while the signal connection is down (when it is
     /// up, waiting workers are woken by each enqueue).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
+    pub poll_interval: PositiveDuration,
     /// Overrides per queue pattern (`*` matches any run of characters), first match wins. A
     /// pattern is also the `queue` label of the queue metrics (queues matching none: `other`).
     pub queues: Vec<QueuePolicy>,
@@ -96,19 +100,19 @@ impl Default for QueuesConfig {
             default_backoff: Duration::from_secs(1),
             default_max_backoff: Duration::from_secs(600),
             max_timeout: Duration::from_secs(12 * 3600),
-            max_delay: Duration::from_secs(365 * 24 * 3600),
-            max_attempts_limit: 1000,
-            max_jobs: 1_000_000,
+            max_delay: PositiveDuration::from_secs(nonzero!(365 * 24 * 3600)),
+            max_attempts_limit: nonzero!(1000),
+            max_jobs: nonzero!(1_000_000),
             dead_max_age: Duration::from_secs(7 * 24 * 3600),
-            dead_max_count: 10_000,
-            max_payload_bytes: 256 * 1024,
-            max_error_bytes: 8 * 1024,
-            max_name_bytes: 128,
-            max_unique_key_bytes: 256,
-            max_batch: 1000,
+            dead_max_count: nonzero!(10_000),
+            max_payload_bytes: nonzero!(256 * 1024),
+            max_error_bytes: nonzero!(8 * 1024),
+            max_name_bytes: nonzero!(128),
+            max_unique_key_bytes: nonzero!(256),
+            max_batch: nonzero!(1000),
             max_fetch: 100,
-            max_fetch_queues: 16,
-            poll_interval: Duration::from_millis(100),
+            max_fetch_queues: nonzero!(16),
+            poll_interval: PositiveDuration::from_millis(nonzero!(100)),
             queues: Vec::new(),
         }
     }
@@ -159,7 +163,7 @@ impl QueuesConfig {
                 max_age_ms: ms(get(|p| p.dead_max_age, self.dead_max_age)),
                 max_count: p
                     .and_then(|p| p.dead_max_count)
-                    .unwrap_or(self.dead_max_count),
+                    .unwrap_or(self.dead_max_count.get()),
             },
         }
     }
@@ -170,13 +174,9 @@ impl QueuesConfig {
         need(
             bad,
             "queues.default_max_attempts",
-            self.default_max_attempts > 0 && self.default_max_attempts <= self.max_attempts_limit,
+            self.default_max_attempts > 0
+                && self.default_max_attempts <= self.max_attempts_limit.get(),
             "1 to queues.max_attempts_limit",
-        );
-        require_positive(
-            bad,
-            "queues.max_attempts_limit",
-            self.max_attempts_limit > 0,
         );
         need(
             bad,
@@ -190,45 +190,31 @@ impl QueuesConfig {
             self.max_timeout >= ms10,
             "at least 10ms",
         );
-        require_positive(bad, "queues.max_delay", !self.max_delay.is_zero());
         need(
             bad,
             "queues.default_max_backoff",
             self.default_max_backoff >= self.default_backoff,
             "at least queues.default_backoff",
         );
-        require_positive(bad, "queues.max_jobs", self.max_jobs > 0);
         need(
             bad,
             "queues.dead_max_age",
             self.dead_max_age >= Duration::from_secs(1),
             "at least 1s",
         );
-        require_positive(bad, "queues.dead_max_count", self.dead_max_count > 0);
-        require_positive(bad, "queues.max_payload_bytes", self.max_payload_bytes > 0);
-        require_positive(bad, "queues.max_error_bytes", self.max_error_bytes > 0);
-        require_positive(bad, "queues.max_name_bytes", self.max_name_bytes > 0);
-        require_positive(
-            bad,
-            "queues.max_unique_key_bytes",
-            self.max_unique_key_bytes > 0,
-        );
-        require_positive(bad, "queues.max_batch", self.max_batch > 0);
         need(
             bad,
             "queues.max_fetch",
             self.max_fetch > 0 && self.max_fetch <= 1000,
             "1 to 1000",
         );
-        require_positive(bad, "queues.max_fetch_queues", self.max_fetch_queues > 0);
-        require_positive(bad, "queues.poll_interval", !self.poll_interval.is_zero());
         for (i, p) in self.queues.iter().enumerate() {
             let at = format!("queues.queues[{i}]");
             if p.pattern.is_empty() {
                 bad.push(format!("`{at}.pattern` must not be empty"));
             }
             if p.max_attempts
-                .is_some_and(|a| a == 0 || a > self.max_attempts_limit)
+                .is_some_and(|a| a == 0 || a > self.max_attempts_limit.get())
             {
                 bad.push(format!(
                     "`{at}.max_attempts` must be 1 to queues.max_attempts_limit"

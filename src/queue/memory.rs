@@ -3,10 +3,11 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::{
     model::{
@@ -19,7 +20,7 @@ use crate::{
     store::{
         StoreError,
         keys::Keys,
-        memory::{Budget, Clock, MemoryBackend, lock},
+        memory::{Budget, Clock, MemoryBackend},
         signal::{LocalSignals, Signal},
     },
     tenant::Tenant,
@@ -287,7 +288,7 @@ impl MemoryQueueStore {
     fn with<T>(&self, tenant: &Tenant, queue: &str, f: impl FnOnce(&mut Queue, Millis) -> T) -> T {
         let name = self.name(tenant, queue);
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let q = state.queues.entry(name.clone()).or_default();
         if q.expired(now) {
             q.clear(&self.budget);

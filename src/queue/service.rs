@@ -23,7 +23,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex as StdMutex, PoisonError, Weak},
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -88,7 +88,7 @@ pub struct Queues {
     store: Arc<dyn QueueStore>,
     config: Arc<QueuesConfig>,
     /// One turn per (tenant, queues) of waiting Fetches on this replica (see [`Queues::fetch`]).
-    turns: Arc<StdMutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+    turns: Arc<parking_lot::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
 }
 
 /// The public id of the lease `token` identifies.
@@ -126,7 +126,7 @@ impl Queues {
     /// The turn of waiting Fetches of `queues` for `tenant` on this replica.
     fn turn(&self, tenant: &Tenant, queues: &[String]) -> Arc<tokio::sync::Mutex<()>> {
         let key = format!("{}\0{}", tenant.as_str(), queues.join("\0"));
-        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut turns = self.turns.lock();
         if let Some(turn) = turns.get(&key).and_then(Weak::upgrade) {
             return turn;
         }
@@ -138,7 +138,7 @@ impl Queues {
     }
 
     fn check_queue(&self, field: &str, name: &str) -> Result<QueueSettings, Error> {
-        crate::error::check_name(field, name, self.config.max_name_bytes)?;
+        crate::error::check_name(field, name, self.config.max_name_bytes.get())?;
         Ok(self.config.settings(name))
     }
 
@@ -176,7 +176,7 @@ impl Queues {
 
     fn resolve(&self, at: &str, settings: &QueueSettings, spec: JobSpec) -> Result<NewJob, Error> {
         let c = &self.config;
-        if spec.payload.len() > c.max_payload_bytes {
+        if spec.payload.len() > c.max_payload_bytes.get() {
             return Err(Error::invalid(
                 format!("{at}payload"),
                 format!("at most queues.max_payload_bytes ({})", c.max_payload_bytes),
@@ -188,7 +188,7 @@ impl Queues {
                 "either delay or run_at, not both",
             ));
         }
-        if spec.delay.is_some_and(|d| d > c.max_delay) {
+        if spec.delay.is_some_and(|d| d > c.max_delay.get()) {
             return Err(Error::invalid(
                 format!("{at}options.delay"),
                 "at most queues.max_delay",
@@ -197,14 +197,14 @@ impl Queues {
         if let Some(run_at) = spec.run_at
             && run_at
                 > crate::time::now_ms()
-                    .saturating_add(i64::try_from(ms(c.max_delay)).unwrap_or(i64::MAX))
+                    .saturating_add(i64::try_from(ms(c.max_delay.get())).unwrap_or(i64::MAX))
         {
             return Err(Error::invalid(
                 format!("{at}options.run_at"),
                 "at most queues.max_delay ahead",
             ));
         }
-        if spec.max_attempts > c.max_attempts_limit {
+        if spec.max_attempts > c.max_attempts_limit.get() {
             return Err(Error::invalid(
                 format!("{at}options.max_attempts"),
                 format!(
@@ -213,7 +213,7 @@ impl Queues {
                 ),
             ));
         }
-        if spec.unique_key.len() > c.max_unique_key_bytes {
+        if spec.unique_key.len() > c.max_unique_key_bytes.get() {
             return Err(Error::invalid(
                 format!("{at}options.unique_key"),
                 format!("at most {} bytes", c.max_unique_key_bytes),
@@ -238,7 +238,7 @@ impl Queues {
         let max_backoff = spec
             .max_backoff
             .unwrap_or(settings.max_backoff.max(backoff));
-        if backoff > c.max_delay || max_backoff > c.max_delay || max_backoff < backoff {
+        if backoff > c.max_delay.get() || max_backoff > c.max_delay.get() || max_backoff < backoff {
             return Err(Error::invalid(
                 format!("{at}options.max_backoff"),
                 "at least backoff, and both at most queues.max_delay",
@@ -271,7 +271,7 @@ impl Queues {
         batch: bool,
     ) -> Result<Vec<Enqueued>, Error> {
         let settings = self.check_queue("queue", queue)?;
-        if specs.is_empty() || specs.len() > self.config.max_batch {
+        if specs.is_empty() || specs.len() > self.config.max_batch.get() {
             return Err(Error::invalid(
                 "jobs",
                 format!("1 to queues.max_batch ({})", self.config.max_batch),
@@ -288,7 +288,7 @@ impl Queues {
         }
         let Some(out) = self
             .store
-            .enqueue(tenant, queue, &jobs, self.config.max_jobs)
+            .enqueue(tenant, queue, &jobs, self.config.max_jobs.get())
             .await?
         else {
             metrics::counter!("flowstate_queue_full_total", "queue" => settings.label).increment(1);
@@ -316,7 +316,7 @@ impl Queues {
         max: u32,
         wait: Duration,
     ) -> Result<Vec<LeasedJob>, Error> {
-        if queues.is_empty() || queues.len() > self.config.max_fetch_queues {
+        if queues.is_empty() || queues.len() > self.config.max_fetch_queues.get() {
             return Err(Error::invalid(
                 "queues",
                 format!(
@@ -418,7 +418,7 @@ impl Queues {
                 nap = nap.min(Duration::from_millis(ms));
             }
             if signals.iter().any(|s| !s.is_live()) {
-                nap = nap.min(self.config.poll_interval);
+                nap = nap.min(self.config.poll_interval.get());
             }
             let woken = select_all(signals.iter_mut().map(|s| s.changed().boxed()));
             tokio::select! {
@@ -464,10 +464,10 @@ impl Queues {
     ) -> Result<Failed, Error> {
         let s = self.check_queue("queue", queue)?;
         Self::check_job_ref(id, Some(token))?;
-        if retry_after.is_some_and(|d| d > self.config.max_delay) {
+        if retry_after.is_some_and(|d| d > self.config.max_delay.get()) {
             return Err(Error::invalid("retry_after", "at most queues.max_delay"));
         }
-        let error = truncate(error, self.config.max_error_bytes);
+        let error = truncate(error, self.config.max_error_bytes.get());
         let jitter: f64 = rand::rng().random();
         match self
             .store

@@ -1,23 +1,29 @@
 //! Rate limiting's configuration (`[ratelimit]`): the named limits and input limits.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::algorithm::{Algorithm, FailureMode, Policy};
-use crate::{config::require_positive, time::duration_ms};
+use crate::{
+    config::{PositiveDuration, nonzero},
+    time::duration_ms,
+};
 
 /// Rate limiting: the named limits and the bounds on Check requests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RateLimitConfig {
     /// Most checks in one Check request.
-    pub max_checks: usize,
+    pub max_checks: NonZeroUsize,
     /// Longest key, in bytes.
-    pub max_key_bytes: usize,
+    pub max_key_bytes: NonZeroUsize,
     /// Longest period an inline policy may have (a counter lives up to two periods).
-    #[serde(with = "humantime_serde")]
-    pub max_inline_period: Duration,
+    pub max_inline_period: PositiveDuration,
     /// The named limits requests refer to by name.
     pub limits: BTreeMap<String, LimitConfig>,
     /// Usage limits (quotas over a usage metric), referred to by name like the limits.
@@ -33,7 +39,7 @@ pub struct UsageLimitConfig {
     /// The usage metric, e.g. `llm_tokens`.
     pub metric: String,
     /// The most usage per window.
-    pub limit: u64,
+    pub limit: NonZeroU64,
     /// `minute`, `hour`, `day` or `month` (calendar-aligned, UTC, on the store's clock).
     pub window: UsageWindow,
     /// `open` (allow, marked not enforced) or `closed` (UNAVAILABLE) when the store fails.
@@ -71,9 +77,9 @@ impl UsageWindow {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
-            max_checks: 8,
-            max_key_bytes: 256,
-            max_inline_period: Duration::from_secs(24 * 3600),
+            max_checks: nonzero!(8),
+            max_key_bytes: nonzero!(256),
+            max_inline_period: PositiveDuration::from_secs(nonzero!(24 * 3600)),
             limits: BTreeMap::new(),
             usage_limits: BTreeMap::new(),
         }
@@ -114,13 +120,6 @@ impl LimitConfig {
 impl RateLimitConfig {
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "ratelimit.max_checks", self.max_checks > 0);
-        require_positive(bad, "ratelimit.max_key_bytes", self.max_key_bytes > 0);
-        require_positive(
-            bad,
-            "ratelimit.max_inline_period",
-            !self.max_inline_period.is_zero(),
-        );
         for (name, limit) in &self.limits {
             if !crate::tenant::is_key_safe_name(name) {
                 bad.push(format!(
@@ -147,11 +146,6 @@ impl RateLimitConfig {
                     "`ratelimit.usage_limits.{name}.metric`: 1-64 characters of A-Z a-z 0-9 _ . -"
                 ));
             }
-            require_positive(
-                bad,
-                &format!("ratelimit.usage_limits.{name}.limit"),
-                quota.limit > 0,
-            );
         }
     }
 }

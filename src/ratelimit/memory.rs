@@ -1,10 +1,9 @@
 //! The in-memory rate-limit store: every check is one critical section, deciding with the same
 //! pure functions ([`super::algorithm::decide`]) the Lua script mirrors.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{
     algorithm::{Decision, State as RateState, decide},
@@ -132,7 +131,7 @@ impl MemoryRateLimitStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        crate::store::memory::lock(&self.state)
+        self.state.lock()
     }
 }
 

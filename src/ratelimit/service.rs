@@ -96,9 +96,9 @@ impl RateLimits {
             ),
             usage: None,
             inline_metrics: DecisionMetrics::new("inline"),
-            max_checks: config.max_checks,
-            max_key_bytes: config.max_key_bytes,
-            max_inline_period_ms: duration_ms(config.max_inline_period),
+            max_checks: config.max_checks.get(),
+            max_key_bytes: config.max_key_bytes.get(),
+            max_inline_period_ms: duration_ms(config.max_inline_period.get()),
         }
     }
 
@@ -148,15 +148,15 @@ impl RateLimits {
             .map(|((l, _), read)| match read {
                 Ok((used, left)) => {
                     let used = u64::try_from(used).unwrap_or(0);
-                    let allowed = used.saturating_add(cost) <= l.limit;
+                    let allowed = used.saturating_add(cost) <= l.limit.get();
                     Ok(CheckResult {
                         decision: Decision {
                             allowed,
-                            remaining: l.limit.saturating_sub(used),
+                            remaining: l.limit.get().saturating_sub(used),
                             reset_after_ms: left,
                             retry_after_ms: if allowed { 0 } else { left },
                         },
-                        limit: l.limit,
+                        limit: l.limit.get(),
                         enforced: true,
                     })
                 }
@@ -167,7 +167,7 @@ impl RateLimits {
                             allowed: true,
                             ..Decision::default()
                         },
-                        limit: l.limit,
+                        limit: l.limit.get(),
                         enforced: false,
                     })
                 }
@@ -265,7 +265,7 @@ impl RateLimits {
                 && let Some((limit, _)) = self.usage_limits.get(name)
             {
                 self.check_key(format!("checks[{i}].key"), &check.key)?;
-                if cost > limit.limit {
+                if cost > limit.limit.get() {
                     return Err(Error::invalid(
                         "cost",
                         format!(

@@ -1,12 +1,12 @@
 //! Envoy's rate limit service's configuration (`[rls]`): where the rules are, how they reload,
 //! the over-limit cache and the envoyproxy/ratelimit options it mirrors.
 
-use std::{path::PathBuf, time::Duration};
+use std::{num::NonZeroUsize, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::rules::Rules;
-use crate::config::require_positive;
+use crate::config::{PositiveDuration, nonzero};
 
 /// `[rls]`: Envoy's `envoy.service.ratelimit.v3.RateLimitService`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,8 +17,7 @@ pub struct RlsConfig {
     pub config_path: Option<PathBuf>,
     /// How often the files are re-read; a change that loads replaces the rules in force, one that
     /// does not is logged with its file and line and changes nothing.
-    #[serde(with = "humantime_serde")]
-    pub reload_interval: Duration,
+    pub reload_interval: PositiveDuration,
     /// Several files may define the same domain (envoyproxy/ratelimit's `MERGE_DOMAIN_CONFIG`).
     pub merge_domains: bool,
     /// Report OVER_LIMIT as OK everywhere, counting what would have been refused
@@ -30,8 +29,7 @@ pub struct RlsConfig {
     /// The longest a refusal is cached (at most until the store's `retry_after`): bounds how
     /// long a replica can go on refusing after the counter was freed early (a Reset, a Cluster
     /// reservation refunded, a limit raised on another replica's reload).
-    #[serde(with = "humantime_serde")]
-    pub local_cache_max_ttl: Duration,
+    pub local_cache_max_ttl: PositiveDuration,
     /// The share of a limit past which admitted hits also count as `near_limit`
     /// (envoyproxy/ratelimit's `NEAR_LIMIT_RATIO`).
     pub near_limit_ratio: f64,
@@ -49,11 +47,11 @@ pub struct RlsConfig {
     /// (envoyproxy/ratelimit's `RESPONSE_DYNAMIC_METADATA`).
     pub response_dynamic_metadata: bool,
     /// Most descriptors in one request.
-    pub max_descriptors: usize,
+    pub max_descriptors: NonZeroUsize,
     /// Most entries in one descriptor.
-    pub max_entries: usize,
+    pub max_entries: NonZeroUsize,
     /// Longest entry key or value, in bytes.
-    pub max_entry_bytes: usize,
+    pub max_entry_bytes: NonZeroUsize,
     /// Distinct request values a `detailed_metric` / `value_to_metric` rule gets its own metric
     /// label for; beyond them its hits count under the rule's own path (bounded labels).
     pub detailed_metric_values: usize,
@@ -63,20 +61,20 @@ impl Default for RlsConfig {
     fn default() -> Self {
         Self {
             config_path: None,
-            reload_interval: Duration::from_secs(2),
+            reload_interval: PositiveDuration::from_secs(nonzero!(2)),
             merge_domains: false,
             shadow_mode: false,
             local_cache_entries: 100_000,
-            local_cache_max_ttl: Duration::from_secs(1),
+            local_cache_max_ttl: PositiveDuration::from_secs(nonzero!(1)),
             near_limit_ratio: 0.8,
             response_headers: false,
             header_limit: "RateLimit-Limit".to_owned(),
             header_remaining: "RateLimit-Remaining".to_owned(),
             header_reset: "RateLimit-Reset".to_owned(),
             response_dynamic_metadata: false,
-            max_descriptors: 64,
-            max_entries: 16,
-            max_entry_bytes: 1024,
+            max_descriptors: nonzero!(64),
+            max_entries: nonzero!(16),
+            max_entry_bytes: nonzero!(1024),
             detailed_metric_values: 64,
         }
     }
@@ -86,15 +84,6 @@ impl RlsConfig {
     /// Adds a message per bad value to `bad`, loading the rules so that a broken rules file
     /// stops start-up with its file and line.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "rls.reload_interval", !self.reload_interval.is_zero());
-        require_positive(bad, "rls.max_descriptors", self.max_descriptors > 0);
-        require_positive(
-            bad,
-            "rls.local_cache_max_ttl",
-            !self.local_cache_max_ttl.is_zero(),
-        );
-        require_positive(bad, "rls.max_entries", self.max_entries > 0);
-        require_positive(bad, "rls.max_entry_bytes", self.max_entry_bytes > 0);
         if !(self.near_limit_ratio > 0.0 && self.near_limit_ratio <= 1.0) {
             bad.push("`rls.near_limit_ratio` must be above 0 and at most 1".to_owned());
         }

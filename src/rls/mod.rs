@@ -39,7 +39,7 @@ fn mount(w: &mut Wiring<'_>) -> anyhow::Result<()> {
         let (watched, path) = (rls.clone(), path.clone());
         let (merge, every) = (w.config.rls.merge_domains, w.config.rls.reload_interval);
         w.spawn("RLS rules watcher", move |stop| {
-            watch::watch_rules(watched, path, merge, every, stop)
+            watch::watch_rules(watched, path, merge, every.get(), stop)
         });
     }
     w.serve(

@@ -13,10 +13,11 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
-    sync::{Arc, Mutex, RwLock},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -162,11 +163,11 @@ impl Metrics {
             return own;
         };
         let full = (rule.domain.clone(), key.clone());
-        let mut detailed = crate::store::memory::lock(&self.detailed);
+        let mut detailed = self.detailed.lock();
         if let Some(found) = detailed.get(&full) {
             return Some(found.clone());
         }
-        let mut per_rule = crate::store::memory::lock(&self.detailed_per_rule);
+        let mut per_rule = self.detailed_per_rule.lock();
         let count = per_rule
             .entry((rule.domain.clone(), rule.path.clone()))
             .or_default();
@@ -305,16 +306,13 @@ impl Rls {
     /// Puts `rules` in force and forgets the over-limit cache (limits may have changed).
     pub fn replace_rules(&self, rules: Rules) {
         let loaded = Arc::new(Self::derive(rules, &self.config));
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *self.loaded.write() = loaded;
         self.cache.clear();
     }
 
     /// The rules in force.
     fn current(&self) -> Arc<Loaded> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.loaded.read().clone()
     }
 
     /// Validates a request's shape; nothing is counted for a bad one.
@@ -325,7 +323,7 @@ impl Rls {
                 "rate limit domain must not be empty",
             ));
         }
-        if descriptors.is_empty() || descriptors.len() > self.config.max_descriptors {
+        if descriptors.is_empty() || descriptors.len() > self.config.max_descriptors.get() {
             return Err(Error::invalid(
                 "descriptors",
                 format!(
@@ -337,14 +335,16 @@ impl Rls {
         // A descriptor without entries, or with an empty key, matches no rule (UNKNOWN), as in
         // envoyproxy/ratelimit: Envoy sends such descriptors when an action finds nothing.
         for (i, d) in descriptors.iter().enumerate() {
-            if d.entries.len() > self.config.max_entries {
+            if d.entries.len() > self.config.max_entries.get() {
                 return Err(Error::invalid(
                     format!("descriptors[{i}].entries"),
                     format!("at most {} entries", self.config.max_entries),
                 ));
             }
             for (j, (k, v)) in d.entries.iter().enumerate() {
-                if k.len() > self.config.max_entry_bytes || v.len() > self.config.max_entry_bytes {
+                if k.len() > self.config.max_entry_bytes.get()
+                    || v.len() > self.config.max_entry_bytes.get()
+                {
                     return Err(Error::invalid(
                         format!("descriptors[{i}].entries[{j}]"),
                         format!(
@@ -621,7 +621,7 @@ impl Rls {
                         counter.cost,
                         decided.sent,
                         Duration::from_millis(decision.retry_after_ms.max(0) as u64)
-                            .min(self.config.local_cache_max_ttl),
+                            .min(self.config.local_cache_max_ttl.get()),
                     );
                 }
                 pass = decision.allowed;
@@ -767,7 +767,7 @@ impl Loaded {
     fn metrics_of(&self, m: &Matched) -> Option<Arc<RuleMetrics>> {
         if m.rule.path.is_empty() {
             let domain = m.rule.domain.to_string();
-            let mut overrides = crate::store::memory::lock(&self.overrides);
+            let mut overrides = self.overrides.lock();
             return Some(
                 overrides
                     .entry(domain.clone())

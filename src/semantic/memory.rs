@@ -4,10 +4,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::Arc,
 };
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 
 use super::{
     index::{SearchPlan, VectorIndex},
@@ -80,7 +81,7 @@ impl MemorySemanticStore {
 
     fn space(&self, space: Space<'_>, create: bool) -> Option<Arc<RwLock<Namespace>>> {
         let key = format!("{}\u{0}{}", space.tenant.as_str(), space.namespace);
-        let mut spaces = self.spaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spaces = self.spaces.lock();
         if let Some(ns) = spaces.get(&key) {
             return Some(ns.clone());
         }
@@ -104,7 +105,7 @@ impl SemanticStore for MemorySemanticStore {
         let Some(ns) = self.space(space, true) else {
             return Err(StoreError::Protocol("namespace not created".into()));
         };
-        let mut ns = ns.write().unwrap_or_else(PoisonError::into_inner);
+        let mut ns = ns.write();
         let now = self.clock.now();
         ns.expire(now, &self.budget);
         let mut evicted = 0u32;
@@ -169,13 +170,13 @@ impl SemanticStore for MemorySemanticStore {
             });
             (found, expired)
         };
-        let (found, expired) = lookup(&ns.read().unwrap_or_else(PoisonError::into_inner));
+        let (found, expired) = lookup(&ns.read());
         if found.is_some() || !expired {
             return Ok(found);
         }
         // Expired entries took the best places: drop them (as the Redis store drops what it
         // found gone) and look again.
-        let mut ns = ns.write().unwrap_or_else(PoisonError::into_inner);
+        let mut ns = ns.write();
         ns.expire(now, &self.budget);
         Ok(lookup(&ns).0)
     }
@@ -184,21 +185,15 @@ impl SemanticStore for MemorySemanticStore {
         let Some(ns) = self.space(space, false) else {
             return Ok(false);
         };
-        let mut ns = ns.write().unwrap_or_else(PoisonError::into_inner);
+        let mut ns = ns.write();
         ns.expire(self.clock.now(), &self.budget);
         Ok(ns.remove(id, &self.budget))
     }
 
     fn index_size(&self) -> (u64, u64) {
-        let spaces: Vec<_> = self
-            .spaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let spaces: Vec<_> = self.spaces.lock().values().cloned().collect();
         spaces.iter().fold((0, 0), |(n, b), ns| {
-            let ns = ns.read().unwrap_or_else(PoisonError::into_inner);
+            let ns = ns.read();
             (n + ns.index.len() as u64, b + ns.index.bytes() as u64)
         })
     }

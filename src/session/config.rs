@@ -1,36 +1,37 @@
 //! Session policy (`[session]`): timeouts, the per-user limit and input limits.
 
-use std::time::Duration;
+use std::{
+    num::{NonZeroU32, NonZeroUsize},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::require_positive;
+use crate::config::{PositiveDuration, nonzero, require_positive};
 
 /// Session policy and the limits on session input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SessionConfig {
     /// Idle timeout when CreateSession names none: the session dies this long after its last activity.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    pub idle_timeout: PositiveDuration,
     /// Absolute lifetime when CreateSession names none: no activity extends a session past it.
-    #[serde(with = "humantime_serde")]
-    pub absolute_timeout: Duration,
+    pub absolute_timeout: PositiveDuration,
     /// Largest idle or absolute timeout a request may ask for.
     #[serde(with = "humantime_serde")]
     pub max_timeout: Duration,
     /// Live sessions per user; creating one more deletes the oldest.
-    pub max_per_user: u32,
+    pub max_per_user: NonZeroU32,
     /// Longest user id, in bytes.
-    pub max_user_id_bytes: usize,
+    pub max_user_id_bytes: NonZeroUsize,
     /// Most data fields in one session, and most metadata entries.
-    pub max_fields: usize,
+    pub max_fields: NonZeroUsize,
     /// Longest data or metadata field name, in bytes.
-    pub max_field_name_bytes: usize,
+    pub max_field_name_bytes: NonZeroUsize,
     /// Total size of a session's data (names plus values), in bytes.
-    pub max_data_bytes: usize,
+    pub max_data_bytes: NonZeroUsize,
     /// Total size of a session's metadata (names plus values), in bytes.
-    pub max_metadata_bytes: usize,
+    pub max_metadata_bytes: NonZeroUsize,
     /// Redis only: how many replicas must have a session write before it is answered.
     pub write_concern: WriteConcern,
 }
@@ -64,15 +65,15 @@ impl Default for WriteConcern {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(24 * 3600),
-            absolute_timeout: Duration::from_secs(30 * 24 * 3600),
+            idle_timeout: PositiveDuration::from_secs(nonzero!(24 * 3600)),
+            absolute_timeout: PositiveDuration::from_secs(nonzero!(30 * 24 * 3600)),
             max_timeout: Duration::from_secs(30 * 24 * 3600),
-            max_per_user: 64,
-            max_user_id_bytes: 256,
-            max_fields: 128,
-            max_field_name_bytes: 128,
-            max_data_bytes: 64 * 1024,
-            max_metadata_bytes: 4 * 1024,
+            max_per_user: nonzero!(64),
+            max_user_id_bytes: nonzero!(256),
+            max_fields: nonzero!(128),
+            max_field_name_bytes: nonzero!(128),
+            max_data_bytes: nonzero!(64 * 1024),
+            max_metadata_bytes: nonzero!(4 * 1024),
             write_concern: WriteConcern::default(),
         }
     }
@@ -81,26 +82,6 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Adds a message per bad value to `bad`.
     pub fn validate(&self, bad: &mut Vec<String>) {
-        require_positive(bad, "session.idle_timeout", !self.idle_timeout.is_zero());
-        require_positive(
-            bad,
-            "session.absolute_timeout",
-            !self.absolute_timeout.is_zero(),
-        );
-        require_positive(bad, "session.max_per_user", self.max_per_user > 0);
-        require_positive(bad, "session.max_user_id_bytes", self.max_user_id_bytes > 0);
-        require_positive(bad, "session.max_fields", self.max_fields > 0);
-        require_positive(
-            bad,
-            "session.max_field_name_bytes",
-            self.max_field_name_bytes > 0,
-        );
-        require_positive(bad, "session.max_data_bytes", self.max_data_bytes > 0);
-        require_positive(
-            bad,
-            "session.max_metadata_bytes",
-            self.max_metadata_bytes > 0,
-        );
         if self.write_concern.replicas > 0 {
             require_positive(
                 bad,
@@ -112,10 +93,10 @@ impl SessionConfig {
             ("session.idle_timeout", self.idle_timeout),
             ("session.absolute_timeout", self.absolute_timeout),
         ] {
-            if value > self.max_timeout {
+            if value.get() > self.max_timeout {
                 bad.push(format!(
                     "`{key}` ({}) exceeds `session.max_timeout` ({})",
-                    humantime::format_duration(value),
+                    humantime::format_duration(value.get()),
                     humantime::format_duration(self.max_timeout)
                 ));
             }

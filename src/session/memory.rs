@@ -6,8 +6,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{
     id::{SessionKey, UserTag},
@@ -221,7 +223,7 @@ impl MemorySessionStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        crate::store::memory::lock(&self.state)
+        self.state.lock()
     }
 
     /// Number of stored sessions, live or not yet swept (for tests).

@@ -63,8 +63,8 @@ impl Sessions {
 
     fn limits(&self) -> DataLimits {
         DataLimits {
-            max_fields: self.policy.max_fields,
-            max_bytes: self.policy.max_data_bytes,
+            max_fields: self.policy.max_fields.get(),
+            max_bytes: self.policy.max_data_bytes.get(),
         }
     }
 
@@ -81,7 +81,10 @@ impl Sessions {
             idle_timeout,
             absolute_timeout,
         };
-        let (record, evicted) = self.store.create(tenant, &key, new, p.max_per_user).await?;
+        let (record, evicted) = self
+            .store
+            .create(tenant, &key, new, p.max_per_user.get())
+            .await?;
         self.metrics.created.increment(1);
         if evicted > 0 {
             self.metrics.deleted.increment(u64::from(evicted));
@@ -131,16 +134,16 @@ impl Sessions {
         check_fields(
             "set",
             update.set.iter().map(|(k, v)| (k.as_str(), v.len())),
-            p.max_fields,
-            p.max_field_name_bytes,
-            p.max_data_bytes,
+            p.max_fields.get(),
+            p.max_field_name_bytes.get(),
+            p.max_data_bytes.get(),
             &mut bad,
         );
         check_fields(
             "remove",
             update.remove.iter().map(|k| (k.as_str(), 0)),
-            p.max_fields,
-            p.max_field_name_bytes,
+            p.max_fields.get(),
+            p.max_field_name_bytes.get(),
             usize::MAX,
             &mut bad,
         );

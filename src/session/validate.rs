@@ -19,31 +19,31 @@ pub fn validate_create(p: &SessionConfig, req: &CreateSession) -> Result<(Millis
     check_fields(
         "data",
         req.data.iter().map(|(k, v)| (k.as_str(), v.len())),
-        p.max_fields,
-        p.max_field_name_bytes,
-        p.max_data_bytes,
+        p.max_fields.get(),
+        p.max_field_name_bytes.get(),
+        p.max_data_bytes.get(),
         &mut bad,
     );
     check_fields(
         "metadata",
         req.metadata.iter().map(|(k, v)| (k.as_str(), v.len())),
-        p.max_fields,
-        p.max_field_name_bytes,
-        p.max_metadata_bytes,
+        p.max_fields.get(),
+        p.max_field_name_bytes.get(),
+        p.max_metadata_bytes.get(),
         &mut bad,
     );
     let max = duration_ms(p.max_timeout);
     let idle = check_timeout(
         "idle_timeout",
         req.idle_timeout,
-        p.idle_timeout,
+        p.idle_timeout.get(),
         max,
         &mut bad,
     );
     let absolute = check_timeout(
         "absolute_timeout",
         req.absolute_timeout,
-        p.absolute_timeout,
+        p.absolute_timeout.get(),
         max,
         &mut bad,
     );
@@ -85,7 +85,7 @@ pub(super) fn parse_handle(field: &str, handle: &str) -> Result<SessionKey, Viol
 pub(super) fn check_user_id(user_id: &str, p: &SessionConfig, bad: &mut Vec<Violation>) {
     if user_id.is_empty() {
         bad.push(Violation::new("user_id", "must not be empty"));
-    } else if user_id.len() > p.max_user_id_bytes {
+    } else if user_id.len() > p.max_user_id_bytes.get() {
         bad.push(Violation::new(
             "user_id",
             format!("longer than {} bytes", p.max_user_id_bytes),

@@ -111,8 +111,8 @@ impl Backend {
             false => Backend::Memory(
                 MemoryBackend::new(
                     &config.redis.key_prefix,
-                    config.memory.sweep_interval,
-                    config.memory.max_bytes,
+                    config.memory.sweep_interval.get(),
+                    config.memory.max_bytes.get(),
                 )
                 .with_quotas(config.quota.clone()),
             ),

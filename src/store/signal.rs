@@ -8,11 +8,9 @@
 //! every signal fires once when its carrier comes back, since anything may have happened
 //! meanwhile. On the memory store signals are in-process and always live.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{collections::HashMap, sync::Arc};
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 /// A subscription to one named signal. Dropping it unsubscribes.
@@ -85,7 +83,7 @@ struct LocalGuard {
 
 impl Drop for LocalGuard {
     fn drop(&mut self) {
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut senders = self.senders.lock();
         // The signal's receiver is dropped before its guard (field order): none left means
         // it was the last subscriber.
         if senders
@@ -101,7 +99,7 @@ impl LocalSignals {
     /// Subscribes to `name`.
     pub fn subscribe(&self, name: &str) -> Signal {
         let fired = {
-            let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut senders = self.senders.lock();
             senders
                 .entry(name.to_owned())
                 .or_insert_with(|| watch::channel(0).0)
@@ -116,7 +114,7 @@ impl LocalSignals {
 
     /// Fires `name` (nothing happens if nobody listens).
     pub fn fire(&self, name: &str) {
-        let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let senders = self.senders.lock();
         if let Some(s) = senders.get(name) {
             s.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -143,8 +141,8 @@ mod tests {
             assert!(s.is_live());
         }
         drop(a);
-        assert!(signals.senders.lock().expect("lock").contains_key("x"));
+        assert!(signals.senders.lock().contains_key("x"));
         drop(b);
-        assert!(signals.senders.lock().expect("lock").is_empty());
+        assert!(signals.senders.lock().is_empty());
     }
 }

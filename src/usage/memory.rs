@@ -4,8 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{
     keys::top_shard,
@@ -156,7 +158,7 @@ impl MemoryUsageStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        crate::store::memory::lock(&self.state)
+        self.state.lock()
     }
 }
 

@@ -130,7 +130,7 @@ impl Usage {
     }
 
     fn check_value(&self, field: &str, value: &str, may_be_empty: bool) -> Result<(), Error> {
-        if (value.is_empty() && !may_be_empty) || value.len() > self.config.max_value_bytes {
+        if (value.is_empty() && !may_be_empty) || value.len() > self.config.max_value_bytes.get() {
             return Err(Error::invalid(
                 field,
                 format!("1 to {} bytes", self.config.max_value_bytes),
@@ -189,7 +189,7 @@ impl Usage {
                 "1-64 characters of A-Z a-z 0-9 _ . -",
             ));
         }
-        if events.is_empty() || events.len() > self.config.max_events {
+        if events.is_empty() || events.len() > self.config.max_events.get() {
             return Err(Error::invalid(
                 "events",
                 format!("give between 1 and {} events", self.config.max_events),
@@ -236,9 +236,13 @@ impl Usage {
                 tenant,
                 &batch,
                 self.keep,
-                self.config.max_dimension_values + 1,
-                (!batch_id.is_empty())
-                    .then(|| (batch_id, crate::time::duration_ms(self.config.dedup_window))),
+                self.config.max_dimension_values.get() + 1,
+                (!batch_id.is_empty()).then(|| {
+                    (
+                        batch_id,
+                        crate::time::duration_ms(self.config.dedup_window.get()),
+                    )
+                }),
             )
             .await?;
         for e in &events {
@@ -256,7 +260,7 @@ impl Usage {
         if last < first {
             return Err(Error::invalid("to", "must not be before from"));
         }
-        if last - first >= self.config.max_points as i64 {
+        if last - first >= self.config.max_points.get() as i64 {
             return Err(Error::invalid(
                 "from",
                 format!(
@@ -410,7 +414,7 @@ impl Usage {
         };
         // Rounded up without an addition that could overflow (window_ms may be i64::MAX).
         let count = window_ms / unit + i64::from(window_ms % unit != 0);
-        if count > self.config.max_points as i64 {
+        if count > self.config.max_points.get() as i64 {
             return Err(Error::invalid(
                 "window",
                 format!(

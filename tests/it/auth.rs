@@ -10,7 +10,7 @@ use flowstate::{
         keys,
         permission::{self, Permission, Permissions},
     },
-    config::{AuthMode, Config},
+    config::{AuthMode, Config, PositiveDuration},
     proto::v1 as pb,
     tenant::Tenant,
 };
@@ -170,7 +170,8 @@ async fn a_keys_file_change_takes_effect_without_a_restart() {
     let mut config = test_config();
     config.auth.mode = AuthMode::Required;
     config.auth.keys_file = Some(path.clone());
-    config.auth.reload_interval = Duration::from_millis(100);
+    config.auth.reload_interval =
+        PositiveDuration::new(Duration::from_millis(100)).expect("positive");
     let server = TestServer::start(config).await;
     assert!(
         server

@@ -2,7 +2,7 @@
 //! loss or duplicates, gaps reported (never skipped), slow subscribers cut off with the position
 //! to resume from, fan-out, flowstate's own events.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, num::NonZeroUsize, time::Duration};
 
 use crate::common::Backend;
 use flowstate::{config::TopicRetention, proto::v1 as pb};
@@ -34,7 +34,7 @@ fn short_topics(c: &mut flowstate::config::Config) {
 }
 
 fn small_buffer(c: &mut flowstate::config::Config) {
-    c.events.subscriber_buffer = 64;
+    c.events.subscriber_buffer = NonZeroUsize::new(64).expect("non-zero");
 }
 
 async fn publish(c: &mut Client, topic: &str, payload: &str) -> String {

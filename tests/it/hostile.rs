@@ -21,7 +21,7 @@ use crate::common::{RedisServer, TestServer, raw::Raw, test_config};
 use bytes::Bytes;
 use flowstate::{
     auth::{keys, permission::Permissions},
-    config::AuthMode,
+    config::{AuthMode, PositiveDuration},
     tenant::Tenant,
 };
 use prost::Message as _;
@@ -237,7 +237,8 @@ async fn random_and_mutated_requests_get_proper_statuses_and_change_nothing_when
     config.auth.mode = AuthMode::Required;
     config.auth.keys = Some(key.line.clone());
     // The health probe writes a key: once at start, then not during the run.
-    config.redis.health_interval = Duration::from_secs(3600);
+    config.redis.health_interval =
+        PositiveDuration::new(Duration::from_secs(3600)).expect("positive");
     let server = TestServer::start(config).await;
     assert!(
         server

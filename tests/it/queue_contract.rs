@@ -27,7 +27,7 @@ contract_tests! {
     a_lease_that_runs_out_on_the_last_attempt_makes_the_job_dead,
     a_unique_key_under_concurrent_enqueues_gives_one_job,
     a_paused_queue_hands_out_nothing_until_resumed,
-    a_full_queue_refuses_a_batch_whole with |c: &mut flowstate::config::Config| c.queues.max_jobs = 5,
+    a_full_queue_refuses_a_batch_whole with |c: &mut flowstate::config::Config| c.queues.max_jobs = std::num::NonZeroU64::new(5).expect("non-zero"),
     concurrent_workers_never_share_a_job,
     a_queue_left_with_only_dead_jobs_expires_with_them with |c: &mut flowstate::config::Config| c.queues.dead_max_age = std::time::Duration::from_secs(1),
     bad_input_is_rejected,

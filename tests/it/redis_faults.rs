@@ -1,10 +1,13 @@
 //! What callers and probes see when Redis dies, hangs, is missing at start, or comes back.
 //! Each test owns its redis-server (it kills or pauses it), whatever FLOWSTATE_TEST_REDIS_URL says.
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, time::Duration};
 
 use crate::common::{RedisServer, TestServer, eventually, free_port, test_config};
-use flowstate::{config::Config, proto::v1 as pb};
+use flowstate::{
+    config::{Config, PositiveDuration},
+    proto::v1 as pb,
+};
 use pb::session_service_client::SessionServiceClient;
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -186,8 +189,9 @@ async fn the_server_deadline_answers_deadline_exceeded() {
     // before the much longer store timeout.
     let redis = RedisServer::start().await;
     let mut cfg = config(&redis.url());
-    cfg.redis.command_timeout = Duration::from_secs(5);
-    cfg.server.request_timeout = Duration::from_millis(300);
+    cfg.redis.command_timeout = PositiveDuration::new(Duration::from_secs(5)).expect("positive");
+    cfg.server.request_timeout =
+        PositiveDuration::new(Duration::from_millis(300)).expect("positive");
     let server = TestServer::start(cfg).await;
     assert!(
         server
@@ -240,8 +244,8 @@ async fn occupy_the_only_slot(
 async fn one_slot_server(command_timeout: Duration) -> (RedisServer, TestServer, pb::Session) {
     let redis = RedisServer::start().await;
     let mut cfg = config(&redis.url());
-    cfg.server.max_concurrent_requests = 1;
-    cfg.redis.command_timeout = command_timeout;
+    cfg.server.max_concurrent_requests = NonZeroUsize::new(1).expect("non-zero");
+    cfg.redis.command_timeout = PositiveDuration::new(command_timeout).expect("positive");
     cfg.server.shutdown_grace = Duration::from_secs(10);
     let server = TestServer::start(cfg).await;
     assert!(
@@ -1083,7 +1087,7 @@ async fn health_and_reflection_answer_while_load_is_shed() {
     };
     let redis = RedisServer::start().await;
     let mut cfg = config(&redis.url());
-    cfg.server.max_concurrent_requests = 2;
+    cfg.server.max_concurrent_requests = NonZeroUsize::new(2).expect("non-zero");
     let server = TestServer::start(cfg).await;
     assert!(
         server

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::common::{Backend, eventually};
 use flowstate::{
-    config::Config,
+    config::{Config, PositiveDuration},
     proto::envoy::{
         extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor},
         service::ratelimit::v3::{
@@ -445,7 +445,7 @@ async fn rules_reload_on_change_and_a_broken_file_keeps_the_old_ones() {
     let p = path.clone();
     let b = Backend::memory(move |c| {
         c.rls.config_path = Some(p);
-        c.rls.reload_interval = Duration::from_millis(50);
+        c.rls.reload_interval = PositiveDuration::new(Duration::from_millis(50)).expect("positive");
     })
     .await;
     let mut c = client(&b);

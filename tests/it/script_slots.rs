@@ -8,7 +8,7 @@
 //! slots, as documented for standalone Redis (on a Cluster the same Check reserves in each
 //! slot and refunds, one script per slot).
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, num::NonZeroU64, time::Duration};
 
 use crate::common::{
     RedisServer, TestServer,
@@ -486,7 +486,7 @@ async fn every_script_touches_one_slot() {
         "tokens".into(),
         flowstate::config::UsageLimitConfig {
             metric: "llm_tokens".into(),
-            limit: 1000,
+            limit: NonZeroU64::new(1000).expect("non-zero"),
             window: flowstate::config::UsageWindow::Day,
             failure_mode: flowstate::ratelimit::FailureMode::Closed,
         },

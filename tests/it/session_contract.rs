@@ -2,7 +2,11 @@
 //! Every test here runs twice: `memory_store::<name>` and `redis_store::<name>` (a private
 //! redis-server per test).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    num::{NonZeroU32, NonZeroUsize},
+    time::Duration,
+};
 
 use crate::common::{Backend, eventually};
 use bytes::Bytes;
@@ -31,17 +35,17 @@ contract_tests! {
 }
 
 fn one_per_user(c: &mut Config) {
-    c.session.max_per_user = 1;
+    c.session.max_per_user = NonZeroU32::new(1).expect("non-zero");
 }
 
 fn small_limits(c: &mut Config) {
-    c.session.max_fields = 4;
-    c.session.max_data_bytes = 64;
-    c.session.max_user_id_bytes = 16;
+    c.session.max_fields = NonZeroUsize::new(4).expect("non-zero");
+    c.session.max_data_bytes = NonZeroUsize::new(64).expect("non-zero");
+    c.session.max_user_id_bytes = NonZeroUsize::new(16).expect("non-zero");
 }
 
 fn three_per_user(c: &mut Config) {
-    c.session.max_per_user = 3;
+    c.session.max_per_user = NonZeroU32::new(3).expect("non-zero");
 }
 
 fn bytes(s: &str) -> Bytes {

@@ -12,7 +12,7 @@ use crate::common::{
 };
 use flowstate::{
     auth::{keys, permission::Permissions},
-    config::{AuthMode, ClientAuth, ClientIdentity, Config},
+    config::{AuthMode, ClientAuth, ClientIdentity, Config, PositiveDuration},
     proto::v1 as pb,
     tenant::Tenant,
 };
@@ -33,7 +33,7 @@ fn tls_config(server: &Pair, client_ca: Option<&Path>) -> Config {
     c.server.tls.key_file = Some(server.key.clone());
     c.server.tls.client_ca_file = client_ca.map(Path::to_path_buf);
     c.server.tls.client_auth = ClientAuth::Optional;
-    c.auth.reload_interval = Duration::from_millis(100);
+    c.auth.reload_interval = PositiveDuration::new(Duration::from_millis(100)).expect("positive");
     c
 }
 

@@ -3,7 +3,11 @@
 //! grouped, capped); distinct counts; top subjects; concurrent batches lose nothing; bounds;
 //! every Redis key has a TTL.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use crate::common::Backend;
 use flowstate::{config::Config, proto::v1 as pb};
@@ -39,7 +43,7 @@ fn quotas(c: &mut Config) {
         "tokens_daily".into(),
         flowstate::config::UsageLimitConfig {
             metric: "llm_tokens".into(),
-            limit: 100,
+            limit: NonZeroU64::new(100).expect("non-zero"),
             window: flowstate::config::UsageWindow::Day,
             failure_mode: flowstate::ratelimit::FailureMode::Closed,
         },
@@ -57,7 +61,7 @@ fn quotas(c: &mut Config) {
 }
 
 fn capped(c: &mut Config) {
-    c.usage.max_dimension_values = 3;
+    c.usage.max_dimension_values = NonZeroUsize::new(3).expect("non-zero");
 }
 
 fn strict(c: &mut Config) {

@@ -3,7 +3,9 @@
 //! State is process-local and lost on restart; the server says so with a WARN at start-up.
 //! Each domain keeps its own state behind its own lock (one critical section per operation,
 //! the atomicity the Redis store gets from Lua); this backend holds what they share: the clock,
-//! the key scheme and the sweeper period.
+//! the key scheme and the sweeper period. The locks are `parking_lot` mutexes: they have no
+//! poisoning, so a panic in one call never needs an unwrap (or a poison to swallow) in the next,
+//! and every operation re-checks liveness anyway.
 
 use std::{
     collections::BTreeSet,
@@ -187,7 +189,7 @@ impl MemoryBackend {
     pub fn spawn_sweeper<S: Send + 'static>(
         &self,
         what: &'static str,
-        state: Weak<Mutex<S>>,
+        state: Weak<parking_lot::Mutex<S>>,
         sweep: fn(&mut S, Millis) -> usize,
     ) {
         let every = self.sweep_interval;
@@ -199,7 +201,7 @@ impl MemoryBackend {
                 tick.tick().await;
                 // The store is gone: stop instead of leaking a task per dropped store.
                 let Some(state) = state.upgrade() else { return };
-                let swept = sweep(&mut lock(&state), clock.now());
+                let swept = sweep(&mut state.lock(), clock.now());
                 if swept > 0 {
                     tracing::debug!(swept, what, "reclaimed expired state");
                 }
@@ -246,9 +248,12 @@ impl ExpiryQueue {
     }
 }
 
-/// Locks a memory store's state. A panic while holding the lock cannot leave the state in a
-/// shape later calls cannot cope with (every operation re-checks liveness), so poisoning is
-/// ignored.
+/// Locks a memory store's state behind a `std` mutex. A panic while holding the lock cannot
+/// leave the state in a shape later calls cannot cope with (every operation re-checks
+/// liveness), so poisoning is ignored.
+///
+/// The stores of this backend lock `parking_lot` mutexes, which have no poisoning to ignore;
+/// this stays for state still behind a `std` mutex (the memory cache store's).
 pub fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state
         .lock()

@@ -23,7 +23,7 @@ pub(super) fn connector(
     let bad = |key: &str, e: RedisError| StoreError::Protocol(format!("{key}: {e}"));
     let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
     let connection_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
+        .set_connection_timeout(Some(config.connect_timeout.get()))
         .set_response_timeout(response_timeout);
     match config.mode {
         RedisMode::Standalone => {
@@ -48,7 +48,7 @@ pub(super) fn connector(
             let mut builder = ClusterClientBuilder::new(infos)
                 // See `pool`: the client never resends on its own.
                 .retries(0)
-                .connection_timeout(config.connect_timeout)
+                .connection_timeout(config.connect_timeout.get())
                 .tcp_settings(nodelay);
             if let Some(timeout) = response_timeout {
                 builder = builder.response_timeout(timeout);

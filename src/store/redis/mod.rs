@@ -109,13 +109,13 @@ impl RedisBackend {
             Pool::builder(manager)
                 .max_size(size)
                 .runtime(deadpool::Runtime::Tokio1)
-                .wait_timeout(Some(config.command_timeout))
-                .create_timeout(Some(config.connect_timeout))
-                .recycle_timeout(Some(config.command_timeout))
+                .wait_timeout(Some(config.command_timeout.get()))
+                .create_timeout(Some(config.connect_timeout.get()))
+                .recycle_timeout(Some(config.command_timeout.get()))
                 .build()
                 .map_err(|e| StoreError::Protocol(format!("redis pool: {e}")))
         };
-        let (shared, display_url) = connector(config, Some(config.command_timeout))?;
+        let (shared, display_url) = connector(config, Some(config.command_timeout.get()))?;
         let health = match &shared {
             Connector::Cluster(client) => Some(Arc::new(ClusterHealth {
                 client: client.clone(),
@@ -127,18 +127,18 @@ impl RedisBackend {
         // (`pipeline_wait`), by the command timeout plus the WAIT's own.
         let (exclusive, _) = connector(config, None)?;
         Ok(Self {
-            pool: pool(shared, config.pool_size)?,
+            pool: pool(shared, config.pool_size.get())?,
             // Opened only when a call needs one (a write concern); as many as the pool.
-            exclusive: pool(exclusive, config.pool_size.max(4))?,
+            exclusive: pool(exclusive, config.pool_size.get().max(4))?,
             mode: config.mode,
             keys: Keys::new(&config.key_prefix),
             scripts,
             generation,
-            command_timeout: config.command_timeout,
+            command_timeout: config.command_timeout.get(),
             failover_wait: config.failover_wait,
             display_url: display_url.into(),
             health,
-            notifier: Arc::new(Notifier::new(opener(config)?, config.connect_timeout)),
+            notifier: Arc::new(Notifier::new(opener(config)?, config.connect_timeout.get())),
         })
     }
 

@@ -5,11 +5,9 @@
 //! round trip, so EVALSHA rarely meets NOSCRIPT, and a NOSCRIPT (a restarted or flushed Redis
 //! under a live connection) reloads them and resends.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
+use parking_lot::RwLock;
 use redis::{Cmd, Script, ToRedisArgs};
 
 use super::pool::Conn;
@@ -96,7 +94,7 @@ impl Scripts {
         name: &'static str,
         source: &'static str,
     ) -> Result<LuaScript, StoreError> {
-        let mut by_name = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        let mut by_name = self.by_name.write();
         if let Some(existing) = by_name.get(name) {
             return if existing.source == source {
                 Ok(existing.clone())
@@ -115,12 +113,7 @@ impl Scripts {
     }
 
     fn sources(&self) -> Vec<&'static str> {
-        self.by_name
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|s| s.source)
-            .collect()
+        self.by_name.read().values().map(|s| s.source).collect()
     }
 
     /// Loads every registered script when a connection is made: one pipelined round trip to a
@@ -194,7 +187,6 @@ impl Scripts {
     pub fn list(&self) -> Vec<(&'static str, String)> {
         self.by_name
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(name, s)| (*name, s.hash().to_owned()))
             .collect()

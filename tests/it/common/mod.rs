@@ -71,7 +71,7 @@ macro_rules! contract_tests {
 }
 
 use flowstate::{
-    config::{Config, RedisMode},
+    config::{Config, PositiveDuration, RedisMode},
     proto::v1::session_service_client::SessionServiceClient,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -275,9 +275,9 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.redis.key_prefix = unique_prefix();
-    c.redis.health_interval = Duration::from_millis(100);
-    c.redis.command_timeout = Duration::from_millis(500);
-    c.memory.sweep_interval = Duration::from_millis(100);
+    c.redis.health_interval = PositiveDuration::new(Duration::from_millis(100)).expect("positive");
+    c.redis.command_timeout = PositiveDuration::new(Duration::from_millis(500)).expect("positive");
+    c.memory.sweep_interval = PositiveDuration::new(Duration::from_millis(100)).expect("positive");
     c
 }
 

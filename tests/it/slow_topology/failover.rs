@@ -27,7 +27,7 @@ use crate::common::{
 };
 use bytes::Bytes;
 use flowstate::{
-    config::{Config, LimitConfig, RedisMode},
+    config::{Config, LimitConfig, PositiveDuration, RedisMode},
     proto::v1::{
         self as pb, cache_service_client::CacheServiceClient, limit_check::Limit,
         rate_limit_service_client::RateLimitServiceClient,
@@ -88,7 +88,7 @@ impl Report {
 
 fn config(write_concern: bool) -> Config {
     let mut c = test_config();
-    c.server.request_timeout = DEADLINE;
+    c.server.request_timeout = PositiveDuration::new(DEADLINE).expect("positive");
     c.ratelimit.limits.insert(
         LIMIT.into(),
         LimitConfig {
