@@ -125,4 +125,18 @@ def test_usage_batches_drop_what_flowstate_refused_and_stay_bounded():
     assert batch.without_rejected(bad) == 1 and [k[1] for k, _ in batch.entries] == ["0", "2"]
     outbox = s.Outbox()
     assert outbox.keep([s.Batch([(("m", "x", (), ""), 1)] * 3), batch], limit=2) == 3
-    assert outbox.size() == 2 and outbox.take()[0].id == batch.id
+    assert outbox.size() == 2 and outbox.take(s.Buffer(1), max_batch=10)[0].id == batch.id
+
+
+def test_a_flush_in_the_air_still_counts_as_pending():
+    # A flush takes the buffer; until each batch is sent or kept it still counts, so a caller
+    # waiting for `pending == 0` cannot mistake a flush that is about to fail for a delivery.
+    buffer, outbox = s.Buffer(max_buffer=10), s.Outbox()
+    for key in ("a", "b", "c"):
+        buffer.add(("m", key, (), ""), 1)
+    first, second = outbox.take(buffer, max_batch=2)
+    assert len(buffer) == 0 and outbox.size() == 3
+    outbox.sent(first)
+    assert outbox.size() == 1
+    assert outbox.keep([second], limit=10) == 0 and outbox.size() == 1
+    assert outbox.take(buffer, max_batch=2) == [second]

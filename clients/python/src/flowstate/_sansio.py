@@ -320,24 +320,34 @@ def batches(entries: dict[t.UsageKey, int], max_batch: int) -> list[Batch]:
 
 
 class Outbox:
-    """Batches to send again, oldest first, bounded (with the buffer) by `max_buffer` entries."""
+    """Batches to send again, oldest first, bounded (with the buffer) by `max_buffer` entries.
+    Batches a flush has taken stay counted (`in_flight`) until sent or kept, so `pending` never
+    reads zero while a flush that will fail is still in the air."""
 
     def __init__(self) -> None:
         self.batches: list[Batch] = []
+        self.in_flight: list[Batch] = []
         self.lock = threading.Lock()
 
     def size(self) -> int:
         with self.lock:
-            return sum(len(b.entries) for b in self.batches)
+            return sum(len(b.entries) for b in self.batches) + sum(len(b.entries) for b in self.in_flight)
 
-    def take(self) -> list[Batch]:
+    def take(self, buffer: Buffer, max_batch: int) -> list[Batch]:
+        """Takes the batches to send again, then everything buffered, in one step under the lock."""
         with self.lock:
-            taken, self.batches = self.batches, []
+            taken = self.batches + batches(buffer.take(), max_batch)
+            self.batches, self.in_flight = [], list(taken)
             return taken
+
+    def sent(self, batch: Batch) -> None:
+        with self.lock:
+            self.in_flight = [b for b in self.in_flight if b is not batch]
 
     def keep(self, batches: list[Batch], limit: int) -> int:
         """Keeps `batches` (before newer ones); returns the entries dropped to stay in `limit`."""
         with self.lock:
+            self.in_flight = []
             self.batches = [b for b in batches if b.entries] + self.batches
             dropped = 0
             while self.batches and sum(len(b.entries) for b in self.batches) > limit:

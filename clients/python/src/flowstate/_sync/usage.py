@@ -13,7 +13,7 @@ import grpc
 
 from flowstate import types as t
 from flowstate._concurrency import Background, Event, Mutex
-from flowstate._sansio import Buffer, Outbox, batches
+from flowstate._sansio import Buffer, Outbox
 from flowstate.errors import from_rpc_error
 from flowstate.v1 import usage_pb2_grpc
 
@@ -88,7 +88,7 @@ class Usage:
         """Sends what waits to be sent again, then everything buffered; returns the events sent.
         On a failure the unsent batches are kept (with their ids) and the error is raised."""
         with self._flushing:
-            todo = self._outbox.take() + batches(self._buffer.take(), self.max_batch)
+            todo = self._outbox.take(self._buffer, self.max_batch)
             sent = 0
             for i, batch in enumerate(todo):
                 try:
@@ -101,6 +101,7 @@ class Usage:
                             self.rejected += batch.drop_refused(e)
                             continue
                         sent += response.recorded
+                        self._outbox.sent(batch)
                         break
                 except BaseException:
                     self._buffer.dropped += self._outbox.keep(todo[i:], self.max_buffer)
