@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+mod metrics;
 pub mod rules;
 pub mod service;
 pub mod watch;
