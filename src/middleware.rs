@@ -2,18 +2,23 @@
 //! [`crate::server`]).
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use tokio::sync::Semaphore;
 use tonic::{Status, body::Body};
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
+
+/// The future of every flowstate tower layer: boxed, so a layer's type does not name its inner
+/// service's future, and `'static`, as tonic's router requires. Every layer here has the same
+/// shape: an `XLayer` (its configuration, cloned per connection), an `X<S>` wrapping the inner
+/// service, and `Service::call` returning this.
+pub type ResponseFuture<E = BoxError> = BoxFuture<'static, Result<Response<Body>, E>>;
 
 /// Admits at most `limit` calls at once across all connections and answers the rest with
 /// RESOURCE_EXHAUSTED at once (a queue would only turn overload into timeouts for everyone).
@@ -73,7 +78,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -142,7 +147,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+    type Future = ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -242,8 +247,6 @@ pub struct Deadline<S> {
     max: Duration,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B> Service<Request<B>> for Deadline<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
@@ -252,7 +255,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)

@@ -7,9 +7,7 @@
 //! `inline`. Keys and user ids never become labels.
 
 use std::{
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -345,8 +343,6 @@ pub struct RpcMetrics<S> {
     handles: Arc<RpcHandles>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B> Service<Request<B>> for RpcMetrics<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
@@ -354,7 +350,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+    type Future = crate::middleware::ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

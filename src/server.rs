@@ -3,9 +3,10 @@
 //! [`run`] takes the listener and the shutdown signal as arguments so tests can bind
 //! `127.0.0.1:0` and stop the server when they like; `main` passes a real socket and SIGTERM/SIGINT.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
@@ -264,8 +265,7 @@ pub async fn serve(
     let stopped = async {
         let _ = accepting_stopped.await;
     };
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls
-    {
+    let serve: BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped)),
         // TCP_NODELAY: small gRPC replies must not wait for the peer's delayed ACK (~40 ms).
         None => Box::pin(router.serve_with_incoming_shutdown(

@@ -25,8 +25,6 @@
 //! It ends when the owner is gone: the [`Lifeline`] it holds weakly is dropped, or a hook says so.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Weak,
         atomic::{AtomicU64, Ordering},
@@ -42,9 +40,9 @@ use tokio::sync::Notify;
 
 use super::RedisBackend;
 
-/// A boxed future, for the hooks of [`Link`] (a trait cannot have `async fn`s that are `Send`
+/// The hooks of [`Link`] return boxed futures (a trait cannot have `async fn`s that are `Send`
 /// without naming their futures).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// The numbering of one owner's connections, and the loss reports the owner sends its
 /// supervisor. The owner holds it (strongly), the supervisor weakly: dropping the owner ends the
