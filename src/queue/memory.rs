@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 
 use super::{
     model::{
-        DeadJob, DeadPolicy, Enqueued, Failed, Fetched, Leased, NewJob, PRIORITIES, QueueStats,
-        backoff_ms,
+        DeadJob, DeadPolicy, Enqueued, Failed, Failure, Fetched, Leased, NewJob, PRIORITIES,
+        QueueStats, backoff_ms,
     },
     store::QueueStore,
 };
@@ -522,11 +522,14 @@ impl QueueStore for MemoryQueueStore {
         queue: &str,
         id: &str,
         holder: &str,
-        error: &str,
-        retry_after_ms: Option<u64>,
-        jitter: f64,
+        failure: Failure<'_>,
         dead: DeadPolicy,
     ) -> Result<Option<Failed>, StoreError> {
+        let Failure {
+            error,
+            retry_after_ms,
+            jitter,
+        } = failure;
         let out = self.with(tenant, queue, |q, now| {
             if !q.held(id, holder) {
                 return None;

@@ -43,6 +43,18 @@ pub struct Enqueued {
     pub run_at: Millis,
 }
 
+/// An attempt that failed, as a worker reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// What went wrong, kept with the job (and with it when it is dead).
+    pub error: &'a str,
+    /// The worker's own retry delay; `None`: the job's backoff.
+    pub retry_after_ms: Option<u64>,
+    /// In [0, 1): where in the backoff's upper half the retry lands (drawn by the caller, so
+    /// both stores compute the same delay from it).
+    pub jitter: f64,
+}
+
 /// How long dead jobs are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadPolicy {

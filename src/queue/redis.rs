@@ -10,7 +10,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::{
-    model::{DeadJob, DeadPolicy, Enqueued, Failed, Fetched, Leased, NewJob, QueueStats},
+    model::{DeadJob, DeadPolicy, Enqueued, Failed, Failure, Fetched, Leased, NewJob, QueueStats},
     store::QueueStore,
 };
 use crate::{
@@ -220,11 +220,14 @@ impl QueueStore for RedisQueueStore {
         queue: &str,
         id: &str,
         holder: &str,
-        error: &str,
-        retry_after_ms: Option<u64>,
-        jitter: f64,
+        failure: Failure<'_>,
         dead: DeadPolicy,
     ) -> Result<Option<Failed>, StoreError> {
+        let Failure {
+            error,
+            retry_after_ms,
+            jitter,
+        } = failure;
         let mut call = self.call(&self.fail, tenant, queue);
         call.arg(id)
             .arg(holder)

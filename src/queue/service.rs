@@ -33,7 +33,7 @@ use rand::{Rng as _, RngCore as _};
 
 use super::{
     config::{QueueSettings, QueuesConfig},
-    model::{DeadJob, Enqueued, Failed, Leased, NewJob, QueueStats},
+    model::{DeadJob, Enqueued, Failed, Failure, Leased, NewJob, QueueStats},
     store::QueueStore,
 };
 use crate::{
@@ -476,9 +476,11 @@ impl Queues {
                 queue,
                 id,
                 &holder_id(token),
-                error,
-                retry_after.map(ms),
-                jitter,
+                Failure {
+                    error,
+                    retry_after_ms: retry_after.map(ms),
+                    jitter,
+                },
                 s.dead,
             )
             .await?

@@ -7,7 +7,7 @@
 //! does it (a waiting fetch wakes at the next due time for it), and the step being atomic, no
 //! job moves twice. Stats counts due scheduled jobs as ready.
 
-use super::model::{DeadJob, DeadPolicy, Enqueued, Failed, Fetched, NewJob, QueueStats};
+use super::model::{DeadJob, DeadPolicy, Enqueued, Failed, Failure, Fetched, NewJob, QueueStats};
 use crate::{
     store::{StoreError, signal::Signal},
     tenant::Tenant,
@@ -46,18 +46,15 @@ pub trait QueueStore: Send + Sync + 'static {
         dead: DeadPolicy,
     ) -> Result<bool, StoreError>;
 
-    /// Ends `holder`'s attempt as failed: retried after `retry_after_ms` (or the backoff with
-    /// `jitter`), or dead. `None` when the job is not leased to `holder`.
-    #[allow(clippy::too_many_arguments)]
+    /// Ends `holder`'s attempt as failed: retried after the failure's delay (or the backoff),
+    /// or dead. `None` when the job is not leased to `holder`.
     async fn fail(
         &self,
         tenant: &Tenant,
         queue: &str,
         id: &str,
         holder: &str,
-        error: &str,
-        retry_after_ms: Option<u64>,
-        jitter: f64,
+        failure: Failure<'_>,
         dead: DeadPolicy,
     ) -> Result<Option<Failed>, StoreError>;
 

@@ -80,7 +80,6 @@ impl State {
 
     /// Adds `amounts` to the bucket `key` of `map` (top: `true`), new fields beyond
     /// `max_fields` counted as `<dimension>=_other`, and sets its expiry.
-    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         top: bool,
