@@ -592,6 +592,9 @@ async fn bad_input_is_rejected_and_stores_nothing(b: Backend) {
     );
     assert!(!get(&mut c, "campaign", "k", false).await.found);
     assert!(b.leftovers().await.is_empty(), "{:?}", b.leftovers().await);
+    // The check can fail, on either store: one entry stored shows.
+    assert!(set(&mut c, "campaign", "ok", "1", None, &[]).await);
+    assert!(!b.leftovers().await.is_empty(), "a stored entry is held");
 }
 
 async fn unknown_namespaces_can_be_refused(b: Backend) {

@@ -102,6 +102,15 @@ impl MemoryCacheStore {
                 }
             })
             .build();
+        backend.tally("cache", {
+            let items = items.clone();
+            move || {
+                // Expired entries and pending evictions settle first, as Redis forgets an
+                // expired key: what is left is what the cache really holds.
+                items.run_pending_tasks();
+                items.weighted_size()
+            }
+        });
         Self {
             items,
             shared,

@@ -125,6 +125,10 @@ impl Budget {
     }
 }
 
+/// What a store that bounds itself outside the shared [`Budget`] holds now, in bytes (see
+/// [`MemoryBackend::held`]).
+type Tally = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// Shared settings of the memory stores. Cheap to clone.
 #[derive(Clone)]
 pub struct MemoryBackend {
@@ -134,6 +138,7 @@ pub struct MemoryBackend {
     budget: Budget,
     quotas: Arc<QuotaConfig>,
     signals: LocalSignals,
+    tallies: Arc<parking_lot::Mutex<Vec<(&'static str, Tally)>>>,
 }
 
 impl MemoryBackend {
@@ -148,6 +153,7 @@ impl MemoryBackend {
             budget: Budget::new(max_bytes),
             quotas: Arc::new(QuotaConfig::default()),
             signals: LocalSignals::default(),
+            tallies: Arc::default(),
         }
     }
 
@@ -182,6 +188,22 @@ impl MemoryBackend {
     /// is distinct).
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Registers a store that keeps its state outside the shared budget (the cache, which
+    /// bounds itself by `cache.max_bytes`), so [`held`](Self::held) accounts for it too.
+    pub fn tally(&self, what: &'static str, held: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.tallies.lock().push((what, Box::new(held)));
+    }
+
+    /// Everything this backend's stores hold, by what holds it, leaving out what holds nothing:
+    /// the shared budget (`"state"`) and each [`tally`](Self::tally). Empty means no tenant
+    /// state at all, the memory store's counterpart of "no keys left in Redis".
+    pub fn held(&self) -> Vec<(&'static str, u64)> {
+        let mut held = vec![("state", self.budget.used())];
+        held.extend(self.tallies.lock().iter().map(|(what, f)| (*what, f())));
+        held.retain(|(_, bytes)| *bytes > 0);
+        held
     }
 
     /// Runs `sweep(state, now)` every sweep interval until `state` is dropped, so expired state

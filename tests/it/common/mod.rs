@@ -511,14 +511,14 @@ impl Backend {
 
     /// What this test's server keeps for tenants, to check that something stored nothing or
     /// left nothing behind: on Redis every key of [`redis_keys`](Self::redis_keys); on the
-    /// memory store the bytes charged to its budget (everything but the cache, which has its
-    /// own, evicting budget), as one entry when any.
+    /// memory store each part of it that holds bytes (its shared budget, the cache's own).
     pub async fn leftovers(&self) -> Vec<String> {
         match &self.server.store {
-            flowstate::store::Backend::Memory(m) => match m.budget().used() {
-                0 => Vec::new(),
-                used => vec![format!("{used} bytes of memory-store state")],
-            },
+            flowstate::store::Backend::Memory(m) => m
+                .held()
+                .into_iter()
+                .map(|(what, bytes)| format!("{bytes} bytes of memory-store {what}"))
+                .collect(),
             flowstate::store::Backend::Redis(_) => self.redis_keys().await,
         }
     }
